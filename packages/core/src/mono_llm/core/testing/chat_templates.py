@@ -1,0 +1,55 @@
+"""Chat templates of the fixture model families, written in the style of the real ones.
+
+They are original renditions of each family's prompt format (Llama 3 headers, Mistral
+[INST] turns, ChatML), small but complete enough to exercise system, tool and
+multi-part messages, add_generation_prompt and continue_final_message.
+"""
+
+LLAMA3 = (
+    "{{- bos_token }}"
+    "{%- for message in messages %}"
+    "{%- if message['content'] is string %}{%- set text = message['content'] %}"
+    "{%- else %}{%- set text = message['content'] | selectattr('type', 'equalto', 'text') "
+    "| map(attribute='text') | join('') %}{%- endif %}"
+    "{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + text | trim }}"
+    "{%- if message.get('tool_calls') %}"
+    "{%- for call in message['tool_calls'] %}"
+    "{{- '{\"name\": \"' + call['function']['name'] + '\", \"parameters\": ' "
+    "+ (call['function']['arguments'] if call['function']['arguments'] is string "
+    "else call['function']['arguments'] | tojson) + '}' }}"
+    "{%- endfor %}{%- endif %}"
+    "{{- '<|eot_id|>' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}"
+    "{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}"
+    "{%- endif %}"
+)
+
+MISTRAL = (
+    "{{- bos_token }}"
+    "{%- set system = namespace(text='') %}"
+    "{%- for message in messages %}"
+    "{%- if message['role'] == 'system' %}{%- set system.text = message['content'] + '\\n\\n' %}"
+    "{%- elif message['role'] == 'user' %}"
+    "{{- '[INST] ' + system.text + message['content'] + ' [/INST]' }}"
+    "{%- set system.text = '' %}"
+    "{%- elif message['role'] == 'assistant' %}"
+    "{{- ' ' + message['content'] }}{%- if not loop.last %}{{- eos_token }}{%- endif %}"
+    "{%- elif message['role'] == 'tool' %}"
+    "{{- '[TOOL_RESULTS] ' + message['content'] + ' [/TOOL_RESULTS]' }}"
+    "{%- endif %}"
+    "{%- endfor %}"
+)
+
+CHATML = (
+    "{%- for message in messages %}"
+    "{%- if message['content'] is string %}{%- set text = message['content'] %}"
+    "{%- else %}{%- set text = message['content'] | selectattr('type', 'equalto', 'text') "
+    "| map(attribute='text') | join('') %}{%- endif %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + text + '<|im_end|>\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}"
+    "{%- if enable_thinking is defined and not enable_thinking %}"
+    "{{- '<think>\\n\\n</think>\\n\\n' }}{%- endif %}"
+    "{%- endif %}"
+)

@@ -1,0 +1,85 @@
+from __future__ import annotations
+
+from dataclasses import fields
+
+import pytest
+import torch
+
+from mono_llm.core import EngineArgs, InvalidRequestError, SamplingParams
+from mono_llm.core.config import field_docs
+from mono_llm.core.errors import UnsupportedModelError
+from mono_llm.core.testing import fixture_path
+
+
+def test_every_engine_arg_is_documented():
+    docs = field_docs(EngineArgs)
+    missing = [f.name for f in fields(EngineArgs) if not docs.get(f.name)]
+    assert missing == []
+
+
+def test_auto_dtype_follows_checkpoint_and_context_length_from_config():
+    config = EngineArgs(model=str(fixture_path("tiny-llama")), device="cpu").create_engine_config()
+    assert config.model_config.dtype == torch.float32
+    assert config.model_config.max_model_len == 1024
+    assert config.scheduler_config.max_num_batched_tokens == 2048
+
+
+def test_explicit_dtype_and_too_long_context():
+    path = str(fixture_path("tiny-llama"))
+    config = EngineArgs(model=path, dtype="bfloat16", device="cpu").create_engine_config()
+    assert config.model_config.dtype == torch.bfloat16
+    with pytest.raises(InvalidRequestError) as err:
+        EngineArgs(model=path, max_model_len=4096, device="cpu").create_engine_config()
+    assert err.value.param == "max_model_len"
+
+
+def test_missing_model_folder_is_explained(tmp_path):
+    with pytest.raises(UnsupportedModelError, match=r"config\.json"):
+        EngineArgs(model=str(tmp_path)).create_engine_config()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "param"),
+    [
+        ({"dtype": "int3"}, "dtype"),
+        ({"trust_remote_code": True}, "trust_remote_code"),
+        ({"block_size": 12}, "block_size"),
+        ({"gpu_memory_utilization": 1.5}, "gpu_memory_utilization"),
+    ],
+)
+def test_engine_args_validation_names_the_field(kwargs, param):
+    with pytest.raises(InvalidRequestError) as err:
+        EngineArgs(model="x", **kwargs)
+    assert err.value.param == param
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "param"),
+    [
+        ({"n": 0}, "n"),
+        ({"n": 2, "best_of": 1}, "best_of"),
+        ({"temperature": -1.0}, "temperature"),
+        ({"top_p": 0.0}, "top_p"),
+        ({"top_k": -2}, "top_k"),
+        ({"min_p": 1.5}, "min_p"),
+        ({"max_tokens": 0}, "max_tokens"),
+        ({"min_tokens": 5, "max_tokens": 2}, "min_tokens"),
+        ({"presence_penalty": 3.0}, "presence_penalty"),
+        ({"repetition_penalty": 0.0}, "repetition_penalty"),
+        ({"stop": ["ok", ""]}, "stop"),
+    ],
+)
+def test_sampling_params_validation_names_the_field(kwargs, param):
+    with pytest.raises(InvalidRequestError) as err:
+        SamplingParams(**kwargs)
+    assert err.value.param == param
+    assert isinstance(err.value, ValueError)
+
+
+def test_sampling_params_normalisation():
+    params = SamplingParams(stop="###", top_k=-1, stop_token_ids=[7], temperature=0.0)
+    assert params.stop == ["###"]
+    assert params.top_k == 0
+    assert params.is_greedy
+    assert 7 in params.all_stop_token_ids
+    assert SamplingParams(n=2, best_of=4).num_candidates == 4
