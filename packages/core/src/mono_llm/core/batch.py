@@ -1,0 +1,63 @@
+"""One engine step's work as the model runner sees it: a ragged batch of sequence slices.
+
+The scheduler decides, per running sequence, which tokens to feed this step (a prefill chunk,
+or the single newest token of a decode) and which logits it needs back; the runner flattens
+the slices into one padded-nowhere batch, runs the model and returns exactly those rows.
+This is the only contract between the scheduling side and the model side of the engine.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+class LogitsWanted(enum.IntEnum):
+    NONE = 0  # a prefill chunk that is not the last one: nothing to sample yet
+    LAST = 1  # sample the next token from the slice's last position
+    ALL = 2  # every position (prompt logprobs); the last row is also the one sampled from
+
+
+@dataclass(slots=True)
+class SequenceSlice:
+    """The tokens of one sequence that run in this step."""
+
+    token_ids: list[int]
+    # Tokens of this sequence already in the KV cache; this slice's positions start here.
+    num_computed_tokens: int
+    # Physical KV block ids covering positions [0, num_computed_tokens + len(token_ids)).
+    block_table: list[int]
+    logits: LogitsWanted = LogitsWanted.LAST
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def seq_len(self) -> int:
+        """Context length after this step (cached tokens plus this slice)."""
+        return self.num_computed_tokens + len(self.token_ids)
+
+
+@dataclass(slots=True)
+class ModelBatch:
+    """All slices of a step, in the order whose logits rows the runner returns."""
+
+    slices: list[SequenceSlice] = field(default_factory=list)
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(s.num_tokens for s in self.slices)
+
+    @property
+    def is_decode_only(self) -> bool:
+        return all(s.num_tokens == 1 for s in self.slices)
+
+    def logits_row_counts(self) -> list[int]:
+        """Rows each slice contributes to the runner's output, in order."""
+        return [
+            0
+            if s.logits == LogitsWanted.NONE
+            else (1 if s.logits == LogitsWanted.LAST else s.num_tokens)
+            for s in self.slices
+        ]
