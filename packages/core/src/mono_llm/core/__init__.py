@@ -41,6 +41,10 @@ _EXPORTS: dict[str, str] = {
     "EmbeddingRequestOutput": "outputs",
     "ClassificationRequestOutput": "outputs",
     "ScoringRequestOutput": "outputs",
+    "PoolingOutput": "outputs",
+    "EmbeddingOutput": "outputs",
+    "ClassificationOutput": "outputs",
+    "ScoringOutput": "outputs",
     "TokensPrompt": "inputs",
     "TextPrompt": "inputs",
 }

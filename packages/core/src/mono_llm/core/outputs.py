@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
 
 
 @dataclass(slots=True)
@@ -74,3 +75,100 @@ class SchedulerStats:
     num_prompt_tokens: int = 0  # cumulative
     num_generation_tokens: int = 0  # cumulative
     extra: dict[str, float] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------- pooling (issue 6)
+# vLLM's shapes: a pooling request yields one PoolingRequestOutput whose `outputs.data` is the
+# pooled tensor; the typed views (embedding / classification / score) are built from it.
+_O = TypeVar("_O")
+
+
+@dataclass(slots=True)
+class PoolingOutput:
+    """The pooled result of one prompt: an embedding, class probabilities or logits."""
+
+    data: Any  # torch.Tensor [hidden] (float32, on CPU); Any keeps this module torch-free
+
+
+@dataclass(slots=True)
+class PoolingRequestOutput(Generic[_O]):
+    """A finished pooling request (pooling requests finish after their prefill)."""
+
+    request_id: str
+    outputs: _O
+    prompt_token_ids: list[int]
+    finished: bool = True
+    num_cached_tokens: int = 0
+    metrics: RequestMetrics | None = None
+    prompt: str | None = None
+
+
+@dataclass(slots=True)
+class EmbeddingOutput:
+    embedding: list[float]
+
+    @classmethod
+    def from_base(cls, output: PoolingOutput) -> EmbeddingOutput:
+        return cls(embedding=output.data.tolist())
+
+    @property
+    def hidden_size(self) -> int:
+        return len(self.embedding)
+
+
+@dataclass(slots=True)
+class ClassificationOutput:
+    probs: list[float]
+
+    @classmethod
+    def from_base(cls, output: PoolingOutput) -> ClassificationOutput:
+        return cls(probs=output.data.tolist())
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.probs)
+
+
+@dataclass(slots=True)
+class ScoringOutput:
+    score: float
+
+    @classmethod
+    def from_base(cls, output: PoolingOutput) -> ScoringOutput:
+        data = output.data
+        if data.numel() != 1:
+            raise ValueError(f"a score is one value, got a tensor of shape {tuple(data.shape)}")
+        return cls(score=float(data.reshape(-1)[0]))
+
+
+def _typed_view(kind: type, request_output: PoolingRequestOutput[PoolingOutput], out_cls: type):
+    return out_cls(
+        request_id=request_output.request_id,
+        outputs=kind.from_base(request_output.outputs),
+        prompt_token_ids=request_output.prompt_token_ids,
+        finished=request_output.finished,
+        num_cached_tokens=request_output.num_cached_tokens,
+        metrics=request_output.metrics,
+        prompt=request_output.prompt,
+    )
+
+
+@dataclass(slots=True)
+class EmbeddingRequestOutput(PoolingRequestOutput[EmbeddingOutput]):
+    @classmethod
+    def from_base(cls, request_output: PoolingRequestOutput) -> EmbeddingRequestOutput:
+        return _typed_view(EmbeddingOutput, request_output, cls)
+
+
+@dataclass(slots=True)
+class ClassificationRequestOutput(PoolingRequestOutput[ClassificationOutput]):
+    @classmethod
+    def from_base(cls, request_output: PoolingRequestOutput) -> ClassificationRequestOutput:
+        return _typed_view(ClassificationOutput, request_output, cls)
+
+
+@dataclass(slots=True)
+class ScoringRequestOutput(PoolingRequestOutput[ScoringOutput]):
+    @classmethod
+    def from_base(cls, request_output: PoolingRequestOutput) -> ScoringRequestOutput:
+        return _typed_view(ScoringOutput, request_output, cls)

@@ -75,6 +75,11 @@ def _register_builtin() -> None:
     for spec_name in SPECS:
         register_fixture(spec_name, build_causal_lm)
 
+    from mono_llm.core.testing.encoders import ENCODER_FIXTURES, build_encoder
+
+    for encoder_name in ENCODER_FIXTURES:
+        register_fixture(encoder_name, build_encoder)
+
 
 _register_builtin()
 
