@@ -1,0 +1,438 @@
+"""Runs one engine step: a `ModelBatch` of sequence slices in, float32 logits rows out.
+
+The runner owns the model and the paged KV cache. Each step it flattens the slices into one
+ragged batch (no padding), installs the step's `AttentionMetadata`, runs the model and
+projects only the rows the scheduler asked for onto the vocabulary.
+
+On CUDA the step inputs go through pinned host buffers into persistent device buffers (one
+async copy each, no host sync), and decode-only steps replay a CUDA graph captured for the next
+larger batch size in 1, 2, 4, ..., max_num_seqs: at small batch sizes a decode step is launch
+bound, and the graph replaces hundreds of kernel launches by one.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from itertools import chain
+
+import numpy as np
+import torch
+from torch import nn
+
+from mono_llm.core.attention import AttentionMetadata, attention_metadata
+from mono_llm.core.batch import LogitsWanted, ModelBatch, SequenceSlice
+from mono_llm.core.config import EngineConfig
+from mono_llm.core.errors import EngineError
+from mono_llm.core.model_loader import build_model
+
+logger = logging.getLogger(__name__)
+
+_CPU_DEFAULT_KV_GIB = 1.0
+# Kept free of the profiled peak for what the profile cannot see: CUDA graphs' private pool,
+# allocator fragmentation, the sampler's temporaries beyond the ones simulated.
+_CUDA_HEADROOM_BYTES = 512 * 1024**2
+
+
+@dataclass(slots=True)
+class StepInputs:
+    """A step's flattened inputs on the host (numpy) before they move to the device."""
+
+    input_ids: np.ndarray  # [num_tokens] int64
+    positions: np.ndarray  # [num_tokens] int64
+    slot_mapping: np.ndarray  # [num_tokens] int64
+    query_start_loc: np.ndarray  # [num_seqs + 1] int32
+    seq_lens: np.ndarray  # [num_seqs] int32
+    block_tables: np.ndarray  # [num_seqs, width] int32
+    logits_indices: np.ndarray  # [num_rows] int64: token rows whose logits are returned
+    max_query_len: int
+    max_seq_len: int
+
+
+def decode_graph_sizes(max_num_seqs: int) -> list[int]:
+    """1, 2, 4, ... up to max_num_seqs (included even when it is not a power of two)."""
+    sizes = [1 << i for i in range(max_num_seqs.bit_length()) if (1 << i) <= max_num_seqs]
+    if sizes[-1] != max_num_seqs:
+        sizes.append(max_num_seqs)
+    return sizes
+
+
+class ModelRunner:
+    """Owns the model and its KV cache; `execute(batch)` runs one step."""
+
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        model_config = config.model_config
+        sched = config.scheduler_config
+        self.device = torch.device(config.device)
+        if self.device.type == "cuda" and self.device.index is None:
+            self.device = torch.device("cuda", torch.cuda.current_device())
+        self.dtype = model_config.dtype
+        self.block_size = config.cache_config.block_size
+        self.max_model_len = sched.max_model_len
+        self.max_num_seqs = sched.max_num_seqs
+        self.max_num_tokens = max(sched.max_num_batched_tokens, sched.max_num_seqs)
+        self.max_blocks_per_seq = math.ceil(self.max_model_len / self.block_size)
+
+        start = time.perf_counter()
+        self.model: nn.Module = build_model(model_config, self.device)
+        self.vocab_size: int = self.model.vocab_size
+        self.hidden_size: int = self.model.hidden_size
+        self._attention_layers = self.model.attention_layers()
+        first = self._attention_layers[0]
+        self._kv_shape = (self.block_size, first.num_kv_heads, first.head_dim)
+        logger.info("model loaded in %.1f s", time.perf_counter() - start)
+
+        self._use_cuda = self.device.type == "cuda"
+        if self._use_cuda:
+            self._allocate_persistent_buffers()
+        self.num_blocks = self._determine_num_blocks()
+        config.cache_config.num_blocks = self.num_blocks
+        self._allocate_kv_cache(self.num_blocks)
+        self._graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        if self._use_cuda and not config.enforce_eager:
+            start = time.perf_counter()
+            self._capture_decode_graphs()
+            logger.info(
+                "captured %d decode CUDA graphs in %.1f s",
+                len(self._graphs),
+                time.perf_counter() - start,
+            )
+
+    # ------------------------------------------------------------------ public API
+
+    @torch.inference_mode()
+    def execute(self, batch: ModelBatch) -> torch.Tensor:
+        """Float32 logits [sum(batch.logits_row_counts()), vocab] on `self.device`."""
+        inputs = self._prepare(batch)
+        num_seqs = len(batch.slices)
+        graph_size = self._graph_size(batch, num_seqs)
+        if graph_size is not None:
+            self._stage(inputs, pad_to=graph_size)
+            self._graphs[graph_size].replay()
+            rows = len(inputs.logits_indices)
+            return self._graph_logits[:graph_size].index_select(0, self._logits_indices[:rows])
+        hidden, logits_indices = self._forward(inputs, batch.is_decode_only)
+        if len(inputs.logits_indices) == 0:
+            return torch.empty((0, self.vocab_size), dtype=torch.float32, device=self.device)
+        return self.model.compute_logits(hidden.index_select(0, logits_indices))
+
+    @torch.inference_mode()
+    def execute_hidden(self, batch: ModelBatch) -> torch.Tensor:
+        """Final hidden states [batch.num_tokens, hidden] of every token (for pooling)."""
+        inputs = self._prepare(batch)
+        hidden, _ = self._forward(inputs, batch.is_decode_only)
+        return hidden
+
+    @property
+    def kv_cache_bytes_per_block(self) -> int:
+        elements = 2 * len(self._attention_layers) * math.prod(self._kv_shape)
+        return elements * self.dtype.itemsize
+
+    # ------------------------------------------------------------------ step inputs
+
+    def _prepare(self, batch: ModelBatch) -> StepInputs:
+        """Flatten the slices on the host; vectorised over tokens, a loop over sequences only."""
+        slices = batch.slices
+        if not slices:
+            raise EngineError("ModelRunner.execute got an empty batch")
+        num_seqs = len(slices)
+        num_tokens = batch.num_tokens
+        if num_tokens > self.max_num_tokens or num_seqs > self.max_num_seqs:
+            raise EngineError(
+                f"step of {num_tokens} tokens / {num_seqs} sequences exceeds the runner's "
+                f"limits ({self.max_num_tokens} / {self.max_num_seqs})"
+            )
+        query_lens = np.fromiter((s.num_tokens for s in slices), np.int32, num_seqs)
+        computed = np.fromiter((s.num_computed_tokens for s in slices), np.int32, num_seqs)
+        seq_lens = computed + query_lens
+        query_start_loc = np.zeros(num_seqs + 1, np.int32)
+        np.cumsum(query_lens, out=query_start_loc[1:])
+        width = max(len(s.block_table) for s in slices)
+        block_tables = np.zeros((num_seqs, width), np.int32)
+        for i, s in enumerate(slices):
+            if len(s.block_table) * self.block_size < s.seq_len:
+                raise EngineError(
+                    f"slice {i}: {len(s.block_table)} blocks cannot hold {s.seq_len} tokens"
+                )
+            block_tables[i, : len(s.block_table)] = s.block_table
+        input_ids = np.fromiter(
+            chain.from_iterable(s.token_ids for s in slices), np.int64, num_tokens
+        )
+        seq_index = np.repeat(np.arange(num_seqs), query_lens)
+        positions = (
+            np.arange(num_tokens, dtype=np.int64) - query_start_loc[seq_index] + computed[seq_index]
+        )
+        slot_mapping = (
+            block_tables[seq_index, positions // self.block_size].astype(np.int64) * self.block_size
+            + positions % self.block_size
+        )
+        return StepInputs(
+            input_ids=input_ids,
+            positions=positions,
+            slot_mapping=slot_mapping,
+            query_start_loc=query_start_loc,
+            seq_lens=seq_lens.astype(np.int32),
+            block_tables=block_tables,
+            logits_indices=_logits_indices(slices, query_start_loc),
+            max_query_len=int(query_lens.max()),
+            max_seq_len=int(seq_lens.max()),
+        )
+
+    def _forward(self, inputs: StepInputs, decode_only: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Eager forward; returns (hidden [num_tokens, hidden], logits_indices on device)."""
+        num_tokens, num_seqs = len(inputs.input_ids), len(inputs.seq_lens)
+        if self._use_cuda:
+            self._stage(inputs, pad_to=None)
+            metadata = self._buffer_metadata(
+                num_tokens, num_seqs, inputs.max_query_len, inputs.max_seq_len, decode_only
+            )
+            input_ids = self._input_ids[:num_tokens]
+            positions = self._positions[:num_tokens]
+            logits_indices = self._logits_indices[: len(inputs.logits_indices)]
+        else:
+            metadata = AttentionMetadata(
+                slot_mapping=torch.from_numpy(inputs.slot_mapping),
+                block_tables=torch.from_numpy(inputs.block_tables),
+                query_start_loc=torch.from_numpy(inputs.query_start_loc),
+                seq_lens=torch.from_numpy(inputs.seq_lens),
+                max_query_len=inputs.max_query_len,
+                max_seq_len=inputs.max_seq_len,
+                decode_only=decode_only,
+            )
+            input_ids = torch.from_numpy(inputs.input_ids)
+            positions = torch.from_numpy(inputs.positions)
+            logits_indices = torch.from_numpy(inputs.logits_indices)
+        with attention_metadata(metadata):
+            hidden = self.model(input_ids, positions)
+        return hidden, logits_indices
+
+    # ------------------------------------------------------------------ CUDA buffers
+
+    def _allocate_persistent_buffers(self) -> None:
+        tokens, seqs, blocks = self.max_num_tokens, self.max_num_seqs, self.max_blocks_per_seq
+
+        def pair(shape: tuple[int, ...], dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+            host = torch.zeros(shape, dtype=dtype, pin_memory=True)
+            return host, torch.zeros(shape, dtype=dtype, device=self.device)
+
+        self._host_input_ids, self._input_ids = pair((tokens,), torch.int64)
+        self._host_positions, self._positions = pair((tokens,), torch.int64)
+        self._host_slot_mapping, self._slot_mapping = pair((tokens,), torch.int64)
+        self._host_logits_indices, self._logits_indices = pair((tokens,), torch.int64)
+        self._host_query_start_loc, self._query_start_loc = pair((seqs + 1,), torch.int32)
+        self._host_seq_lens, self._seq_lens = pair((seqs,), torch.int32)
+        self._host_block_tables, self._block_tables = pair((seqs, blocks), torch.int32)
+        # Set after each step's copies: the pinned buffers are rewritten only once the
+        # previous step's async copies out of them have completed.
+        self._staged = torch.cuda.Event()
+        self._staged.record()
+
+    def _stage(self, inputs: StepInputs, pad_to: int | None) -> None:
+        """Copy the step's inputs into the persistent device buffers (async, no host sync).
+
+        With `pad_to` (a CUDA graph size), rows past the batch are filled with harmless
+        inputs: token 0 at position 0, no KV write (slot -1), a context of one token.
+        """
+        num_tokens, num_seqs = len(inputs.input_ids), len(inputs.seq_lens)
+        n_tok = pad_to or num_tokens
+        n_seq = pad_to or num_seqs
+        self._staged.synchronize()
+        np_ids = self._host_input_ids.numpy()
+        np_pos = self._host_positions.numpy()
+        np_slot = self._host_slot_mapping.numpy()
+        np_seq = self._host_seq_lens.numpy()
+        np_qsl = self._host_query_start_loc.numpy()
+        np_bt = self._host_block_tables.numpy()
+        np_ids[:num_tokens] = inputs.input_ids
+        np_pos[:num_tokens] = inputs.positions
+        np_slot[:num_tokens] = inputs.slot_mapping
+        np_seq[:num_seqs] = inputs.seq_lens
+        np_qsl[: num_seqs + 1] = inputs.query_start_loc
+        width = inputs.block_tables.shape[1]
+        np_bt[:n_seq] = 0
+        np_bt[:num_seqs, :width] = inputs.block_tables
+        if pad_to is not None:
+            np_ids[num_tokens:n_tok] = 0
+            np_pos[num_tokens:n_tok] = 0
+            np_slot[num_tokens:n_tok] = -1
+            np_seq[num_seqs:n_seq] = 1
+            np_qsl[num_seqs + 1 : n_seq + 1] = np.arange(num_tokens + 1, n_tok + 1)
+        rows = len(inputs.logits_indices)
+        self._host_logits_indices.numpy()[:rows] = inputs.logits_indices
+        copies = (
+            (self._input_ids, self._host_input_ids, n_tok),
+            (self._positions, self._host_positions, n_tok),
+            (self._slot_mapping, self._host_slot_mapping, n_tok),
+            (self._seq_lens, self._host_seq_lens, n_seq),
+            (self._query_start_loc, self._host_query_start_loc, n_seq + 1),
+            (self._block_tables, self._host_block_tables, n_seq),
+            (self._logits_indices, self._host_logits_indices, rows),
+        )
+        for device_buf, host_buf, count in copies:
+            device_buf[:count].copy_(host_buf[:count], non_blocking=True)
+        self._staged.record()
+
+    def _buffer_metadata(
+        self, num_tokens: int, num_seqs: int, max_query_len: int, max_seq_len: int, decode: bool
+    ) -> AttentionMetadata:
+        return AttentionMetadata(
+            slot_mapping=self._slot_mapping[:num_tokens],
+            block_tables=self._block_tables[:num_seqs],
+            query_start_loc=self._query_start_loc[: num_seqs + 1],
+            seq_lens=self._seq_lens[:num_seqs],
+            max_query_len=max_query_len,
+            max_seq_len=max_seq_len,
+            decode_only=decode,
+        )
+
+    # ------------------------------------------------------------------ KV cache
+
+    def _determine_num_blocks(self) -> int:
+        cache = self.config.cache_config
+        per_block = self.kv_cache_bytes_per_block
+        useful = self.max_num_seqs * self.max_blocks_per_seq
+        if cache.num_gpu_blocks_override is not None:
+            return cache.num_gpu_blocks_override
+        if cache.kv_cache_memory_gib is not None:
+            budget = int(cache.kv_cache_memory_gib * 1024**3)
+        elif self._use_cuda:
+            budget = self._profile_kv_budget()
+        else:
+            budget = int(_CPU_DEFAULT_KV_GIB * 1024**3)
+        num_blocks = min(budget // per_block, useful)
+        if num_blocks < 1:
+            raise EngineError(
+                f"no memory left for the KV cache (budget {budget / 1024**3:.2f} GiB); raise "
+                "gpu_memory_utilization or kv_cache_memory_gib, or lower max_num_batched_tokens"
+            )
+        if num_blocks < self.max_blocks_per_seq:
+            logger.warning(
+                "KV cache of %d blocks holds fewer than max_model_len=%d tokens",
+                num_blocks,
+                self.max_model_len,
+            )
+        logger.info(
+            "KV cache: %d blocks of %d tokens (%.2f GiB)",
+            num_blocks,
+            self.block_size,
+            num_blocks * per_block / 1024**3,
+        )
+        return num_blocks
+
+    def _profile_kv_budget(self) -> int:
+        """Bytes left for the KV cache after a forward of the largest step the scheduler makes.
+
+        The profile runs max_num_batched_tokens tokens with a temporary cache just big enough
+        for them, then the lm_head and a softmax over max_num_seqs rows (the sampler's share).
+        """
+        torch.cuda.synchronize(self.device)
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(self.device)
+        tokens = self.max_num_tokens
+        seq_len = min(tokens, self.max_model_len)
+        num_seqs = min(math.ceil(tokens / seq_len), self.max_num_seqs)
+        blocks_per_seq = math.ceil(seq_len / self.block_size)
+        temp_blocks = num_seqs * blocks_per_seq
+        self._allocate_kv_cache(temp_blocks)
+        slices = []
+        remaining = tokens
+        for i in range(num_seqs):
+            n = min(seq_len, remaining)
+            remaining -= n
+            table = list(range(i * blocks_per_seq, (i + 1) * blocks_per_seq))
+            slices.append(SequenceSlice([0] * n, 0, table, LogitsWanted.NONE))
+        with torch.inference_mode():
+            hidden, _ = self._forward(self._prepare(ModelBatch(slices)), False)
+            rows = min(self.max_num_seqs, tokens)
+            logits = self.model.compute_logits(hidden[:rows])
+            torch.log_softmax(logits, dim=-1)
+            torch.softmax(logits, dim=-1)
+        del hidden, logits
+        torch.cuda.synchronize(self.device)
+        temp_bytes = temp_blocks * self.kv_cache_bytes_per_block
+        peak = torch.cuda.max_memory_allocated(self.device) - temp_bytes
+        self._free_kv_cache()
+        torch.cuda.empty_cache()
+        free, total = torch.cuda.mem_get_info(self.device)
+        # Memory of other processes and the CUDA context, outside torch's allocator.
+        non_torch = (total - free) - torch.cuda.memory_reserved(self.device)
+        limit = total * self.config.cache_config.gpu_memory_utilization
+        budget = int(limit - peak - non_torch - _CUDA_HEADROOM_BYTES)
+        logger.info(
+            "profile: peak %.2f GiB (weights + activations), non-torch %.2f GiB, KV budget %.2f GiB",
+            peak / 1024**3,
+            non_torch / 1024**3,
+            budget / 1024**3,
+        )
+        return budget
+
+    def _allocate_kv_cache(self, num_blocks: int) -> None:
+        """One tensor [layers, 2, num_blocks, block_size, kv_heads, head_dim], zeroed: padded
+        graph rows read block 0, and zeros keep them finite."""
+        shape = (len(self._attention_layers), 2, num_blocks, *self._kv_shape)
+        self.kv_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        for i, layer in enumerate(self._attention_layers):
+            layer.bind_cache(self.kv_cache[i, 0], self.kv_cache[i, 1])
+
+    def _free_kv_cache(self) -> None:
+        for layer in self._attention_layers:
+            layer.key_cache = layer.value_cache = None
+        del self.kv_cache
+
+    # ------------------------------------------------------------------ CUDA graphs
+
+    def _graph_size(self, batch: ModelBatch, num_seqs: int) -> int | None:
+        if not self._graphs or not batch.is_decode_only:
+            return None
+        for size in self._graph_sizes:
+            if size >= num_seqs:
+                return size
+        return None
+
+    @torch.inference_mode()
+    def _capture_decode_graphs(self) -> None:
+        self._graph_sizes = decode_graph_sizes(self.max_num_seqs)
+        largest = self._graph_sizes[-1]
+        self._graph_logits = torch.zeros(
+            (largest, self.vocab_size), dtype=torch.float32, device=self.device
+        )
+        # Harmless inputs for capture: every row is a one-token context with no KV write.
+        self._input_ids.zero_()
+        self._positions.zero_()
+        self._slot_mapping.fill_(-1)
+        self._seq_lens.fill_(1)
+        self._block_tables.zero_()
+        self._query_start_loc.copy_(torch.arange(self.max_num_seqs + 1, dtype=torch.int32))
+        pool = torch.cuda.graph_pool_handle()
+        for size in reversed(self._graph_sizes):  # largest first: smaller ones reuse its pool
+            metadata = self._buffer_metadata(size, size, 1, self.max_model_len, True)
+            with attention_metadata(metadata):
+                self._graph_step(size)  # warm-up (Triton autotuning, allocator)
+                torch.cuda.synchronize(self.device)
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, pool=pool):
+                    self._graph_step(size)
+            self._graphs[size] = graph
+        torch.cuda.synchronize(self.device)
+
+    def _graph_step(self, size: int) -> None:
+        hidden = self.model(self._input_ids[:size], self._positions[:size])
+        self._graph_logits[:size].copy_(self.model.compute_logits(hidden))
+
+
+def _logits_indices(slices: list[SequenceSlice], query_start_loc: np.ndarray) -> np.ndarray:
+    """Token rows whose logits the scheduler wants, in slice order."""
+    ends = query_start_loc[1:]
+    wanted = [s.logits for s in slices]
+    if all(w == LogitsWanted.LAST for w in wanted):
+        return (ends - 1).astype(np.int64)
+    parts = []
+    for i, w in enumerate(wanted):
+        if w == LogitsWanted.LAST:
+            parts.append(np.array([ends[i] - 1], np.int64))
+        elif w == LogitsWanted.ALL:
+            parts.append(np.arange(query_start_loc[i], ends[i], dtype=np.int64))
+    return np.concatenate(parts) if parts else np.zeros(0, np.int64)

@@ -1,0 +1,283 @@
+"""The Llama family in one config-driven implementation.
+
+LlamaForCausalLM (Llama 2, 3, 3.1+ with llama3 / linear / yarn rope scaling), MistralForCausalLM,
+Qwen2ForCausalLM (bias on q/k/v) and Qwen3ForCausalLM (RMSNorm over each q/k head) differ only
+in a few switches read from config.json, so they share this file. Module and parameter names
+follow the HF ones (`model.layers.N.self_attn...`) except for the fused `qkv_proj` and
+`gate_up_proj`, which `load_weights` assembles from the checkpoint's separate tensors.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from mono_llm import kernels
+from mono_llm.core.attention import PagedAttention
+from mono_llm.core.errors import UnsupportedModelError
+from mono_llm.core.layers.linear import MergedLinear
+from mono_llm.core.layers.norm import RMSNorm
+from mono_llm.core.layers.rotary import RotaryEmbedding, rope_settings
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class LlamaSettings:
+    """The switches that tell the family members apart, read from an HF text config."""
+
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rms_norm_eps: float
+    rope_theta: float
+    rope_scaling: dict[str, Any] | None
+    max_position: int
+    qkv_bias: bool  # Qwen2: bias on q/k/v only; Llama `attention_bias`: on q/k/v and o
+    o_bias: bool
+    mlp_bias: bool
+    qk_norm: bool  # Qwen3
+    tie_word_embeddings: bool
+
+    @classmethod
+    def from_hf(
+        cls, config: dict[str, Any], architecture: str, max_model_len: int | None = None
+    ) -> LlamaSettings:
+        hidden = int(config["hidden_size"])
+        heads = int(config["num_attention_heads"])
+        act = config.get("hidden_act", config.get("hidden_activation", "silu"))
+        if act not in ("silu", "swish"):
+            raise UnsupportedModelError(f"{architecture}: hidden_act={act!r} is not supported")
+        theta, scaling = rope_settings(config)
+        trained = int(config.get("max_position_embeddings", 2048))
+        attention_bias = bool(config.get("attention_bias", False))
+        is_qwen2 = architecture == "Qwen2ForCausalLM"
+        window = config.get("sliding_window")
+        uses_window = window is not None and config.get("use_sliding_window", True)
+        if uses_window and max_model_len is not None and max_model_len > int(window):
+            logger.warning(
+                "%s: sliding_window=%s is not implemented; attention spans the full context, "
+                "which differs from the reference past %s tokens.",
+                architecture,
+                window,
+                window,
+            )
+        return cls(
+            vocab_size=int(config["vocab_size"]),
+            hidden_size=hidden,
+            intermediate_size=int(config["intermediate_size"]),
+            num_layers=int(config["num_hidden_layers"]),
+            num_heads=heads,
+            num_kv_heads=int(config.get("num_key_value_heads") or heads),
+            head_dim=int(config.get("head_dim") or hidden // heads),
+            rms_norm_eps=float(config.get("rms_norm_eps", 1e-6)),
+            rope_theta=theta,
+            rope_scaling=scaling,
+            max_position=max(trained, max_model_len or 0),
+            qkv_bias=is_qwen2 or attention_bias,
+            o_bias=attention_bias and not is_qwen2,
+            mlp_bias=bool(config.get("mlp_bias", False)),
+            qk_norm=architecture == "Qwen3ForCausalLM",
+            tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
+        )
+
+
+class LlamaAttention(nn.Module):
+    def __init__(self, s: LlamaSettings, rotary: RotaryEmbedding) -> None:
+        super().__init__()
+        self.num_heads, self.num_kv_heads, self.head_dim = s.num_heads, s.num_kv_heads, s.head_dim
+        self.q_size = s.num_heads * s.head_dim
+        self.kv_size = s.num_kv_heads * s.head_dim
+        self.qkv_proj = MergedLinear(
+            s.hidden_size, {"q": self.q_size, "k": self.kv_size, "v": self.kv_size}, s.qkv_bias
+        )
+        self.o_proj = nn.Linear(self.q_size, s.hidden_size, bias=s.o_bias)
+        if s.qk_norm:
+            self.q_norm = RMSNorm(s.head_dim, s.rms_norm_eps)
+            self.k_norm = RMSNorm(s.head_dim, s.rms_norm_eps)
+        self.qk_norm = s.qk_norm
+        # Shared by every layer; kept out of the module tree so it is not registered N times.
+        self._rotary = (rotary,)
+        self.attn = PagedAttention(s.num_heads, s.num_kv_heads, s.head_dim, s.head_dim**-0.5)
+
+    def forward(self, positions: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        qkv = self.qkv_proj(hidden)  # [num_tokens, q_size + 2 * kv_size]
+        q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        q = q.view(-1, self.num_heads, self.head_dim)
+        k = k.view(-1, self.num_kv_heads, self.head_dim)
+        v = v.view(-1, self.num_kv_heads, self.head_dim)
+        if self.qk_norm:
+            q = self.q_norm(q)
+            k = self.k_norm(k)
+        q, k = self._rotary[0](positions, q, k)
+        out = self.attn(q, k, v)  # [num_tokens, num_heads, head_dim]
+        return self.o_proj(out.reshape(-1, self.q_size))
+
+
+class LlamaMLP(nn.Module):
+    def __init__(self, s: LlamaSettings) -> None:
+        super().__init__()
+        size = s.intermediate_size
+        self.gate_up_proj = MergedLinear(s.hidden_size, {"gate": size, "up": size}, s.mlp_bias)
+        self.down_proj = nn.Linear(size, s.hidden_size, bias=s.mlp_bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(kernels.silu_and_mul(self.gate_up_proj(x)))
+
+
+class LlamaDecoderLayer(nn.Module):
+    def __init__(self, s: LlamaSettings, rotary: RotaryEmbedding) -> None:
+        super().__init__()
+        self.self_attn = LlamaAttention(s, rotary)
+        self.mlp = LlamaMLP(s)
+        self.input_layernorm = RMSNorm(s.hidden_size, s.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(s.hidden_size, s.rms_norm_eps)
+
+    def forward(
+        self, positions: torch.Tensor, hidden: torch.Tensor, residual: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        # The residual add of each sub-block is fused into the following norm.
+        if residual is None:
+            residual = hidden
+            hidden = self.input_layernorm(hidden)
+        else:
+            hidden, residual = self.input_layernorm(hidden, residual)
+        hidden = self.self_attn(positions, hidden)
+        hidden, residual = self.post_attention_layernorm(hidden, residual)
+        return self.mlp(hidden), residual
+
+
+class LlamaModel(nn.Module):
+    def __init__(self, s: LlamaSettings) -> None:
+        super().__init__()
+        self.rotary_emb = RotaryEmbedding(s.head_dim, s.max_position, s.rope_theta, s.rope_scaling)
+        self.embed_tokens = nn.Embedding(s.vocab_size, s.hidden_size)
+        self.layers = nn.ModuleList(
+            [LlamaDecoderLayer(s, self.rotary_emb) for _ in range(s.num_layers)]
+        )
+        self.norm = RMSNorm(s.hidden_size, s.rms_norm_eps)
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        hidden = self.embed_tokens(input_ids)  # [num_tokens, hidden]
+        residual = None
+        for layer in self.layers:
+            hidden, residual = layer(positions, hidden, residual)
+        hidden, _ = self.norm(hidden, residual)
+        return hidden
+
+
+# checkpoint name fragment -> (fused parameter fragment, shard)
+_FUSED_SHARDS = {
+    ".q_proj.": (".qkv_proj.", "q"),
+    ".k_proj.": (".qkv_proj.", "k"),
+    ".v_proj.": (".qkv_proj.", "v"),
+    ".gate_proj.": (".gate_up_proj.", "gate"),
+    ".up_proj.": (".gate_up_proj.", "up"),
+}
+
+
+class LlamaForCausalLM(nn.Module):
+    """Decoder-only LM: `forward` gives final hidden states, `compute_logits` the vocab scores."""
+
+    def __init__(self, settings: LlamaSettings) -> None:
+        super().__init__()
+        self.settings = settings
+        self.model = LlamaModel(settings)
+        self.lm_head = nn.Linear(settings.hidden_size, settings.vocab_size, bias=False)
+        self.tie_weights()
+
+    def tie_weights(self) -> None:
+        """Share the embedding with the lm_head when the config says so (again after
+        `to_empty`, which materialises each module's parameters separately)."""
+        if self.settings.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+    @classmethod
+    def from_hf_config(
+        cls, config: dict[str, Any], architecture: str, max_model_len: int | None = None
+    ) -> LlamaForCausalLM:
+        return cls(LlamaSettings.from_hf(config, architecture, max_model_len))
+
+    @property
+    def vocab_size(self) -> int:
+        return self.settings.vocab_size
+
+    @property
+    def hidden_size(self) -> int:
+        return self.settings.hidden_size
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """input_ids, positions [num_tokens] -> final hidden states [num_tokens, hidden]."""
+        return self.model(input_ids, positions)
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """[rows, hidden] -> float32 logits [rows, vocab]."""
+        return self.lm_head(hidden).float()
+
+    def attention_layers(self) -> list[PagedAttention]:
+        return [layer.self_attn.attn for layer in self.model.layers]
+
+    def rotary_embeddings(self) -> list[RotaryEmbedding]:
+        return [self.model.rotary_emb]
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
+        """Copy checkpoint tensors (HF names) into the parameters; returns the names loaded.
+
+        Tensors may arrive on any device and in any dtype: each is converted while copied,
+        so only one checkpoint tensor at a time exists outside the model.
+        """
+        params = dict(self.named_parameters())
+        loaded: set[str] = set()
+        for name, tensor in weights:
+            if "rotary_emb.inv_freq" in name:  # old checkpoints saved the rope buffer
+                continue
+            if name == "lm_head.weight" and self.settings.tie_word_embeddings:
+                continue
+            for fragment, (fused, shard) in _FUSED_SHARDS.items():
+                if fragment in name:
+                    target = name.replace(fragment, fused)
+                    param = self._param(params, target, name)
+                    module = self.get_submodule(target.rsplit(".", 1)[0])
+                    assert isinstance(module, MergedLinear)
+                    module.load_shard(param, shard, tensor)
+                    loaded.add(f"{target}:{shard}")
+                    break
+            else:
+                param = self._param(params, name, name)
+                if param.shape != tensor.shape:
+                    raise UnsupportedModelError(
+                        f"checkpoint tensor {name} has shape {tuple(tensor.shape)}, the model "
+                        f"expects {tuple(param.shape)}"
+                    )
+                param.data.copy_(tensor)
+                loaded.add(name)
+        return loaded
+
+    def expected_weights(self) -> set[str]:
+        """Names `load_weights` reports once a complete checkpoint has been read."""
+        expected: set[str] = set()
+        for name, module in self.named_modules():
+            if isinstance(module, MergedLinear):
+                for param_name, _ in module.named_parameters(recurse=False):
+                    expected.update(f"{name}.{param_name}:{s}" for s in module.shard_offsets)
+        fused = {n.rsplit(":", 1)[0] for n in expected}
+        for name, _ in self.named_parameters():
+            if name not in fused:
+                expected.add(name)
+        return expected
+
+    @staticmethod
+    def _param(params: dict[str, nn.Parameter], target: str, source: str) -> nn.Parameter:
+        param = params.get(target)
+        if param is None:
+            raise UnsupportedModelError(f"checkpoint tensor {source} matches no model parameter")
+        return param
