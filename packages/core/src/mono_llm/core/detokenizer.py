@@ -1,0 +1,110 @@
+"""Incremental detokenization with stop strings.
+
+Text is produced token by token by decoding a small window of recent tokens twice, with and
+without the newest ones, and emitting the difference (the "prefix offset / read offset"
+method): byte-level BPE splits multi-byte UTF-8 characters across tokens, and a window that
+ends inside a character decodes to U+FFFD, so nothing is emitted until the character is
+complete. Added (special) tokens are decoded on their own, optionally separated by spaces
+(`spaces_between_special_tokens`, the slow HF tokenizers' behaviour), or skipped.
+
+Stop strings are searched only where new text could complete one, and streamed text holds
+back any tail that could still become a stop string, so a client never receives part of a
+stop string that is later cut.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mono_llm.core.sampling_params import SamplingParams
+from mono_llm.core.tokenizer import TokenizerInfo, tokenizer_info
+
+# Prompt tokens kept as left context: enough for the decoder to place leading spaces.
+_CONTEXT_TOKENS = 5
+_REPLACEMENT_CHAR = "\ufffd"
+
+
+class IncrementalDetokenizer:
+    """Turns a sequence's generated token ids into text, one step at a time."""
+
+    def __init__(self, tokenizer: Any, prompt_token_ids: list[int], params: SamplingParams) -> None:
+        self.info: TokenizerInfo = tokenizer_info(tokenizer)
+        self.tokenizer = tokenizer
+        self.skip_special_tokens = params.skip_special_tokens
+        self.spaces_between_special_tokens = params.spaces_between_special_tokens
+        self.stop: list[str] = list(params.stop or [])
+        self.include_stop = params.include_stop_str_in_output
+        self.tokens: list[str] = self._convert(prompt_token_ids[-(_CONTEXT_TOKENS + 1) :])
+        self.prefix_offset = max(len(self.tokens) - _CONTEXT_TOKENS, 0)
+        self.read_offset = len(self.tokens)
+        self.output_text = ""
+        self.stopped_by: str | None = None
+
+    def _convert(self, token_ids: list[int]) -> list[str]:
+        return self.tokenizer.convert_ids_to_tokens(
+            token_ids, skip_special_tokens=self.skip_special_tokens
+        )
+
+    def _to_string(self, tokens: list[str]) -> str:
+        added = self.info.added_tokens
+        if not added or not any(token in added for token in tokens):
+            return self.tokenizer.convert_tokens_to_string(tokens) if tokens else ""
+        pieces: list[str] = []
+        run: list[str] = []
+        for token in tokens:
+            if token in added:
+                if run:
+                    pieces.append(self.tokenizer.convert_tokens_to_string(run))
+                    run = []
+                pieces.append(token)
+            else:
+                run.append(token)
+        if run:
+            pieces.append(self.tokenizer.convert_tokens_to_string(run))
+        return (" " if self.spaces_between_special_tokens else "").join(pieces)
+
+    def update(self, new_token_ids: list[int]) -> str | None:
+        """Append tokens; returns the stop string if one now ends the text (text truncated)."""
+        num_new_chars = 0
+        for token_id in new_token_ids:
+            self.tokens.extend(self._convert([token_id]))
+            window = self.tokens[self.prefix_offset :]
+            prefix_text = self._to_string(self.tokens[self.prefix_offset : self.read_offset])
+            new_text = self._to_string(window)
+            if len(new_text) > len(prefix_text) and not new_text.endswith(_REPLACEMENT_CHAR):
+                delta = new_text[len(prefix_text) :]
+                self.output_text += delta
+                num_new_chars += len(delta)
+                self.prefix_offset = self.read_offset
+                self.read_offset = len(self.tokens)
+        if self.stop and num_new_chars:
+            return self._check_stop(num_new_chars)
+        return None
+
+    def _check_stop(self, num_new_chars: int) -> str | None:
+        text = self.output_text
+        best: tuple[int, str] | None = None
+        for stop in self.stop:
+            start = max(0, len(text) - num_new_chars - len(stop) + 1)
+            index = text.find(stop, start)
+            if index != -1 and (best is None or index < best[0]):
+                best = (index, stop)
+        if best is None:
+            return None
+        index, stop = best
+        self.output_text = text[: index + len(stop)] if self.include_stop else text[:index]
+        self.stopped_by = stop
+        return stop
+
+    def visible_text(self, finished: bool) -> str:
+        """Text safe to stream: without a tail that may still grow into a stop string."""
+        text = self.output_text
+        if finished or not self.stop or self.include_stop:
+            return text
+        held = 0
+        for stop in self.stop:
+            for length in range(min(len(stop) - 1, len(text)), held, -1):
+                if text.endswith(stop[:length]):
+                    held = length
+                    break
+        return text[: len(text) - held] if held else text

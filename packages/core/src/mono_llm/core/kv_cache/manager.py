@@ -1,0 +1,140 @@
+"""Block tables of running sequences, and prefix-cache lookups by chained block hashes.
+
+The hash of block i covers its tokens and the hash of block i-1, so equal hashes mean equal
+whole prefixes, not just equal blocks. Only full blocks whose tokens are all computed are
+registered, after the step that computed them: a block is never shared before its KV exists,
+whatever order the model runner writes the cache in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from array import array
+
+from mono_llm.core.kv_cache.block_pool import BlockPool
+from mono_llm.core.request import Sequence
+
+_ROOT_HASH = b"mono-llm-kv-root"
+
+
+def hash_block(parent_hash: bytes, token_ids: list[int]) -> bytes:
+    """Content hash of one full block chained to its prefix (blake2b: no crafted collisions
+    between tenants, unlike Python's `hash`)."""
+    digest = hashlib.blake2b(parent_hash, digest_size=16)
+    digest.update(array("q", token_ids).tobytes())
+    return digest.digest()
+
+
+class KVCacheManager:
+    """Allocates KV blocks to sequences and finds their cached prefixes."""
+
+    def __init__(self, num_blocks: int, block_size: int, *, enable_caching: bool = True) -> None:
+        self.block_size = block_size
+        self.enable_caching = enable_caching
+        self.pool = BlockPool(num_blocks, enable_caching=enable_caching)
+        self.block_tables: dict[str, list[int]] = {}
+        self._num_registered: dict[str, int] = {}  # leading blocks already in the prefix cache
+        self.prefix_cache_queries = 0  # tokens looked up (cumulative)
+        self.prefix_cache_hits = 0  # tokens found (cumulative)
+
+    # ------------------------------------------------------------------ queries
+    @property
+    def num_free_blocks(self) -> int:
+        return self.pool.num_free_blocks
+
+    @property
+    def num_blocks(self) -> int:
+        return self.pool.num_blocks
+
+    @property
+    def usage(self) -> float:
+        return self.pool.usage
+
+    def block_table(self, seq: Sequence) -> list[int]:
+        return self.block_tables.get(seq.seq_id, [])
+
+    def num_blocks_for(self, num_tokens: int) -> int:
+        return -(-num_tokens // self.block_size)
+
+    # ------------------------------------------------------------------ prefix cache
+    def _extend_hashes(self, seq: Sequence, num_tokens: int) -> None:
+        """Make sure `seq.block_hashes` covers every full block of its first `num_tokens`."""
+        size = self.block_size
+        hashes = seq.block_hashes
+        for index in range(len(hashes), num_tokens // size):
+            parent = hashes[index - 1] if index else _ROOT_HASH
+            hashes.append(hash_block(parent, seq.token_ids[index * size : (index + 1) * size]))
+
+    def find_cached_prefix(self, seq: Sequence) -> list[int]:
+        """Blocks holding the longest cached prefix of `seq` (not yet taken).
+
+        At least the last token is always left to compute, since its logits are needed.
+        Requests asking for prompt logprobs bypass the cache: cached positions have no logits.
+        """
+        if not self.enable_caching or seq.wants_prompt_logprobs:
+            return []
+        lookup_tokens = seq.num_tokens - 1
+        self._extend_hashes(seq, lookup_tokens)
+        found: list[int] = []
+        for block_hash in seq.block_hashes[: lookup_tokens // self.block_size]:
+            block_id = self.pool.lookup(block_hash)
+            if block_id is None:
+                break
+            found.append(block_id)
+        self.prefix_cache_queries += seq.num_tokens
+        self.prefix_cache_hits += len(found) * self.block_size
+        return found
+
+    def cache_computed_blocks(self, seq: Sequence) -> None:
+        """Register the full blocks whose tokens are now all in the KV cache."""
+        if not self.enable_caching:
+            return
+        table = self.block_tables.get(seq.seq_id)
+        if table is None:
+            return
+        num_full = min(seq.num_computed_tokens // self.block_size, len(table))
+        start = self._num_registered.get(seq.seq_id, 0)
+        if num_full <= start:
+            return
+        self._extend_hashes(seq, num_full * self.block_size)
+        for index in range(start, num_full):
+            self.pool.register(table[index], seq.block_hashes[index])
+        self._num_registered[seq.seq_id] = num_full
+
+    # ------------------------------------------------------------------ allocation
+    def allocate(
+        self, seq: Sequence, num_new_tokens: int, cached_blocks: list[int] | None = None
+    ) -> bool:
+        """Give `seq` blocks for `num_new_tokens` more tokens (after any cached prefix).
+
+        Returns False, changing nothing, when not enough blocks are free; the scheduler then
+        preempts or waits.
+        """
+        cached_blocks = cached_blocks or []
+        table = self.block_tables.get(seq.seq_id, [])
+        num_computed = seq.num_computed_tokens + len(cached_blocks) * self.block_size
+        needed = (
+            self.num_blocks_for(num_computed + num_new_tokens) - len(table) - len(cached_blocks)
+        )
+        # Cached blocks sitting in the free list stop being free once taken.
+        revived = sum(1 for block_id in cached_blocks if self.pool.is_free(block_id))
+        if max(needed, 0) + revived > self.pool.num_free_blocks:
+            return False
+        if cached_blocks:
+            self.pool.take(cached_blocks)
+            table.extend(cached_blocks)
+            self._num_registered[seq.seq_id] = len(table)
+        if needed > 0:
+            table.extend(self.pool.allocate(needed))
+        self.block_tables[seq.seq_id] = table
+        return True
+
+    def free(self, seq: Sequence) -> None:
+        """Release all of `seq`'s blocks (finish, abort or preemption)."""
+        table = self.block_tables.pop(seq.seq_id, None)
+        self._num_registered.pop(seq.seq_id, None)
+        if table:
+            self.pool.free(reversed(table))
+
+    def reset_prefix_cache(self) -> bool:
+        return self.pool.reset_prefix_cache()

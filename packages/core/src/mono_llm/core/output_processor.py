@@ -1,0 +1,89 @@
+"""Building vLLM-shaped `RequestOutput`s from sequence state (CUMULATIVE, DELTA, FINAL_ONLY)."""
+
+from __future__ import annotations
+
+import time
+
+from mono_llm.core.outputs import CompletionOutput, RequestOutput
+from mono_llm.core.request import Request, Sequence
+from mono_llm.core.sampling_params import RequestOutputKind
+
+
+def _completion(seq: Sequence, index: int, request: Request, delta: bool) -> CompletionOutput:
+    finished = seq.is_finished
+    params = seq.sampling_params
+    text = seq.detokenizer.visible_text(finished) if seq.detokenizer is not None else ""
+    tokens = seq.output_token_ids
+    logprobs = seq.logprobs if params is not None and params.logprobs is not None else None
+    if delta:
+        sent_text = request.sent_text_len[seq.index]
+        sent_tokens = request.sent_tokens[seq.index]
+        request.sent_text_len[seq.index] = len(text)
+        request.sent_tokens[seq.index] = len(tokens)
+        text = text[sent_text:]
+        tokens = tokens[sent_tokens:]
+        if logprobs is not None:
+            logprobs = logprobs[sent_tokens:]
+    else:
+        tokens = list(tokens)
+        if logprobs is not None:
+            logprobs = list(logprobs)
+    return CompletionOutput(
+        index=index,
+        text=text,
+        token_ids=tokens,
+        cumulative_logprob=seq.cumulative_logprob if logprobs is not None else None,
+        logprobs=logprobs,
+        finish_reason=seq.status.finish_reason,
+        stop_reason=seq.stop_reason,
+    )
+
+
+def make_request_output(request: Request, changed: set[str] | None = None) -> RequestOutput | None:
+    """The output to hand out for `request` after a step, or None if nothing is due.
+
+    `changed` holds the seq ids that got tokens or finished this step (None: all). best_of
+    requests only report once finished: ranking needs the complete candidates.
+    """
+    params = request.sampling_params
+    assert params is not None
+    finished = request.is_finished
+    kind = params.output_kind
+    best_of = params.num_candidates > params.n
+    if (kind == RequestOutputKind.FINAL_ONLY or best_of) and not finished:
+        return None
+    now = time.time()
+    metrics = request.metrics
+    if finished and metrics.finished_time is None:
+        metrics.finished_time = now
+    delta = kind == RequestOutputKind.DELTA and not best_of
+    if best_of:
+        ranked = sorted(request.sequences, key=lambda s: s.cumulative_logprob, reverse=True)
+        chosen = [(rank, seq) for rank, seq in enumerate(ranked[: params.n])]
+    else:
+        chosen = [
+            (seq.index, seq)
+            for seq in request.sequences
+            if not delta or changed is None or seq.seq_id in changed
+        ]
+    outputs = [_completion(seq, index, request, delta) for index, seq in chosen]
+    if delta and not outputs:
+        return None
+    prompt_logprobs = None
+    if params.prompt_logprobs is not None:
+        leader = request.sequences[0]
+        if len(leader.prompt_logprobs) >= leader.num_prompt_tokens and (
+            not delta or not request.sent_prompt_logprobs
+        ):
+            prompt_logprobs = list(leader.prompt_logprobs)
+            request.sent_prompt_logprobs = True
+    return RequestOutput(
+        request_id=request.request_id,
+        prompt=request.prompt,
+        prompt_token_ids=request.prompt_token_ids,
+        prompt_logprobs=prompt_logprobs,
+        outputs=outputs,
+        finished=finished,
+        num_cached_tokens=max(request.sequences[0].num_cached_tokens, 0),
+        metrics=metrics,
+    )
