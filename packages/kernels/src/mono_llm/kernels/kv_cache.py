@@ -1,0 +1,143 @@
+"""Writing a step's new keys and values into the paged KV cache.
+
+The cache of one layer is a pair [num_blocks, block_size, num_kv_heads, head_dim]; token i goes
+to ``slot_mapping[i] = block_id * block_size + offset``. A negative slot marks a padding token
+(e.g. a CUDA-graph batch padded to a captured size) and is skipped, so the same launch serves
+padded and unpadded batches without a host sync.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from mono_llm.kernels.backend import tl, triton, use_triton
+
+# ----------------------------------------------------------------------------- kernel
+
+
+@triton.jit
+def _write_kv_kernel(
+    key_ptr,
+    value_ptr,
+    key_cache_ptr,
+    value_cache_ptr,
+    slot_ptr,
+    key_token_stride,
+    key_head_stride,
+    value_token_stride,
+    value_head_stride,
+    kc_block_stride,
+    kc_slot_stride,
+    kc_head_stride,
+    vc_block_stride,
+    vc_slot_stride,
+    vc_head_stride,
+    block_size,
+    num_kv_heads,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    token = tl.program_id(0).to(tl.int64)
+    slot = tl.load(slot_ptr + token).to(tl.int64)
+    if slot >= 0:
+        block = slot // block_size
+        offset = slot % block_size
+        h = tl.arange(0, BLOCK_H)[:, None]
+        d = tl.arange(0, BLOCK_D)[None, :]
+        mask = (h < num_kv_heads) & (d < HEAD_DIM)
+        k = tl.load(key_ptr + token * key_token_stride + h * key_head_stride + d, mask=mask)
+        v = tl.load(value_ptr + token * value_token_stride + h * value_head_stride + d, mask=mask)
+        kc = (
+            key_cache_ptr
+            + block * kc_block_stride
+            + offset * kc_slot_stride
+            + h * kc_head_stride
+            + d
+        )
+        vc = (
+            value_cache_ptr
+            + block * vc_block_stride
+            + offset * vc_slot_stride
+            + h * vc_head_stride
+            + d
+        )
+        tl.store(kc, k.to(key_cache_ptr.dtype.element_ty), mask=mask)
+        tl.store(vc, v.to(value_cache_ptr.dtype.element_ty), mask=mask)
+
+
+# ----------------------------------------------------------------------------- launcher
+
+
+def _launch(key, value, key_cache, value_cache, slot_mapping) -> None:
+    num_tokens, num_kv_heads, head_dim = key.shape
+    if num_tokens == 0:
+        return
+    if key.stride(-1) != 1:
+        key = key.contiguous()
+    if value.stride(-1) != 1:
+        value = value.contiguous()
+    block_h = triton.next_power_of_2(num_kv_heads)
+    block_d = triton.next_power_of_2(head_dim)
+    _write_kv_kernel[(num_tokens,)](
+        key, value, key_cache, value_cache, slot_mapping,
+        key.stride(0), key.stride(1), value.stride(0), value.stride(1),
+        key_cache.stride(0), key_cache.stride(1), key_cache.stride(2),
+        value_cache.stride(0), value_cache.stride(1), value_cache.stride(2),
+        key_cache.shape[1], num_kv_heads,
+        HEAD_DIM=head_dim, BLOCK_H=block_h, BLOCK_D=block_d,
+        num_warps=max(1, min(8, block_h * block_d // 512)),
+    )  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- reference
+
+
+def reference(
+    key: torch.Tensor,
+    value: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,
+) -> None:
+    """Plain-torch scatter of ``key``/``value`` into the caches at ``slot_mapping`` (skip < 0)."""
+    num_blocks, block_size = key_cache.shape[:2]
+    valid = slot_mapping >= 0
+    slots = slot_mapping[valid].long()
+    key_cache.view(num_blocks * block_size, *key_cache.shape[2:])[slots] = key[valid].to(
+        key_cache.dtype
+    )
+    value_cache.view(num_blocks * block_size, *value_cache.shape[2:])[slots] = value[valid].to(
+        value_cache.dtype
+    )
+
+
+# ----------------------------------------------------------------------------- public
+
+
+def write_kv_cache(
+    key: torch.Tensor,
+    value: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,
+) -> None:
+    """Store ``key``/``value`` [num_tokens, num_kv_heads, head_dim] into the paged caches
+    [num_blocks, block_size, num_kv_heads, head_dim] at ``slot_mapping`` [num_tokens] (int64,
+    ``block_id * block_size + offset``; negative = skip). In place; returns nothing.
+    """
+    if key.shape != value.shape or key.dim() != 3:
+        raise ValueError("key and value must both be [num_tokens, num_kv_heads, head_dim]")
+    if key_cache.shape[2:] != key.shape[1:] or value_cache.shape != key_cache.shape:
+        raise ValueError(
+            f"cache {tuple(key_cache.shape)} does not match key {tuple(key.shape)} heads/head_dim"
+        )
+    if slot_mapping.shape[0] != key.shape[0]:
+        raise ValueError("slot_mapping must have one entry per token")
+    if use_triton(key):
+        _launch(key, value, key_cache, value_cache, slot_mapping)
+    else:
+        reference(key, value, key_cache, value_cache, slot_mapping)
+
+
+__all__ = ["reference", "write_kv_cache"]
