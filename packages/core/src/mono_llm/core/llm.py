@@ -1,0 +1,153 @@
+"""The offline engine: `LLM(model=...).generate(prompts, SamplingParams(...))`, as in vLLM."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence as SequenceABC
+from typing import Any
+
+from mono_llm.core.config import EngineArgs
+from mono_llm.core.engine_core import EngineCore
+from mono_llm.core.errors import InvalidRequestError
+from mono_llm.core.inputs import PromptType, TokensPrompt
+from mono_llm.core.outputs import RequestOutput
+from mono_llm.core.sampling_params import RequestOutputKind, SamplingParams
+
+# Batches at least this long get a progress bar (short ones finish before it is useful).
+_PROGRESS_BAR_MIN_PROMPTS = 8
+
+ChatMessages = list[dict[str, Any]]
+
+
+class LLM:
+    """Batched offline generation over one model; every prompt runs to completion."""
+
+    def __init__(self, model: str, *, tokenizer: str | None = None, **engine_args: Any) -> None:
+        args = EngineArgs(model=model, tokenizer=tokenizer, **engine_args)
+        self.engine_args = args
+        self.llm_engine = EngineCore.from_engine_args(args)
+        self._request_counter = itertools.count()
+
+    def get_tokenizer(self) -> Any:
+        return self.llm_engine.tokenizer
+
+    def get_default_sampling_params(self) -> SamplingParams:
+        """SamplingParams from the model's generation_config.json (generation_config="auto")."""
+        return SamplingParams(**self.llm_engine.get_default_sampling_params())
+
+    # ------------------------------------------------------------------ generation
+    def generate(
+        self,
+        prompts: PromptType | SequenceABC[PromptType],
+        sampling_params: SamplingParams | SequenceABC[SamplingParams] | None = None,
+        use_tqdm: bool = True,
+        *,
+        priority: SequenceABC[int] | None = None,
+    ) -> list[RequestOutput]:
+        """Generate for every prompt; outputs come back in input order."""
+        if isinstance(prompts, (str, dict)):
+            prompts = [prompts]
+        prompts = list(prompts)
+        if sampling_params is None:
+            sampling_params = self.get_default_sampling_params()
+        if isinstance(sampling_params, SamplingParams):
+            params_list = [sampling_params] * len(prompts)
+        else:
+            params_list = list(sampling_params)
+            if len(params_list) != len(prompts):
+                raise InvalidRequestError(
+                    f"Got {len(prompts)} prompts but {len(params_list)} sampling params.",
+                    param="sampling_params",
+                )
+        if priority is not None and len(priority) != len(prompts):
+            raise InvalidRequestError(
+                f"Got {len(prompts)} prompts but {len(priority)} priorities.", param="priority"
+            )
+        return self._run(prompts, params_list, use_tqdm, priority)
+
+    def chat(
+        self,
+        messages: ChatMessages | SequenceABC[ChatMessages],
+        sampling_params: SamplingParams | SequenceABC[SamplingParams] | None = None,
+        use_tqdm: bool = True,
+        *,
+        chat_template: str | None = None,
+        add_generation_prompt: bool = True,
+        continue_final_message: bool = False,
+        chat_template_kwargs: dict[str, Any] | None = None,
+        tools: list[dict[str, Any]] | None = None,
+    ) -> list[RequestOutput]:
+        """Generate replies to conversations, rendered with the tokenizer's chat template."""
+        if not messages:
+            raise InvalidRequestError("messages must not be empty.", param="messages")
+        conversations = [messages] if isinstance(messages[0], dict) else list(messages)
+        tokenizer = self.get_tokenizer()
+        prompts: list[PromptType] = []
+        for conversation in conversations:
+            text = tokenizer.apply_chat_template(
+                conversation,
+                tools=tools,
+                chat_template=chat_template,
+                add_generation_prompt=add_generation_prompt,
+                continue_final_message=continue_final_message,
+                tokenize=False,
+                **(chat_template_kwargs or {}),
+            )
+            # The template already holds BOS and friends: do not add them twice.
+            ids = tokenizer.encode(text, add_special_tokens=False)
+            prompts.append(TokensPrompt(prompt_token_ids=ids, prompt=text))
+        return self.generate(prompts, sampling_params, use_tqdm)
+
+    def _run(
+        self,
+        prompts: list[PromptType],
+        params_list: list[SamplingParams],
+        use_tqdm: bool,
+        priority: SequenceABC[int] | None,
+    ) -> list[RequestOutput]:
+        engine = self.llm_engine
+        # Validate everything first, so a bad prompt fails the call before any work is queued.
+        prepared = [
+            engine.process_prompt(prompt, params)
+            for prompt, params in zip(prompts, params_list, strict=True)
+        ]
+        request_ids: list[str] = []
+        try:
+            for i, ((text, token_ids), params) in enumerate(
+                zip(prepared, params_list, strict=True)
+            ):
+                request_id = str(next(self._request_counter))
+                engine.add_request(
+                    request_id,
+                    token_ids,
+                    params.clone(output_kind=RequestOutputKind.FINAL_ONLY),
+                    priority=priority[i] if priority is not None else 0,
+                    prompt_text=text,
+                    prompt_token_ids=token_ids,
+                )
+                request_ids.append(request_id)
+        except BaseException:
+            engine.abort_request(request_ids)
+            raise
+        finished: dict[str, RequestOutput] = {}
+        bar = None
+        if use_tqdm and len(prompts) >= _PROGRESS_BAR_MIN_PROMPTS:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(prompts), desc="Processed prompts", dynamic_ncols=True)
+        try:
+            while len(finished) < len(request_ids):
+                for out in engine.step():
+                    if out.finished:
+                        finished[out.request_id] = out
+                        if bar is not None:
+                            bar.update(1)
+                if not engine.has_unfinished_requests() and len(finished) < len(request_ids):
+                    raise RuntimeError("engine went idle with requests unfinished")
+        except BaseException:
+            engine.abort_request([r for r in request_ids if r not in finished])
+            raise
+        finally:
+            if bar is not None:
+                bar.close()
+        return [finished[request_id] for request_id in request_ids]
