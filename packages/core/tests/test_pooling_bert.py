@@ -6,10 +6,12 @@ import pytest
 import torch
 import transformers
 
+from mono_llm.core.attention import AttentionMetadata, attention_metadata
+from mono_llm.core.config import EngineArgs
+from mono_llm.core.model_loader import build_model
 from mono_llm.core.models.bert import EncoderAttentionMetadata
-from mono_llm.core.pooling.model_loader import load_encoder_model
-from mono_llm.core.pooling.pooler import finalize_pooled
-from mono_llm.core.pooling.tasks import read_hf_config, resolve_model_tasks
+from mono_llm.core.pooling.pooler import build_pooling_head, finalize_pooled
+from mono_llm.core.pooling.tasks import resolve_model_tasks
 from mono_llm.core.pooling_params import PoolingParams
 from mono_llm.core.testing import fixture_path, minilm_path
 
@@ -25,18 +27,26 @@ PAIRS = [
 ]
 
 
-def _encode(path, encodings, params: PoolingParams):
+def _load(path, dtype: str = "float32"):
+    config = EngineArgs(model=str(path), dtype=dtype, device="cpu").create_engine_config()
+    model_config = config.model_config
+    tasks = resolve_model_tasks(
+        model_config.task, model_config.architectures, path, model_config.hf_config
+    )
+    model = build_model(model_config, torch.device("cpu"))
+    return model, build_pooling_head(model, tasks, "cpu", model_config.dtype), tasks
+
+
+def _encode(path, encodings, params: PoolingParams, dtype: str = "float32"):
     """Run our encoder on a ragged batch of tokenizer outputs; return finalized rows."""
-    config = read_hf_config(path)
-    tasks = resolve_model_tasks("auto", config["architectures"], path, config)
-    model = load_encoder_model(path, config, tasks)
+    model, head, tasks = _load(path, dtype)
     ids = torch.tensor([i for e in encodings for i in e["input_ids"]])
     token_types = torch.tensor([i for e in encodings for i in e["token_type_ids"]])
     lens = [len(e["input_ids"]) for e in encodings]
     positions = torch.cat([torch.arange(n) for n in lens])
     with torch.no_grad():
         hidden = model(ids, positions, lens, token_types)
-        pooled = model.pool(hidden, lens)
+        pooled = head(hidden, lens)
     return torch.stack([finalize_pooled(row, params, tasks) for row in pooled])
 
 
@@ -102,3 +112,68 @@ def test_batching_does_not_change_a_sequence_embedding():
     alone = _encode(path, [tokenizer(TEXTS[1])], PoolingParams())
     batched = _encode(path, [tokenizer(t) for t in TEXTS], PoolingParams())
     torch.testing.assert_close(alone[0], batched[1], atol=1e-6, rtol=1e-5)
+
+
+def test_engine_step_metadata_gives_the_same_hidden_states():
+    """Inside an engine step the encoder reads sequence boundaries from AttentionMetadata."""
+    model, _, _ = _load(fixture_path("tiny-bert"))
+    lens = [5, 2, 7]
+    ids = torch.randint(5, 200, (sum(lens),))
+    positions = torch.cat([torch.arange(n) for n in lens])
+    qsl = torch.tensor([0, 5, 7, 14], dtype=torch.int32)
+    step = AttentionMetadata(
+        slot_mapping=torch.full((14,), -1),
+        block_tables=torch.zeros((3, 1), dtype=torch.int32),
+        query_start_loc=qsl,
+        seq_lens=torch.tensor(lens, dtype=torch.int32),
+        max_query_len=7,
+        max_seq_len=7,
+        causal=False,
+    )
+    with torch.no_grad():
+        explicit = model(ids, positions, lens)
+        with attention_metadata(step):
+            from_step = model(ids, positions)
+    torch.testing.assert_close(from_step, explicit)
+
+
+def test_bf16_embeddings_stay_close():
+    path = minilm_path()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+    encodings = [tokenizer(t) for t in TEXTS]
+    fp32 = _encode(path, encodings, PoolingParams())
+    bf16 = _encode(path, encodings, PoolingParams(), dtype="bfloat16")
+    assert torch.nn.functional.cosine_similarity(fp32, bf16).min().item() > 0.99
+
+
+def test_decoder_classifier_matches_transformers():
+    """Qwen2ForSequenceClassification: the Llama-family body + score head on the last token."""
+    path = fixture_path("tiny-qwen2-classifier")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+    _, _, tasks = _load(path)
+    assert tasks.runner == "classify" and not tasks.is_encoder
+    assert tasks.id2label == {0: "bad", 1: "good"}
+    texts = ["The quick brown fox", "Hello! How are you today? I am fine."]
+    encodings = [tokenizer(t).input_ids for t in texts]
+    hf = transformers.AutoModelForSequenceClassification.from_pretrained(path).eval()
+    lens = [len(e) for e in encodings]
+    reference = []
+    with torch.no_grad():
+        for ids in encodings:
+            reference.append(hf(torch.tensor([ids])).logits[0])
+        # The decoder body uses the paged KV cache: run it as one engine step through the runner.
+        from mono_llm.core.batch import LogitsWanted, ModelBatch, SequenceSlice
+        from mono_llm.core.model_runner import ModelRunner
+
+        config = EngineArgs(model=str(path), device="cpu", kv_cache_memory_gib=0.01)
+        runner = ModelRunner(config.create_engine_config())
+        slices, next_block = [], 0
+        for ids in encodings:
+            blocks = -(-len(ids) // 16)
+            table = list(range(next_block, next_block + blocks))
+            next_block += blocks
+            slices.append(SequenceSlice(ids, 0, table, LogitsWanted.LAST))
+        hidden = runner.execute_hidden(ModelBatch(slices))
+        head = build_pooling_head(runner.model, tasks, "cpu", torch.float32)
+        logits = head(hidden, lens)
+    torch.testing.assert_close(logits, torch.stack(reference), atol=1e-5, rtol=1e-4)

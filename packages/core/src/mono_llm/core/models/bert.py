@@ -23,9 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mono_llm.core.attention import get_attention_metadata
 from mono_llm.core.errors import UnsupportedModelError
-from mono_llm.core.pooling.config import PoolerConfig
-from mono_llm.core.pooling.pooler import EmbeddingPooler
 
 _ACTIVATIONS = {
     "gelu": lambda x: F.gelu(x),
@@ -69,6 +68,26 @@ class EncoderAttentionMetadata:
             key_mask = (torch.arange(max_len).unsqueeze(0) < lens_t.unsqueeze(1)).to(device)
             key_mask = key_mask[:, None, None, :]
         return cls(lens, max_len, padded_index, key_mask)
+
+    @classmethod
+    def from_query_start_loc(
+        cls, query_start_loc: torch.Tensor, max_len: int, num_tokens: int
+    ) -> EncoderAttentionMetadata:
+        """Same, from the engine's device-side cumulative lengths, without a host sync."""
+        device = query_start_loc.device
+        starts = query_start_loc[:-1].long()
+        lens = query_start_loc[1:].long() - starts  # [num_seqs]
+        num_seqs = lens.shape[0]
+        token_seq = torch.repeat_interleave(
+            torch.arange(num_seqs, device=device), lens, output_size=num_tokens
+        )
+        within = torch.arange(num_tokens, device=device) - starts[token_seq]
+        padded_index = token_seq * max_len + within
+        key_mask = None
+        if num_seqs > 1:  # lengths may differ; we cannot look without a sync
+            key_mask = torch.arange(max_len, device=device).unsqueeze(0) < lens.unsqueeze(1)
+            key_mask = key_mask[:, None, None, :]
+        return cls([max_len] * num_seqs, max_len, padded_index, key_mask)
 
 
 class BertEmbeddings(nn.Module):
@@ -224,9 +243,19 @@ class BertModel(nn.Module):
         self.encoder = BertEncoder(config)
         self.pooler = BertPooler(config) if add_pooler else None
 
+    @classmethod
+    def from_hf_config(
+        cls, config: dict[str, Any], architecture: str, max_model_len: int | None = None
+    ) -> BertModel:
+        return cls(config)
+
     @property
     def hidden_size(self) -> int:
         return int(self.config["hidden_size"])
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.config["vocab_size"])
 
     @property
     def max_positions(self) -> int:
@@ -237,46 +266,43 @@ class BertModel(nn.Module):
         self,
         input_ids: torch.Tensor,  # [num_tokens]
         positions: torch.Tensor,  # [num_tokens]
-        seq_lens: Sequence[int],
+        seq_lens: Sequence[int] | None = None,
         token_type_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        meta = EncoderAttentionMetadata.build(seq_lens, input_ids.device)
+        """Token hidden states [num_tokens, hidden] of a ragged batch of whole sequences.
+
+        Sequence boundaries come from `seq_lens` (host ints) or, inside an engine step, from
+        the step's AttentionMetadata (every slice must be a whole prompt: no KV cache).
+        """
+        if seq_lens is not None:
+            meta = EncoderAttentionMetadata.build(seq_lens, input_ids.device)
+        else:
+            step = get_attention_metadata()
+            meta = EncoderAttentionMetadata.from_query_start_loc(
+                step.query_start_loc, step.max_query_len, input_ids.shape[0]
+            )
         x = self.embeddings(input_ids, positions, token_type_ids)
         return self.encoder(x, meta)  # [num_tokens, hidden]
+
+    # The engine's model interface (see models/llama.py): no KV cache, no rope, nothing tied.
+    def attention_layers(self) -> list[nn.Module]:
+        return []
+
+    def rotary_embeddings(self) -> list[nn.Module]:
+        return []
+
+    def tie_weights(self) -> None:
+        pass
+
+    def expected_weights(self) -> set[str]:
+        return {name for name, _ in self.named_parameters()}
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         """Copy checkpoint tensors in by name; return the names of parameters loaded."""
         return _load_by_name(self, weights, body_prefixes=_BODY_PREFIXES)
 
 
-class BertEmbeddingModel(nn.Module):
-    """BertModel + the sentence-transformers pooling pipeline (mean/CLS/..., Dense layers)."""
-
-    is_encoder = True
-
-    def __init__(self, config: dict[str, Any], pooler_config: PoolerConfig) -> None:
-        super().__init__()
-        self.model = BertModel(config)
-        self.pooler = EmbeddingPooler(pooler_config)
-
-    @property
-    def hidden_size(self) -> int:
-        return self.pooler.output_size or self.model.hidden_size
-
-    def forward(self, input_ids, positions, seq_lens, token_type_ids=None) -> torch.Tensor:
-        return self.model(input_ids, positions, seq_lens, token_type_ids)
-
-    def pool(self, hidden: torch.Tensor, seq_lens: Sequence[int]) -> torch.Tensor:
-        """[num_tokens, hidden] -> [num_seqs, embedding size], float32, not yet normalized."""
-        return self.pooler(hidden, seq_lens)
-
-    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
-        loaded = _load_by_name(self.model, weights, body_prefixes=_BODY_PREFIXES)
-        self.pooler.load_dense_weights()
-        return loaded
-
-
-class BertForSequenceClassification(nn.Module):
+class BertForSequenceClassification(BertModel):
     """Encoder + classifier on [CLS]: class logits, or one relevance logit (cross-encoder).
 
     BERT: pooler (dense + tanh) then `classifier` linear. RoBERTa: `classifier.dense` +
@@ -285,34 +311,28 @@ class BertForSequenceClassification(nn.Module):
 
     is_encoder = True
 
-    def __init__(self, config: dict[str, Any], num_labels: int) -> None:
-        super().__init__()
-        self.roberta_head = _is_roberta(config)
+    def __init__(self, config: dict[str, Any], num_labels: int | None = None) -> None:
+        roberta_head = _is_roberta(config)
+        super().__init__(config, add_pooler=not roberta_head)
+        self.roberta_head = roberta_head
         hidden = config["hidden_size"]
-        self.model = BertModel(config, add_pooler=not self.roberta_head)
-        self.num_labels = num_labels
-        if self.roberta_head:
-            self.classifier = _RobertaClassificationHead(hidden, num_labels)
+        self.num_labels = num_labels or classifier_num_labels(config)
+        if roberta_head:
+            self.classifier = _RobertaClassificationHead(hidden, self.num_labels)
         else:
-            self.classifier = nn.Linear(hidden, num_labels)
+            self.classifier = nn.Linear(hidden, self.num_labels)
 
-    @property
-    def hidden_size(self) -> int:
-        return self.num_labels
+    @classmethod
+    def from_hf_config(
+        cls, config: dict[str, Any], architecture: str, max_model_len: int | None = None
+    ) -> BertForSequenceClassification:
+        return cls(config)
 
-    def forward(self, input_ids, positions, seq_lens, token_type_ids=None) -> torch.Tensor:
-        return self.model(input_ids, positions, seq_lens, token_type_ids)
-
-    def pool(self, hidden: torch.Tensor, seq_lens: Sequence[int]) -> torch.Tensor:
-        """[num_tokens, hidden] -> logits [num_seqs, num_labels] (float32)."""
-        lens = torch.tensor(list(seq_lens), device=hidden.device, dtype=torch.long)
-        cls_rows = hidden.index_select(0, torch.cumsum(lens, 0) - lens)  # [num_seqs, hidden]
-        if self.model.pooler is not None:
-            cls_rows = self.model.pooler(cls_rows)
-        return self.classifier(cls_rows).float()
-
-    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
-        return _load_by_name(self, weights, body_prefixes=_BODY_PREFIXES, body_attr="model")
+    def classify(self, cls_hidden: torch.Tensor) -> torch.Tensor:
+        """[num_seqs, hidden] hidden states of each [CLS] token -> float32 logits [num_seqs, labels]."""
+        if self.pooler is not None:
+            cls_hidden = self.pooler(cls_hidden)
+        return self.classifier(cls_hidden).float()
 
 
 class _RobertaClassificationHead(nn.Module):
@@ -325,17 +345,24 @@ class _RobertaClassificationHead(nn.Module):
         return self.out_proj(torch.tanh(self.dense(x)))
 
 
+def classifier_num_labels(config: dict[str, Any]) -> int:
+    """num_labels as HF reads it: explicit, else the size of id2label, else 2."""
+    if isinstance(config.get("num_labels"), int):
+        return int(config["num_labels"])
+    id2label = config.get("id2label")
+    return len(id2label) if isinstance(id2label, dict) and id2label else 2
+
+
 def _load_by_name(
     module: nn.Module,
     weights: Iterable[tuple[str, torch.Tensor]],
     *,
     body_prefixes: tuple[str, ...],
-    body_attr: str | None = None,
 ) -> set[str]:
     """Copy checkpoint tensors into `module`'s parameters, matching HF names.
 
     The encoder body's tensors come as `embeddings.*` / `encoder.*` / `pooler.*`, optionally
-    under `bert.` / `roberta.`; with `body_attr` they land under that attribute instead.
+    under `bert.` / `roberta.`.
     Heads we do not use (masked-LM `cls.*`, `lm_head.*`) and HF's `position_ids` buffers are
     skipped. Every parameter must be found: a silently random layer would give plausible-
     looking but wrong vectors.
@@ -354,8 +381,6 @@ def _load_by_name(
             "LayerNorm.beta", "LayerNorm.bias"
         )
         target = name
-        if body_attr is not None and name.startswith(("embeddings.", "encoder.", "pooler.")):
-            target = f"{body_attr}.{name}"
         param = params.get(target)
         if param is None:
             if name.startswith("pooler."):  # BertModel checkpoints carry an unused pooler

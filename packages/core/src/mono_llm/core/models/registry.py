@@ -16,6 +16,21 @@ _MODELS: dict[str, tuple[str, str]] = {
     "MistralForCausalLM": ("llama", "LlamaForCausalLM"),
     "Qwen2ForCausalLM": ("llama", "LlamaForCausalLM"),
     "Qwen3ForCausalLM": ("llama", "LlamaForCausalLM"),
+    # Pooling models (issue 6): BERT-style encoders, decoder classifiers and bare decoders.
+    "BertModel": ("bert", "BertModel"),
+    "RobertaModel": ("bert", "BertModel"),
+    "XLMRobertaModel": ("bert", "BertModel"),
+    "BertForSequenceClassification": ("bert", "BertForSequenceClassification"),
+    "RobertaForSequenceClassification": ("bert", "BertForSequenceClassification"),
+    "XLMRobertaForSequenceClassification": ("bert", "BertForSequenceClassification"),
+    "LlamaForSequenceClassification": ("llama_pooling", "LlamaForSequenceClassification"),
+    "MistralForSequenceClassification": ("llama_pooling", "LlamaForSequenceClassification"),
+    "Qwen2ForSequenceClassification": ("llama_pooling", "LlamaForSequenceClassification"),
+    "Qwen3ForSequenceClassification": ("llama_pooling", "LlamaForSequenceClassification"),
+    "LlamaModel": ("llama_pooling", "LlamaBareModel"),
+    "MistralModel": ("llama_pooling", "LlamaBareModel"),
+    "Qwen2Model": ("llama_pooling", "LlamaBareModel"),
+    "Qwen3Model": ("llama_pooling", "LlamaBareModel"),
 }
 
 

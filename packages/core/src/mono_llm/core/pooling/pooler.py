@@ -27,7 +27,7 @@ def pool_sequences(
     ends = torch.cumsum(lens, 0)  # [num_seqs]
     starts = ends - lens
     if pooling_type == "cls":
-        return hidden.index_select(0, starts).float()
+        return hidden.index_select(0, starts).float()  # exact: float32 holds every bf16/fp16
     if pooling_type == "last":
         return hidden.index_select(0, ends - 1).float()
     num_seqs = len(seq_lens)
@@ -147,3 +147,47 @@ def check_pooling_params(params: PoolingParams, tasks: ModelTasks, hidden_size: 
         matryoshka=bool(config and config.is_matryoshka),
         matryoshka_dimensions=config.matryoshka_dimensions if config else None,
     )
+
+
+class PoolingHead(nn.Module):
+    """A model's token hidden states -> one float32 row per sequence, before request knobs.
+
+    embed runner: the sentence-transformers pipeline (pooling + Dense layers).
+    classify runner: the [CLS] (encoders) or last-token (decoders) hidden state through the
+    model's own classifier (`model.classify`), giving logits.
+    """
+
+    def __init__(self, model: nn.Module, tasks: ModelTasks) -> None:
+        super().__init__()
+        if tasks.pooler_config is None:
+            raise ValueError(f"the {tasks.runner!r} runner does not pool")
+        self.tasks = tasks
+        self.pooling_type = tasks.pooler_config.pooling_type
+        self.embedder = EmbeddingPooler(tasks.pooler_config) if tasks.runner == "embed" else None
+        if tasks.runner == "classify" and not hasattr(model, "classify"):
+            raise ValueError(f"{type(model).__name__} has no classifier head")
+        # A tuple keeps the model out of this module's parameters.
+        self._model = (model,)
+
+    @property
+    def output_size(self) -> int:
+        model = self._model[0]
+        if self.embedder is not None:
+            return self.embedder.output_size or int(model.hidden_size)
+        return int(model.num_labels)
+
+    def forward(self, hidden: torch.Tensor, seq_lens: Sequence[int]) -> torch.Tensor:
+        if self.embedder is not None:
+            return self.embedder(hidden, seq_lens)  # [num_seqs, size] float32
+        rows = pool_sequences(hidden, seq_lens, self.pooling_type).to(hidden.dtype)
+        return self._model[0].classify(rows)  # [num_seqs, num_labels] float32
+
+
+def build_pooling_head(
+    model: nn.Module, tasks: ModelTasks, device: torch.device | str, dtype: torch.dtype
+) -> PoolingHead:
+    """The PoolingHead for a loaded model, with its Dense weights read, on `device`."""
+    head = PoolingHead(model, tasks)
+    if head.embedder is not None:
+        head.embedder.load_dense_weights()
+    return head.to(device=device, dtype=dtype).eval()

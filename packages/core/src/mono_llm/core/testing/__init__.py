@@ -75,10 +75,12 @@ def _register_builtin() -> None:
     for spec_name in SPECS:
         register_fixture(spec_name, build_causal_lm)
 
-    from mono_llm.core.testing.encoders import ENCODER_FIXTURES, build_encoder
+    from mono_llm.core.testing import encoders
 
-    for encoder_name in ENCODER_FIXTURES:
-        register_fixture(encoder_name, build_encoder)
+    for encoder_name in encoders.ENCODER_FIXTURES:
+        register_fixture(encoder_name, encoders.build_encoder)
+    for classifier_name in encoders.DECODER_CLASSIFIER_FIXTURES:
+        register_fixture(classifier_name, encoders.build_decoder_classifier)
 
 
 _register_builtin()

@@ -7,6 +7,8 @@ can be compared with theirs on the same weights.
 - tiny-bert: BertModel + sentence-transformers files (mean pooling, Normalize).
 - tiny-bert-classifier: BertForSequenceClassification, 3 labels with id2label names.
 - tiny-bert-cross-encoder: BertForSequenceClassification, num_labels=1 (score / rerank).
+- tiny-qwen2-classifier: Qwen2ForSequenceClassification (2 labels), the decoder classifier
+  shape of reward models and Qwen rerankers, with tiny-qwen2's tokenizer.
 """
 
 from __future__ import annotations
@@ -46,6 +48,8 @@ BERT_SHAPE: dict[str, Any] = {
 CLASSIFIER_LABELS = {0: "negative", 1: "neutral", 2: "positive"}
 
 ENCODER_FIXTURES = ("tiny-bert", "tiny-bert-classifier", "tiny-bert-cross-encoder")
+DECODER_CLASSIFIER_FIXTURES = ("tiny-qwen2-classifier",)
+POOLING_FIXTURES = ENCODER_FIXTURES + DECODER_CLASSIFIER_FIXTURES
 
 
 def train_wordpiece(out_dir: Path, *, max_length: int = 512) -> int:
@@ -163,3 +167,49 @@ def _write_sentence_transformers_files(out_dir: Path, hidden_size: int) -> None:
     (out_dir / "sentence_bert_config.json").write_text(
         json.dumps({"max_seq_length": 128, "do_lower_case": False}, indent=2)
     )
+
+
+def build_decoder_classifier(name: str, out_dir: Path, *, seed: int = 0) -> None:
+    """Write tiny-qwen2-classifier: tiny-qwen2's shape and tokenizer, a 2-label score head."""
+    import transformers
+
+    from mono_llm.core.testing.causal_lm import BASE_SHAPE, SPECS, VOCAB_SIZE
+    from mono_llm.core.testing.tokenizer_builder import train_byte_level_bpe
+
+    if name not in DECODER_CLASSIFIER_FIXTURES:
+        raise KeyError(f"unknown decoder classifier fixture {name!r}")
+    spec = SPECS["tiny-qwen2"]
+    vocab = train_byte_level_bpe(
+        out_dir,
+        special_tokens=spec.special_tokens,
+        vocab_size=VOCAB_SIZE,
+        bos_token=spec.bos_token,
+        eos_token=spec.eos_token,
+        pad_token=spec.pad_token,
+        chat_template=spec.chat_template,
+        add_bos=spec.add_bos,
+    )
+    pad_id = spec.special_tokens.index(spec.pad_token)
+    labels = {0: "bad", 1: "good"}
+    config = transformers.Qwen2Config(
+        vocab_size=vocab,
+        pad_token_id=pad_id,
+        eos_token_id=spec.special_tokens.index(spec.eos_token),
+        num_labels=2,
+        id2label=labels,
+        label2id={v: k for k, v in labels.items()},
+        **BASE_SHAPE,
+        **spec.config_overrides,
+    )
+    config.architectures = ["Qwen2ForSequenceClassification"]
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        model = transformers.Qwen2ForSequenceClassification(config).to(torch.float32)
+        for module_name, param in model.named_parameters():
+            if "norm" in module_name:
+                param.add_(0.1 * torch.randn_like(param))
+    model.save_pretrained(out_dir, safe_serialization=True)
+    config_path = out_dir / "config.json"
+    saved = json.loads(config_path.read_text())
+    saved.setdefault("torch_dtype", "float32")
+    config_path.write_text(json.dumps(saved, indent=2))

@@ -1,0 +1,108 @@
+"""The Llama family as pooling models: sequence classifiers and bare decoder bodies.
+
+`LlamaForSequenceClassification` (also Mistral / Qwen2 / Qwen3 ...ForSequenceClassification,
+e.g. reward models and Qwen rerankers) is the decoder of models/llama.py with a `score`
+projection instead of the LM head, read on each prompt's last token. `LlamaBareModel` serves
+checkpoints published without an LM head (LlamaModel / MistralModel / Qwen2Model, e.g.
+e5-mistral) for last-token embeddings; their tensor names lack the `model.` prefix.
+
+Both reuse the decoder body, fused-weight loading and KV-cache plumbing of
+`LlamaForCausalLM`; only the head differs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+from mono_llm.core.errors import UnsupportedModelError
+from mono_llm.core.models.llama import LlamaForCausalLM, LlamaModel, LlamaSettings
+
+# Settings of each family member are keyed by its causal-LM architecture name.
+_CAUSAL_ARCH = {
+    "LlamaForSequenceClassification": "LlamaForCausalLM",
+    "MistralForSequenceClassification": "MistralForCausalLM",
+    "Qwen2ForSequenceClassification": "Qwen2ForCausalLM",
+    "Qwen3ForSequenceClassification": "Qwen3ForCausalLM",
+    "LlamaModel": "LlamaForCausalLM",
+    "MistralModel": "MistralForCausalLM",
+    "Qwen2Model": "Qwen2ForCausalLM",
+    "Qwen3Model": "Qwen3ForCausalLM",
+}
+
+
+def _settings(
+    config: dict[str, Any], architecture: str, max_model_len: int | None
+) -> LlamaSettings:
+    causal = _CAUSAL_ARCH.get(architecture)
+    if causal is None:
+        raise UnsupportedModelError(f"{architecture} is not a Llama-family pooling architecture.")
+    return LlamaSettings.from_hf(config, causal, max_model_len)
+
+
+class LlamaForSequenceClassification(LlamaForCausalLM):
+    """Decoder + `score` linear (no bias) on the last token: class logits or one reward."""
+
+    def __init__(self, settings: LlamaSettings, num_labels: int) -> None:
+        nn.Module.__init__(self)  # not LlamaForCausalLM.__init__: there is no lm_head
+        self.settings = settings
+        self.num_labels = num_labels
+        self.model = LlamaModel(settings)
+        self.score = nn.Linear(settings.hidden_size, num_labels, bias=False)
+
+    @classmethod
+    def from_hf_config(
+        cls, config: dict[str, Any], architecture: str, max_model_len: int | None = None
+    ) -> LlamaForSequenceClassification:
+        num_labels = config.get("num_labels")
+        if not isinstance(num_labels, int):
+            id2label = config.get("id2label")
+            num_labels = len(id2label) if isinstance(id2label, dict) and id2label else 2
+        return cls(_settings(config, architecture, max_model_len), num_labels)
+
+    def tie_weights(self) -> None:
+        pass
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        raise UnsupportedModelError("a sequence classifier has no LM head; it cannot generate.")
+
+    def classify(self, last_hidden: torch.Tensor) -> torch.Tensor:
+        """[num_seqs, hidden] hidden state of each prompt's last token -> float32 logits."""
+        return self.score(last_hidden).float()
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
+        # lm_head never exists here; a checkpoint that carries one is still a classifier.
+        return super().load_weights((n, t) for n, t in weights if not n.startswith("lm_head."))
+
+
+class LlamaBareModel(LlamaForCausalLM):
+    """Decoder body only (hidden states out), for checkpoints saved as LlamaModel & co."""
+
+    def __init__(self, settings: LlamaSettings) -> None:
+        nn.Module.__init__(self)
+        self.settings = settings
+        self.model = LlamaModel(settings)
+
+    @classmethod
+    def from_hf_config(
+        cls, config: dict[str, Any], architecture: str, max_model_len: int | None = None
+    ) -> LlamaBareModel:
+        return cls(_settings(config, architecture, max_model_len))
+
+    def tie_weights(self) -> None:
+        pass
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        raise UnsupportedModelError("this checkpoint has no LM head; it serves embeddings only.")
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
+        def prefixed() -> Iterable[tuple[str, torch.Tensor]]:
+            for name, tensor in weights:
+                if name.startswith("lm_head."):
+                    continue
+                yield (name if name.startswith("model.") else f"model.{name}"), tensor
+
+        return super().load_weights(prefixed())
