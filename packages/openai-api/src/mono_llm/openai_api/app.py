@@ -1,0 +1,204 @@
+"""`build_app`: the FastAPI application of the OpenAI-compatible server.
+
+`mono-llm serve` is `build_app` + uvicorn; Ray Serve and other ASGI hosts call `build_app`
+directly. Engines are created in the app's lifespan (startup), so importing or building the
+app is cheap and a host that never starts it loads nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
+
+from mono_llm.core.config import AsyncEngineArgs, EngineArgs
+from mono_llm.core.sampling_params import RequestOutputKind, SamplingParams
+from mono_llm.openai_api._version import __version__
+from mono_llm.openai_api.chat_completion.router import router as chat_router
+from mono_llm.openai_api.chat_completion.serving import ChatServing
+from mono_llm.openai_api.chat_template import ChatTemplate, load_chat_template
+from mono_llm.openai_api.completion.router import router as completion_router
+from mono_llm.openai_api.completion.serving import CompletionServing
+from mono_llm.openai_api.errors import install_error_handlers
+from mono_llm.openai_api.http_middleware import (
+    ApiKeyMiddleware,
+    RequestIdMiddleware,
+    resolve_api_keys,
+)
+from mono_llm.openai_api.metrics import ServerMetrics
+from mono_llm.openai_api.model_registry import ModelRegistry, ServedModel
+from mono_llm.openai_api.models.router import router as models_router
+from mono_llm.openai_api.server_state import ServerArgs, ServerState
+from mono_llm.openai_api.system.offline_docs import install_offline_docs
+from mono_llm.openai_api.system.router import router as system_router
+from mono_llm.openai_api.tokenization.router import router as tokenization_router
+from mono_llm.openai_api.tokenization.serving import TokenizationServing
+
+if TYPE_CHECKING:
+    from mono_llm.core.async_llm import AsyncLLM
+
+logger = logging.getLogger("mono_llm.openai_api")
+
+
+def _as_list(engines: Any) -> list[Any]:
+    if isinstance(engines, (list, tuple)):
+        return list(engines)
+    return [engines]
+
+
+def _start_engine(spec: Any) -> tuple[AsyncLLM, bool]:
+    """(engine, owned): an AsyncLLM built from args (owned: we shut it down) or given."""
+    from mono_llm.core.async_llm import AsyncLLM
+
+    if isinstance(spec, AsyncLLM):
+        return spec, False
+    if isinstance(spec, EngineArgs) and not isinstance(spec, AsyncEngineArgs):
+        values = {name: getattr(spec, name) for name in spec.__dataclass_fields__}
+        spec = AsyncEngineArgs(**values)
+    if not isinstance(spec, AsyncEngineArgs):
+        raise TypeError(f"build_app takes EngineArgs or AsyncLLM objects, got {type(spec)!r}")
+    return AsyncLLM.from_engine_args(spec), True
+
+
+def _served_model(engine: AsyncLLM, aliases: list[str], args: ServerArgs) -> ServedModel:
+    config = engine.model_config
+    names = [config.served_model_name, *[a for a in aliases if a != config.served_model_name]]
+    template = ChatTemplate.for_tokenizer(
+        engine.tokenizer,
+        load_chat_template(args.chat_template),
+        args.chat_template_content_format,
+    )
+    defaults = dict(engine.get_default_sampling_params() or {})
+    if defaults:
+        logger.info(
+            "model %s: default sampling parameters from its generation config: %s "
+            "(requests that set these fields override them)",
+            names[0],
+            defaults,
+        )
+    logger.info(
+        "model %s: chat template %s, content format %s",
+        names[0],
+        "from --chat-template"
+        if template.template
+        else "from the tokenizer"
+        if template.tokenizer_has_template
+        else "missing (chat requests will be refused)",
+        template.content_format,
+    )
+    return ServedModel(
+        engine=engine,
+        names=names,
+        chat_template=template,
+        root=config.model,
+        max_model_len=config.max_model_len,
+        default_sampling=defaults,
+    )
+
+
+async def _warm_up(model: ServedModel) -> None:
+    """One single-token generation, so the first client does not pay for lazy setup."""
+    if getattr(model.engine.model_config, "task", "generate") not in ("auto", "generate"):
+        return
+    params = SamplingParams(max_tokens=1, temperature=0.0, output_kind=RequestOutputKind.FINAL_ONLY)
+    request_id = f"warmup-{uuid.uuid4().hex[:8]}"
+    token_ids = model.tokenizer("warm up").input_ids or [0]
+    async for _ in model.engine.generate({"prompt_token_ids": list(token_ids)}, params, request_id):
+        pass
+
+
+def build_app(
+    engines: Any,
+    server_args: ServerArgs | None = None,
+    *,
+    served_model_aliases: Sequence[Sequence[str]] | None = None,
+) -> FastAPI:
+    """The OpenAI-compatible app serving one or more models.
+
+    `engines`: one or a list of `EngineArgs`/`AsyncEngineArgs` (engines are built at startup
+    and shut down with the app) or already running `AsyncLLM`s (left running). Requests pick
+    a model by its served name; `served_model_aliases[i]` adds names for model i.
+    """
+    args = server_args or ServerArgs()
+    specs = _as_list(engines)
+    if not specs:
+        raise ValueError("build_app needs at least one model.")
+    aliases = [list(a) for a in (served_model_aliases or [])]
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        owned: list[AsyncLLM] = []
+        models: list[ServedModel] = []
+        try:
+            for i, spec in enumerate(specs):
+                engine, is_owned = _start_engine(spec)
+                if is_owned:
+                    owned.append(engine)
+                models.append(_served_model(engine, aliases[i] if i < len(aliases) else [], args))
+            registry = ModelRegistry(models)
+            metrics = ServerMetrics(lambda: [(m.name, m.engine) for m in registry])
+            state = ServerState(
+                args=args,
+                registry=registry,
+                metrics=metrics,
+                completion=CompletionServing(registry, metrics),
+                chat=ChatServing(registry, metrics),
+                tokenization=TokenizationServing(registry),
+            )
+            app.state.server = state
+            for model in models:
+                await _warm_up(model)
+            state.ready = True
+            logger.info("serving %s", ", ".join(m.name for m in models))
+            yield
+            state.draining = True
+        finally:
+            for engine in owned:
+                with contextlib.suppress(Exception):
+                    result = engine.shutdown()
+                    if asyncio.iscoroutine(result):
+                        await result
+
+    offline = args.enable_offline_docs and not args.disable_fastapi_docs
+    app = FastAPI(
+        title="mono-llm OpenAI-compatible API",
+        version=__version__,
+        lifespan=lifespan,
+        root_path=args.root_path or "",
+        docs_url=None if (offline or args.disable_fastapi_docs) else "/docs",
+        redoc_url=None if (offline or args.disable_fastapi_docs) else "/redoc",
+        openapi_url=None if args.disable_fastapi_docs else "/openapi.json",
+    )
+    install_error_handlers(app)
+    for router in (
+        system_router,
+        models_router,
+        completion_router,
+        chat_router,
+        tokenization_router,
+    ):
+        app.include_router(router)
+    if offline:
+        install_offline_docs(app)
+
+    # Middlewares wrap in reverse order of addition: CORS is outermost, so even a 401
+    # carries the CORS headers a browser needs to read it.
+    keys = resolve_api_keys(args.api_key)
+    if keys:
+        app.add_middleware(ApiKeyMiddleware, api_keys=keys)
+    if args.enable_request_id_headers:
+        app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=args.allowed_origins,
+        allow_credentials=args.allow_credentials,
+        allow_methods=args.allowed_methods,
+        allow_headers=args.allowed_headers,
+    )
+    return app

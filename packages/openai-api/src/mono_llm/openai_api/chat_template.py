@@ -1,0 +1,224 @@
+"""Chat templates: where the template comes from, which content shape it expects, rendering.
+
+A template either reads `message['content']` as a string ("string" format: list-of-parts
+content is flattened to text first) or iterates over it as OpenAI's list of parts ("openai"
+format). As vLLM, "auto" decides by looking at the template's jinja syntax tree, so a request
+in either shape renders correctly under either kind of template.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import jinja2
+import jinja2.nodes
+
+from mono_llm.openai_api.errors import OpenAIError
+
+logger = logging.getLogger(__name__)
+
+ContentFormat = Literal["string", "openai"]
+# Arguments apply_chat_template takes itself; chat_template_kwargs may not override them.
+_RESERVED_TEMPLATE_KWARGS = frozenset(
+    {"conversation", "messages", "tools", "documents", "chat_template", "tokenize"}
+)
+# Jinja filters that only make sense on a list of parts.
+_LIST_FILTERS = frozenset({"selectattr", "rejectattr", "map", "select", "reject", "first", "last"})
+
+
+def load_chat_template(value: str | None) -> str | None:
+    """--chat-template: a file path, or the template itself when it looks like jinja."""
+    if value is None:
+        return None
+    path = Path(value).expanduser()
+    if not any(ch in value for ch in "{}\n"):
+        try:
+            return path.read_text()
+        except OSError as exc:
+            raise ValueError(
+                f"--chat-template {value!r} is neither a readable file nor an inline jinja "
+                f"template: {exc}"
+            ) from exc
+    return value
+
+
+def _is_content_access(node: jinja2.nodes.Node, content_vars: set[str]) -> bool:
+    """Whether `node` reads a message's content: m['content'], m.content, or an alias of it."""
+    if isinstance(node, jinja2.nodes.Getitem):
+        arg = node.arg
+        return isinstance(arg, jinja2.nodes.Const) and arg.value == "content"
+    if isinstance(node, jinja2.nodes.Getattr):
+        return node.attr == "content"
+    if isinstance(node, jinja2.nodes.Name):
+        return node.name in content_vars
+    return False
+
+
+def detect_content_format(template: str) -> ContentFormat:
+    """ "openai" when the template treats content as a list of parts, else "string"."""
+    try:
+        tree = jinja2.Environment().parse(template)
+    except jinja2.TemplateSyntaxError:
+        return "string"
+    # Variables assigned from content (`{% set content = message['content'] %}`) count too.
+    content_vars: set[str] = set()
+    for assign in tree.find_all(jinja2.nodes.Assign):
+        if isinstance(assign.target, jinja2.nodes.Name) and _is_content_access(
+            assign.node, content_vars
+        ):
+            content_vars.add(assign.target.name)
+    for loop in tree.find_all(jinja2.nodes.For):
+        if _is_content_access(loop.iter, content_vars):
+            return "openai"
+    for filt in tree.find_all(jinja2.nodes.Filter):
+        if (
+            filt.name in _LIST_FILTERS
+            and filt.node is not None
+            and _is_content_access(filt.node, content_vars)
+        ):
+            return "openai"
+    for test in tree.find_all(jinja2.nodes.Test):
+        if test.name in ("string", "iterable", "sequence", "mapping") and _is_content_access(
+            test.node, content_vars
+        ):
+            return "openai"
+    return "string"
+
+
+def _text_of_parts(parts: list[dict[str, Any]], param: str) -> list[str]:
+    texts = []
+    for part in parts:
+        kind = part.get("type")
+        if kind in ("text", "input_text", "output_text"):
+            texts.append(str(part.get("text", "")))
+        elif kind == "refusal":
+            texts.append(str(part.get("refusal", "")))
+        else:
+            raise OpenAIError(
+                f"Content part type {kind!r} is not supported by this text-only model; "
+                "send text parts only.",
+                400,
+                param=param,
+            )
+    return texts
+
+
+def normalize_messages(
+    messages: list[dict[str, Any]], content_format: ContentFormat
+) -> list[dict[str, Any]]:
+    """Messages as the template expects them (content shape, tool-call arguments as dicts)."""
+    out = []
+    for i, message in enumerate(messages):
+        message = {k: v for k, v in message.items() if v is not None}
+        content = message.get("content")
+        param = f"messages.{i}.content"
+        if isinstance(content, list):
+            texts = _text_of_parts(content, param)
+            if content_format == "string":
+                message["content"] = "\n".join(texts)
+            else:
+                message["content"] = [{"type": "text", "text": t} for t in texts]
+        elif content is None:
+            message["content"] = "" if content_format == "string" else []
+        elif content_format == "openai":
+            message["content"] = [{"type": "text", "text": content}]
+        # Templates index tool-call arguments as mappings; clients send them as JSON text.
+        for call in message.get("tool_calls") or []:
+            function = call.get("function") or {}
+            arguments = function.get("arguments")
+            if isinstance(arguments, str):
+                with contextlib.suppress(json.JSONDecodeError):
+                    function["arguments"] = json.loads(arguments)
+        out.append(message)
+    return out
+
+
+@dataclass(slots=True)
+class ChatTemplate:
+    """A model's chat template and how to feed it."""
+
+    template: str | None  # the --chat-template override, or None for the tokenizer's own
+    content_format: ContentFormat
+    tokenizer_has_template: bool
+
+    @classmethod
+    def for_tokenizer(
+        cls, tokenizer: Any, override: str | None, content_format: str = "auto"
+    ) -> ChatTemplate:
+        own = getattr(tokenizer, "chat_template", None)
+        if isinstance(own, dict):  # several named templates: the default one
+            own = own.get("default") or next(iter(own.values()), None)
+        source = override or own
+        if content_format == "auto":
+            resolved: ContentFormat = detect_content_format(source) if source else "string"
+        elif content_format in ("string", "openai"):
+            resolved = content_format  # type: ignore[assignment]
+        else:
+            raise ValueError(
+                f"chat template content format must be auto, string or openai; got "
+                f"{content_format!r}."
+            )
+        return cls(template=override, content_format=resolved, tokenizer_has_template=bool(own))
+
+    def render(
+        self,
+        tokenizer: Any,
+        messages: list[dict[str, Any]],
+        *,
+        add_generation_prompt: bool = True,
+        continue_final_message: bool = False,
+        tools: list[dict[str, Any]] | None = None,
+        documents: list[dict[str, Any]] | None = None,
+        chat_template_kwargs: dict[str, Any] | None = None,
+        request_template: str | None = None,
+    ) -> str:
+        """The prompt text for `messages` (errors in the template or inputs become 400s)."""
+        if continue_final_message and add_generation_prompt:
+            raise OpenAIError(
+                "continue_final_message and add_generation_prompt cannot both be true.",
+                400,
+                param="continue_final_message",
+            )
+        if continue_final_message and (not messages or messages[-1].get("role") != "assistant"):
+            raise OpenAIError(
+                "continue_final_message needs the last message to be an assistant message.",
+                400,
+                param="continue_final_message",
+            )
+        template = request_template or self.template
+        if template is None and not self.tokenizer_has_template:
+            raise OpenAIError(
+                "This model's tokenizer defines no chat template: start the server with "
+                "--chat-template <file or inline jinja>, or pass chat_template in the request.",
+                400,
+                param="chat_template",
+            )
+        content_format = (
+            detect_content_format(request_template) if request_template else self.content_format
+        )
+        kwargs = {
+            k: v
+            for k, v in (chat_template_kwargs or {}).items()
+            if k not in _RESERVED_TEMPLATE_KWARGS
+        }
+        try:
+            prompt = tokenizer.apply_chat_template(
+                normalize_messages(messages, content_format),
+                tools=tools,
+                documents=documents,
+                chat_template=template,
+                add_generation_prompt=add_generation_prompt,
+                continue_final_message=continue_final_message,
+                tokenize=False,
+                **kwargs,
+            )
+        except OpenAIError:
+            raise
+        except (jinja2.TemplateError, ValueError, TypeError, KeyError) as exc:
+            raise OpenAIError(f"The chat template failed to render: {exc}", 400) from exc
+        return prompt if isinstance(prompt, str) else str(prompt)

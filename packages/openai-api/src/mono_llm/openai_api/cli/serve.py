@@ -1,0 +1,147 @@
+"""`mono-llm serve [MODEL ...] [flags]`: the OpenAI-compatible server under uvicorn.
+
+Engine flags are generated from `AsyncEngineArgs`, server flags from `ServerArgs`; their
+help texts are the fields' docstrings. Several MODEL folders serve several models from one
+process, each with its own engine, routed by the request's `model` field. With none, the
+tiny random-weight demo model from the fixture module is served, so `make serve` works on a
+fresh machine with no download.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from typing import Any
+
+DEMO_FIXTURE = "tiny-llama"
+
+logger = logging.getLogger("mono_llm.openai_api.serve")
+
+_ENGINE_HELP_OVERRIDES = {
+    "model": "Model folder; same as the positional MODEL, and may be repeated.",
+}
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from mono_llm.core.config import AsyncEngineArgs
+    from mono_llm.openai_api.cli.dataclass_flags import add_dataclass_flags
+    from mono_llm.openai_api.server_state import ServerArgs
+
+    parser = subparsers.add_parser(
+        "serve",
+        help="serve models over the OpenAI-compatible HTTP API",
+        description=(
+            "Serve one or more models over the OpenAI-compatible HTTP API (/v1/completions, "
+            "/v1/chat/completions, /v1/models, /tokenize, /detokenize, /health, /metrics, ...). "
+            "With no MODEL, serves a tiny random-weight demo model so the API can be tried "
+            "with no download; its output is gibberish."
+        ),
+    )
+    parser.add_argument(
+        "models",
+        nargs="*",
+        metavar="MODEL",
+        help="Local HF-format model folder(s). Several folders serve several models, routed "
+        "by the request's `model` field.",
+    )
+    engine = parser.add_argument_group("engine (one per model; every model gets these values)")
+    parser.set_defaults(engine_fields=[], server_fields=[])
+    engine.add_argument(
+        "--model",
+        dest="model_flags",
+        action="append",
+        default=[],
+        metavar="MODEL",
+        help=_ENGINE_HELP_OVERRIDES["model"],
+    )
+    engine.add_argument(
+        "--served-model-name",
+        dest="served_model_name",
+        nargs="+",
+        default=None,
+        metavar="NAME",
+        help="Name(s) clients put in the `model` field. With one model: its name followed by "
+        "aliases; with several models: one name per model, in order. Default: the MODEL "
+        "argument as given.",
+    )
+    engine_fields = add_dataclass_flags(
+        engine, AsyncEngineArgs, skip=frozenset({"model", "served_model_name"})
+    )
+    server = parser.add_argument_group("server")
+    server_fields = add_dataclass_flags(server, ServerArgs)
+    parser.set_defaults(handler=run_serve, engine_fields=engine_fields, server_fields=server_fields)
+
+
+def plan_models(args: argparse.Namespace) -> tuple[list[str], list[str | None], list[list[str]]]:
+    """(model folders, served name per model, extra aliases per model) from the flags."""
+    models = [*args.models, *args.model_flags]
+    names: list[str] = list(args.served_model_name or [])
+    if not models:
+        from mono_llm.core.testing import fixture_path
+
+        models = [str(fixture_path(DEMO_FIXTURE))]
+        names = names or [DEMO_FIXTURE]
+    if not names:
+        return models, [None] * len(models), [[] for _ in models]
+    if len(models) == 1:
+        return models, [names[0]], [names[1:]]
+    if len(names) != len(models):
+        raise SystemExit(
+            f"--served-model-name got {len(names)} names for {len(models)} models: give one "
+            "name per model, in the order of the models."
+        )
+    return models, list(names), [[] for _ in models]
+
+
+def engine_args_list(args: argparse.Namespace) -> tuple[list[Any], list[list[str]]]:
+    from mono_llm.core.config import AsyncEngineArgs
+
+    models, names, aliases = plan_models(args)
+    common = {name: getattr(args, name) for name in args.engine_fields}
+    return [
+        AsyncEngineArgs(model=model, served_model_name=name, **common)
+        for model, name in zip(models, names)
+    ], aliases
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from mono_llm.openai_api.app import build_app
+    from mono_llm.openai_api.server_state import ServerArgs
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(levelname)s %(asctime)s %(name)s: %(message)s"
+    )
+    demo = not (args.models or args.model_flags)
+    engines, aliases = engine_args_list(args)
+    if demo:
+        logger.warning(
+            "No MODEL given: serving %r, a tiny model with RANDOM weights generated for tests "
+            "and demos (2 layers, hidden size 64, ~1.3k-token vocabulary). It shows the API "
+            "working end to end, but its text is gibberish. Pass a model folder to serve a "
+            "real model: mono-llm serve /path/to/model",
+            engines[0].served_model_name,
+        )
+    server_args = ServerArgs(**{name: getattr(args, name) for name in args.server_fields})
+    app = build_app(engines, server_args, served_model_aliases=aliases)
+    host = server_args.host or "0.0.0.0"
+    logger.info(
+        "mono-llm serve on %s://%s:%d (docs at /docs)",
+        "https" if server_args.ssl_certfile else "http",
+        host,
+        server_args.port,
+    )
+    uvicorn.run(
+        app,
+        host=host,
+        port=server_args.port,
+        log_level=server_args.uvicorn_log_level,
+        access_log=not server_args.disable_uvicorn_access_log,
+        ssl_keyfile=server_args.ssl_keyfile,
+        ssl_certfile=server_args.ssl_certfile,
+        ssl_ca_certs=server_args.ssl_ca_certs,
+        ssl_cert_reqs=server_args.ssl_cert_reqs,
+        timeout_graceful_shutdown=server_args.timeout_graceful_shutdown,
+    )
+    return 0

@@ -1,0 +1,156 @@
+"""What completions and chat share between the HTTP request and the engine: prompt
+tokenization, request ids, starting engine requests (so that validation and overload errors
+become HTTP statuses before a stream starts), and accumulating streamed deltas per choice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from starlette.requests import Request
+
+from mono_llm.core.errors import PromptTooLongError
+from mono_llm.core.outputs import CompletionOutput, Logprob, RequestOutput
+from mono_llm.core.sampling_params import SamplingParams
+from mono_llm.openai_api.errors import OpenAIError
+
+if TYPE_CHECKING:
+    from mono_llm.openai_api.metrics import ServerMetrics
+    from mono_llm.openai_api.model_registry import ServedModel
+
+
+@dataclass(slots=True)
+class PromptInput:
+    token_ids: list[int]
+    text: str | None  # None when the client sent token ids
+
+
+def tokenize_prompt(
+    model: ServedModel,
+    prompt: str | list[int],
+    *,
+    add_special_tokens: bool,
+    truncate_prompt_tokens: int | None,
+    param: str = "prompt",
+) -> PromptInput:
+    """Token ids of one prompt, truncated from the left when asked, checked against the
+    context window and the vocabulary."""
+    tokenizer = model.tokenizer
+    if isinstance(prompt, str):
+        token_ids = list(tokenizer(prompt, add_special_tokens=add_special_tokens).input_ids)
+        text: str | None = prompt
+    else:
+        token_ids = list(prompt)
+        vocab_size = len(tokenizer)
+        bad = [t for t in token_ids if t < 0 or t >= vocab_size]
+        if bad:
+            raise OpenAIError(
+                f"Token id {bad[0]} is out of vocabulary (size {vocab_size}).", 400, param=param
+            )
+        text = None
+    if truncate_prompt_tokens is not None:
+        keep = model.max_model_len if truncate_prompt_tokens == -1 else truncate_prompt_tokens
+        if len(token_ids) > keep:
+            token_ids = token_ids[-keep:]
+            text = None  # the text no longer matches; decode it when needed
+    if not token_ids:
+        raise OpenAIError("The prompt is empty.", 400, param=param)
+    if len(token_ids) >= model.max_model_len:
+        raise PromptTooLongError(len(token_ids), model.max_model_len, param=param)
+    return PromptInput(token_ids=token_ids, text=text)
+
+
+def base_request_id(raw_request: Request | None, body_request_id: str | None) -> str:
+    """The id of one API request: the body's request_id, the X-Request-Id header, or new."""
+    if body_request_id:
+        return body_request_id
+    if raw_request is not None:
+        header = raw_request.headers.get("x-request-id")
+        if header:
+            return header
+    return uuid.uuid4().hex
+
+
+async def start_engine_request(
+    model: ServedModel,
+    prompt: PromptInput,
+    params: SamplingParams,
+    request_id: str,
+    *,
+    priority: int = 0,
+    metrics: ServerMetrics | None = None,
+) -> AsyncIterator[RequestOutput]:
+    """Submit one engine request and wait for its first output.
+
+    The engine raises validation and overload errors on the first step of its generator;
+    waiting for it here turns them into HTTP errors before a streaming response has sent
+    its 200 status. The returned iterator yields that first output again, then the rest.
+    """
+    # A suffix keeps engine ids unique even when clients reuse X-Request-Id values.
+    engine_id = f"{request_id}-{uuid.uuid4().hex[:8]}"
+    generator = model.engine.generate(
+        {"prompt_token_ids": prompt.token_ids}, params, engine_id, priority=priority
+    )
+    timer = metrics.request_timer(model.name) if metrics is not None else None
+    try:
+        first = await generator.__anext__()
+    except StopAsyncIteration:
+        first = None
+    except BaseException:
+        await generator.aclose()
+        raise
+    return _replay(first, generator, timer)
+
+
+async def _replay(
+    first: RequestOutput | None,
+    generator: AsyncGenerator[RequestOutput, None],
+    timer: Any,
+) -> AsyncGenerator[RequestOutput, None]:
+    finished = False
+    try:
+        if first is not None:
+            if timer is not None:
+                timer.observe(first)
+            finished = first.finished
+            yield first
+        async for output in generator:
+            if timer is not None:
+                timer.observe(output)
+            finished = output.finished
+            yield output
+    finally:
+        if timer is not None and not finished:
+            timer.aborted()
+        with contextlib.suppress(Exception):
+            await generator.aclose()
+
+
+@dataclass(slots=True)
+class ChoiceState:
+    """One choice's generated text, tokens and logprobs, accumulated from delta outputs."""
+
+    index: int
+    text: list[str] = field(default_factory=list)
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[dict[int, Logprob]] = field(default_factory=list)
+    finish_reason: str | None = None
+    stop_reason: int | str | None = None
+    started: bool = False  # whether the first stream chunk (role / echo) was sent
+
+    def add(self, delta: CompletionOutput) -> None:
+        self.text.append(delta.text)
+        self.token_ids.extend(delta.token_ids)
+        if delta.logprobs:
+            self.logprobs.extend(delta.logprobs)
+        if delta.finish_reason is not None:
+            self.finish_reason = delta.finish_reason
+            self.stop_reason = delta.stop_reason
+
+    @property
+    def full_text(self) -> str:
+        return "".join(self.text)

@@ -1,0 +1,155 @@
+"""OpenAI-shaped errors: `{"error": {"message", "type", "param", "code"}}` with the right status.
+
+Every failure a client can see goes through here, so no route ever answers with a stack trace
+or FastAPI's `{"detail": ...}`. Engine exceptions (mono_llm.core.errors) carry the offending
+parameter, which becomes `param` without parsing messages.
+"""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from mono_llm.core.errors import (
+    EngineDeadError,
+    EngineError,
+    EngineOverloadedError,
+    InvalidRequestError,
+    UnsupportedModelError,
+)
+
+logger = logging.getLogger(__name__)
+
+# Seconds a client told "overloaded" should wait before retrying (Retry-After header).
+OVERLOAD_RETRY_AFTER_S = 1
+
+
+class ErrorInfo(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: int | str | None = None
+
+
+class ErrorResponse(BaseModel):
+    """The body of every error response (the OpenAI API's shape)."""
+
+    error: ErrorInfo
+
+
+# OpenAI's error `type` for each status it documents; anything else maps to a generic name.
+_TYPE_BY_STATUS = {
+    400: "BadRequestError",
+    401: "AuthenticationError",
+    403: "PermissionDeniedError",
+    404: "NotFoundError",
+    405: "MethodNotAllowedError",
+    413: "BadRequestError",
+    422: "UnprocessableEntityError",
+    429: "RateLimitError",
+    500: "InternalServerError",
+    501: "NotImplementedError",
+    503: "ServiceUnavailableError",
+}
+
+
+class OpenAIError(Exception):
+    """An error to answer with, raised anywhere in a route."""
+
+    def __init__(
+        self,
+        message: str,
+        status: int = 400,
+        *,
+        param: str | None = None,
+        type: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.param = param
+        self.type = type or _TYPE_BY_STATUS.get(status, HTTPStatus(status).phrase.replace(" ", ""))
+        self.headers = headers
+
+    def to_response(self) -> ErrorResponse:
+        return ErrorResponse(
+            error=ErrorInfo(
+                message=self.message, type=self.type, param=self.param, code=self.status
+            )
+        )
+
+    def to_json_response(self) -> JSONResponse:
+        return JSONResponse(
+            self.to_response().model_dump(), status_code=self.status, headers=self.headers
+        )
+
+
+def from_exception(exc: BaseException) -> OpenAIError:
+    """The OpenAI error for any exception raised while serving a request."""
+    if isinstance(exc, OpenAIError):
+        return exc
+    if isinstance(exc, InvalidRequestError):
+        return OpenAIError(exc.message, 400, param=exc.param)
+    if isinstance(exc, EngineOverloadedError):
+        return OpenAIError(
+            str(exc) or "The server is overloaded; retry later.",
+            503,
+            headers={"Retry-After": str(OVERLOAD_RETRY_AFTER_S)},
+        )
+    if isinstance(exc, EngineDeadError):
+        return OpenAIError(str(exc) or "The engine has stopped.", 503)
+    if isinstance(exc, (UnsupportedModelError, NotImplementedError)):
+        return OpenAIError(str(exc), 400)
+    if isinstance(exc, (ValueError, TypeError)) and not isinstance(exc, EngineError):
+        # Validation errors raised by jinja/tokenizers/pydantic on user input.
+        return OpenAIError(str(exc), 400)
+    logger.exception("internal error while serving a request", exc_info=exc)
+    return OpenAIError(f"Internal server error: {type(exc).__name__}: {exc}", 500)
+
+
+def validation_error_to_openai(exc: RequestValidationError) -> OpenAIError:
+    """A pydantic validation failure as a 400 naming the field (vLLM answers 400, not 422)."""
+    errors = exc.errors()
+    parts = []
+    first_param: str | None = None
+    for error in errors:
+        loc = [str(p) for p in error.get("loc", ()) if p != "body"]
+        name = ".".join(loc) or "body"
+        first_param = first_param or name
+        parts.append(f"{name}: {error.get('msg', 'invalid value')}")
+    count = len(errors)
+    message = f"{count} validation error{'s' if count != 1 else ''} in the request: " + "; ".join(
+        parts
+    )
+    return OpenAIError(message, 400, param=first_param)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Route every exception type to an OpenAI-shaped JSON body."""
+
+    async def openai_error(_: Request, exc: Exception) -> JSONResponse:
+        return from_exception(exc).to_json_response()
+
+    async def validation_error(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        return validation_error_to_openai(exc).to_json_response()
+
+    async def http_error(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        headers: dict[str, Any] | None = getattr(exc, "headers", None)
+        return OpenAIError(str(exc.detail), exc.status_code, headers=headers).to_json_response()
+
+    app.add_exception_handler(OpenAIError, openai_error)
+    app.add_exception_handler(InvalidRequestError, openai_error)
+    app.add_exception_handler(EngineError, openai_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(Exception, openai_error)

@@ -1,0 +1,117 @@
+"""ASGI middlewares: API-key authentication and X-Request-Id.
+
+Written as plain ASGI (not Starlette's BaseHTTPMiddleware) so streaming responses pass
+through untouched and a client disconnect still reaches the route.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+import uuid
+from collections.abc import Iterable
+from pathlib import Path
+
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from mono_llm.openai_api.errors import OpenAIError
+
+API_KEY_ENV_VARS = ("MONO_LLM_API_KEY", "VLLM_API_KEY")
+# Routes that stay open with --api-key: probes, metrics and documentation.
+OPEN_PATHS = frozenset(
+    {"/health", "/ready", "/ping", "/version", "/metrics", "/docs", "/redoc", "/openapi.json",
+     "/docs/oauth2-redirect", "/favicon.ico"}
+)  # fmt: skip
+OPEN_PREFIXES = ("/static/",)
+
+
+def resolve_api_keys(
+    given: Iterable[str] | None, environ: dict[str, str] | None = None
+) -> list[str]:
+    """The accepted keys: each --api-key (`@file` expands to one key per line), else the env."""
+    keys: list[str] = []
+    for value in given or ():
+        if value.startswith("@"):
+            lines = Path(value[1:]).expanduser().read_text().splitlines()
+            keys.extend(line.strip() for line in lines if line.strip() and not line.startswith("#"))
+        elif value:
+            keys.append(value)
+    if not keys:
+        env = os.environ if environ is None else environ
+        for name in API_KEY_ENV_VARS:
+            if env.get(name):
+                keys.append(env[name])
+                break
+    return keys
+
+
+def _route_path(scope: Scope) -> str:
+    path: str = scope.get("path", "")
+    root = scope.get("root_path", "")
+    if root and path.startswith(root):
+        path = path[len(root) :] or "/"
+    return path
+
+
+class ApiKeyMiddleware:
+    """401 with an OpenAI error unless `Authorization: Bearer <one of the keys>`."""
+
+    def __init__(self, app: ASGIApp, api_keys: list[str]) -> None:
+        self.app = app
+        self.keys = [k.encode() for k in api_keys]
+
+    def _authorized(self, scope: Scope) -> bool:
+        header = Headers(scope=scope).get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer":
+            return False
+        candidate = token.strip().encode()
+        # Compare against every key in constant time so timing reveals nothing about keys.
+        return any([hmac.compare_digest(candidate, key) for key in self.keys])
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket") or scope.get("method") == "OPTIONS":
+            await self.app(scope, receive, send)
+            return
+        path = _route_path(scope)
+        if path in OPEN_PATHS or path.startswith(OPEN_PREFIXES) or self._authorized(scope):
+            await self.app(scope, receive, send)
+            return
+        response = OpenAIError(
+            "Invalid or missing API key: send `Authorization: Bearer <key>`.",
+            401,
+            type="AuthenticationError",
+        ).to_json_response()
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        await response(scope, receive, send)
+
+
+class RequestIdMiddleware:
+    """Echo the client's X-Request-Id (or a new id) in the response's x-request-id header.
+
+    A generated id is also written into the request's headers, so the response body's id
+    and the engine request id are derived from the same value the client sees.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = Headers(scope=scope).get("x-request-id")
+        if not request_id:
+            request_id = uuid.uuid4().hex
+            scope = dict(scope)
+            scope["headers"] = [*scope.get("headers", []), (b"x-request-id", request_id.encode())]
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                MutableHeaders(scope=message)["x-request-id"] = request_id
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)

@@ -1,0 +1,87 @@
+"""The server's settings (`ServerArgs`, the non-engine flags of `mono-llm serve`) and the
+state one app holds: its models, metrics and the serving objects the routers call."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from starlette.requests import Request
+
+if TYPE_CHECKING:
+    from mono_llm.openai_api.chat_completion.serving import ChatServing
+    from mono_llm.openai_api.completion.serving import CompletionServing
+    from mono_llm.openai_api.metrics import ServerMetrics
+    from mono_llm.openai_api.model_registry import ModelRegistry
+    from mono_llm.openai_api.tokenization.serving import TokenizationServing
+
+
+@dataclass(slots=True)
+class ServerArgs:
+    """HTTP server settings; each field is a `mono-llm serve` flag (vLLM's name and default)."""
+
+    host: str | None = None
+    """Address to listen on; default: all interfaces (as vLLM)."""
+    port: int = 8000
+    """Port to listen on."""
+    api_key: list[str] | None = None
+    """Key clients must send as `Authorization: Bearer <key>` on every API route (health, ready, metrics and docs stay open). Repeat for several keys; `@path` reads one key per line from a file. Also read from $MONO_LLM_API_KEY or $VLLM_API_KEY."""
+    chat_template: str | None = None
+    """Chat template for every served model: a file path or the jinja text inline. Default: the tokenizer's own."""
+    chat_template_content_format: str = "auto"
+    """How message content reaches the template: string (flattened text), openai (list of parts), or auto (detected from the template)."""
+    enable_request_id_headers: bool = False
+    """Send an `x-request-id` response header: the client's X-Request-Id or a generated id (the openai client reads it as `_request_id`)."""
+    enable_offline_docs: bool = False
+    """Serve /docs and /redoc with the Swagger UI and ReDoc assets shipped in the package, for air-gapped machines (no CDN)."""
+    disable_fastapi_docs: bool = False
+    """Serve no /docs, /redoc or /openapi.json at all."""
+    allowed_origins: list[str] = field(default_factory=lambda: ["*"])
+    """CORS: origins allowed to call the API from a browser."""
+    allow_credentials: bool = False
+    """CORS: allow cookies and Authorization headers on cross-origin requests."""
+    allowed_methods: list[str] = field(default_factory=lambda: ["*"])
+    """CORS: allowed HTTP methods."""
+    allowed_headers: list[str] = field(default_factory=lambda: ["*"])
+    """CORS: allowed request headers."""
+    root_path: str | None = None
+    """ASGI root_path, when a proxy serves the app under a path prefix."""
+    ssl_keyfile: str | None = None
+    """TLS private key file; with --ssl-certfile the server speaks HTTPS."""
+    ssl_certfile: str | None = None
+    """TLS certificate file."""
+    ssl_ca_certs: str | None = None
+    """CA certificates file (to verify client certificates)."""
+    ssl_cert_reqs: int = 0
+    """Whether client certificates are required (see Python's ssl module: 0 none, 1 optional, 2 required)."""
+    uvicorn_log_level: str = "info"
+    """Log level of uvicorn: critical, error, warning, info, debug, trace."""
+    disable_uvicorn_access_log: bool = False
+    """Do not log each HTTP request."""
+    timeout_graceful_shutdown: int = 30
+    """Seconds SIGTERM waits for in-flight requests to finish before stopping anyway."""
+    max_log_len: int | None = None
+    """Accepted for vLLM compatibility (prompt logging is off)."""
+
+
+@dataclass(slots=True)
+class ServerState:
+    """What the routers reach through `request.app.state.server`."""
+
+    args: ServerArgs
+    registry: ModelRegistry
+    metrics: ServerMetrics
+    completion: CompletionServing
+    chat: ChatServing
+    tokenization: TokenizationServing
+    ready: bool = False  # models loaded and warmed up
+    draining: bool = False  # shutting down: not ready for new traffic
+
+
+def server_state(request: Request) -> ServerState:
+    state = getattr(request.app.state, "server", None)
+    if state is None:
+        from mono_llm.openai_api.errors import OpenAIError
+
+        raise OpenAIError("The server is still starting: no model is loaded yet.", 503)
+    return state

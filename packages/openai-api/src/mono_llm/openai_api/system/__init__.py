@@ -1,0 +1,1 @@
+"""Operational routes: /health, /ready, /ping, /version, /metrics, offline /docs and /redoc."""
