@@ -13,7 +13,7 @@ TRITON_INTERPRET ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi 
 export TRITON_INTERPRET
 PYTEST_ARGS ?=
 
-.PHONY: venv test test-slow lint format build dist-check clean
+.PHONY: venv serve test test-slow lint format build dist-check clean
 
 venv: $(VENV)/.installed
 
@@ -23,6 +23,12 @@ $(VENV)/.installed: $(PYPROJECTS)
 	$(if $(TORCH),$(PIP) install -q '$(TORCH)')
 	$(PIP) install -q $(foreach p,$(PACKAGES),-e 'packages/$(p)[dev]') -e '.[dev]'
 	touch $@
+
+# The OpenAI-compatible server on :8000; with no MODEL it serves the embedded tiny demo model
+# (random weights: the API works end to end, the text is gibberish). `make serve ARGS=...`
+# passes flags, e.g. ARGS="/path/to/model --api-key token-abc123".
+serve: venv
+	$(VENV)/bin/mono-llm serve --port 8000 $(ARGS)
 
 lint: venv
 	$(VENV)/bin/ruff check .
