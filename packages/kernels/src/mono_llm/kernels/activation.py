@@ -36,8 +36,10 @@ def _act_and_mul_kernel(
         act = 0.5 * gate * (1.0 + tl.math.erf(gate * 0.7071067811865476))
     else:
         inner = 0.7978845608028654 * (gate + 0.044715 * gate * gate * gate)
-        # tanh(z) = 2 * sigmoid(2z) - 1, written so it needs only exp
-        act = 0.5 * gate * (1.0 + (2.0 / (1.0 + tl.exp(-2.0 * inner)) - 1.0))
+        # tanh from exp alone (portable across triton versions), on |z| so exp never overflows
+        e = tl.exp(-2.0 * tl.abs(inner))
+        t = (1.0 - e) / (1.0 + e)
+        act = 0.5 * gate * (1.0 + tl.where(inner >= 0, t, -t))
     tl.store(
         out_ptr + row * out_row_stride + cols, (act * up).to(out_ptr.dtype.element_ty), mask=mask
     )

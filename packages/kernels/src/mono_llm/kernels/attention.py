@@ -50,8 +50,13 @@ def _attend_tile(
     block_size, context_len, row_pos, qk_scale,
     MASK: tl.constexpr, CAUSAL: tl.constexpr, PAGE_ALIGNED: tl.constexpr,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+    DOT_FP32: tl.constexpr,
 ):  # fmt: skip
-    """One online-softmax step over keys [start_n, start_n + BLOCK_N) of one sequence."""
+    """One online-softmax step over keys [start_n, start_n + BLOCK_N) of one sequence.
+
+    ``DOT_FP32`` upcasts the dot operands (values unchanged): Triton's CPU interpreter computes
+    bf16 dots wrongly (triton 3.9), so the interpreter path multiplies in fp32.
+    """
     offs_n = start_n + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     if PAGE_ALIGNED:  # the whole tile sits in one cache block: one table lookup, contiguous slots
@@ -73,7 +78,12 @@ def _attend_tile(
         k = tl.load(k_ptrs, mask=kv_mask, other=0.0)
     else:  # interior tile: unmasked loads vectorise best
         k = tl.load(k_ptrs)
-    qk = tl.dot(q, tl.trans(k)) * qk_scale  # [BLOCK_M, BLOCK_N], log2 domain
+    if DOT_FP32:
+        qk = tl.dot(q.to(tl.float32), tl.trans(k.to(tl.float32))) * qk_scale
+    elif q.dtype == tl.float32:  # fp32 models (tests, fixtures) get exact fp32, not tf32
+        qk = tl.dot(q, tl.trans(k), input_precision="ieee") * qk_scale
+    else:
+        qk = tl.dot(q, tl.trans(k)) * qk_scale  # [BLOCK_M, BLOCK_N], log2 domain
     if MASK:
         visible = offs_n[None, :] < context_len
         if CAUSAL:
@@ -87,7 +97,12 @@ def _attend_tile(
         v = tl.load(v_ptrs, mask=kv_mask, other=0.0)
     else:
         v = tl.load(v_ptrs)
-    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+    if DOT_FP32:
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype).to(tl.float32), v.to(tl.float32))
+    elif v.dtype == tl.float32:
+        acc = acc * alpha[:, None] + tl.dot(p, v, input_precision="ieee")
+    else:
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
     return acc, m_new, l_i
 
 
@@ -102,6 +117,7 @@ def _paged_attention_kernel(
     GROUP: tl.constexpr, CAUSAL: tl.constexpr, PAGE_ALIGNED: tl.constexpr,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr,
+    DOT_FP32: tl.constexpr,
 ):  # fmt: skip
     program = tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -148,14 +164,14 @@ def _paged_attention_kernel(
             acc, m_i, l_i, q, key_cache_ptr, value_cache_ptr, block_table_row, start_n,
             kv_head_offset, kc_block_stride, kc_slot_stride, vc_block_stride, vc_slot_stride,
             block_size, context_len, row_pos, qk_scale,
-            False, CAUSAL, PAGE_ALIGNED, HEAD_DIM, BLOCK_D, BLOCK_N,
+            False, CAUSAL, PAGE_ALIGNED, HEAD_DIM, BLOCK_D, BLOCK_N, DOT_FP32,
         )  # fmt: skip
     for start_n in range(full_end, end, BLOCK_N):
         acc, m_i, l_i = _attend_tile(
             acc, m_i, l_i, q, key_cache_ptr, value_cache_ptr, block_table_row, start_n,
             kv_head_offset, kc_block_stride, kc_slot_stride, vc_block_stride, vc_slot_stride,
             block_size, context_len, row_pos, qk_scale,
-            True, CAUSAL, PAGE_ALIGNED, HEAD_DIM, BLOCK_D, BLOCK_N,
+            True, CAUSAL, PAGE_ALIGNED, HEAD_DIM, BLOCK_D, BLOCK_N, DOT_FP32,
         )  # fmt: skip
     l_safe = tl.where(l_i > 0.0, l_i, 1.0)
     out = acc / l_safe[:, None]
@@ -219,7 +235,8 @@ def _launch(
         block_tables.stride(0), num_seqs, block_size, scale * _LOG2E,
         GROUP=group, CAUSAL=causal, PAGE_ALIGNED=block_size % block_n == 0,
         HEAD_DIM=head_dim, BLOCK_D=triton.next_power_of_2(head_dim),
-        BLOCK_M=block_m, BLOCK_Q=block_q, BLOCK_N=block_n, **cfg,
+        BLOCK_M=block_m, BLOCK_Q=block_q, BLOCK_N=block_n,
+        DOT_FP32=query.device.type == "cpu", **cfg,
     )  # fmt: skip
     return out
 

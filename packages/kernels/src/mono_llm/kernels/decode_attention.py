@@ -37,6 +37,7 @@ def _decode_kernel(
     block_table_stride, block_size, qk_scale, num_heads, num_splits,
     GROUP: tl.constexpr, PAGE_ALIGNED: tl.constexpr, SPLIT: tl.constexpr,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr,
+    DOT_FP32: tl.constexpr,
 ):  # fmt: skip
     seq = tl.program_id(0).to(tl.int64)
     kv_head = tl.program_id(1)
@@ -66,14 +67,14 @@ def _decode_kernel(
             acc, m_i, l_i, q, key_cache_ptr, value_cache_ptr, block_table_row, start_n,
             kv_head_offset, kc_block_stride, kc_slot_stride, vc_block_stride, vc_slot_stride,
             block_size, context_len, rows, qk_scale,
-            False, False, PAGE_ALIGNED, HEAD_DIM, BLOCK_D, BLOCK_N,
+            False, False, PAGE_ALIGNED, HEAD_DIM, BLOCK_D, BLOCK_N, DOT_FP32,
         )  # fmt: skip
     for start_n in range(full_end, end, BLOCK_N):
         acc, m_i, l_i = _attend_tile(
             acc, m_i, l_i, q, key_cache_ptr, value_cache_ptr, block_table_row, start_n,
             kv_head_offset, kc_block_stride, kc_slot_stride, vc_block_stride, vc_slot_stride,
             block_size, context_len, rows, qk_scale,
-            True, False, PAGE_ALIGNED, HEAD_DIM, BLOCK_D, BLOCK_N,
+            True, False, PAGE_ALIGNED, HEAD_DIM, BLOCK_D, BLOCK_N, DOT_FP32,
         )  # fmt: skip
     l_safe = tl.where(l_i > 0.0, l_i, 1.0)
     o = acc / l_safe[:, None]
@@ -182,7 +183,7 @@ def _launch(
         block_tables.stride(0), block_size, scale * _LOG2E, num_heads, num_splits,
         GROUP=group, PAGE_ALIGNED=block_size % block_n == 0, SPLIT=split,
         HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_H=max(16, triton.next_power_of_2(group)),
-        BLOCK_N=block_n, **cfg,
+        BLOCK_N=block_n, DOT_FP32=query.device.type == "cpu", **cfg,
     )  # fmt: skip
     if split:
         _merge_splits_kernel[(num_seqs, num_heads)](
