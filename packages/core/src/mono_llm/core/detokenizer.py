@@ -41,9 +41,10 @@ class IncrementalDetokenizer:
         self.stopped_by: str | None = None
 
     def _convert(self, token_ids: list[int]) -> list[str]:
-        return self.tokenizer.convert_ids_to_tokens(
-            token_ids, skip_special_tokens=self.skip_special_tokens
-        )
+        if self.skip_special_tokens:
+            special = self.info.special_ids
+            token_ids = [t for t in token_ids if t not in special]
+        return self.tokenizer.convert_ids_to_tokens(token_ids)
 
     def _to_string(self, tokens: list[str]) -> str:
         added = self.info.added_tokens

@@ -29,7 +29,12 @@ class TokenizerInfo:
         self.tokenizer = tokenizer
         self.added_tokens: frozenset[str] = frozenset(tokenizer.get_added_vocab())
         self.special_tokens: frozenset[str] = frozenset(tokenizer.all_special_tokens)
-        self.special_ids: frozenset[int] = frozenset(tokenizer.all_special_ids)
+        # What `decode(skip_special_tokens=True)` drops: the declared special tokens and every
+        # added token flagged special (chat-template markers such as <|start_header_id|>).
+        decoder = getattr(tokenizer, "added_tokens_decoder", {}) or {}
+        self.special_ids: frozenset[int] = frozenset(tokenizer.all_special_ids) | frozenset(
+            token_id for token_id, token in decoder.items() if getattr(token, "special", False)
+        )
         self._decoded: dict[int, str] = {}
 
     def decode_token(self, token_id: int) -> str:
