@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from mono_llm import kernels
+from mono_llm.core.layers.ops import ops
 
 
 @dataclass(slots=True)
@@ -87,9 +87,9 @@ class PagedAttention(nn.Module):
         key_cache, value_cache = self.key_cache, self.value_cache
         if key_cache is None or value_cache is None:
             raise RuntimeError("PagedAttention has no KV cache bound")
-        kernels.write_kv_cache(key, value, key_cache, value_cache, metadata.slot_mapping)
+        ops.write_kv_cache(key, value, key_cache, value_cache, metadata.slot_mapping)
         if metadata.decode_only:
-            return kernels.paged_decode_attention(
+            return ops.paged_decode_attention(
                 query,
                 key_cache,
                 value_cache,
@@ -98,7 +98,7 @@ class PagedAttention(nn.Module):
                 self.scale,
                 max_seq_len=metadata.max_seq_len,
             )
-        return kernels.paged_attention(
+        return ops.paged_attention(
             query,
             key_cache,
             value_cache,

@@ -176,7 +176,11 @@ def environment() -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="HF-format model folder")
-    parser.add_argument("--workload", default="all", help="A, B, C, a comma list, or all")
+    parser.add_argument(
+        "--workload",
+        default="all",
+        help="A, B, C, a comma list, or all; NAME:RUNS overrides --runs for one (e.g. B,C,A:1)",
+    )
     parser.add_argument("--load-format", default="auto", choices=["auto", "safetensors", "dummy"])
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--device", default="auto")
@@ -195,7 +199,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from mono_llm.core import LLM
 
-    names = list(WORKLOADS) if args.workload == "all" else args.workload.upper().split(",")
+    specs = list(WORKLOADS) if args.workload == "all" else args.workload.upper().split(",")
+    names = [spec.split(":")[0] for spec in specs]
+    runs = [int(spec.split(":")[1]) if ":" in spec else args.runs for spec in specs]
     unknown = [n for n in names if n not in WORKLOADS]
     if unknown:
         parser.error(f"unknown workload(s) {unknown}; choose from {', '.join(WORKLOADS)} or all")
@@ -219,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     startup = time.perf_counter() - start
     print(f"engine start-up: {startup:.1f} s", flush=True)
     results = []
-    for name in names:
+    for name, workload_runs in zip(names, runs, strict=True):
         workload = WORKLOADS[name]
         if args.num_requests is not None:
             workload = Workload(
@@ -229,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
                 workload.output_len,
                 workload.description + f" [num_requests={args.num_requests}]",
             )
-        result = run_workload(llm, workload, args.runs, args.full_warmup, args.seed)
+        result = run_workload(llm, workload, workload_runs, args.full_warmup, args.seed)
         print(format_table([result]).splitlines()[-1], flush=True)
         results.append(result)
     print(format_table(results))

@@ -26,6 +26,7 @@ from mono_llm.core.attention import AttentionMetadata, attention_metadata
 from mono_llm.core.batch import LogitsWanted, ModelBatch, SequenceSlice
 from mono_llm.core.config import EngineConfig
 from mono_llm.core.errors import EngineError
+from mono_llm.core.layers.ops import HOST_SYNCING_REFERENCES, torch_ops_requested
 from mono_llm.core.model_loader import build_model
 
 logger = logging.getLogger(__name__)
@@ -92,7 +93,12 @@ class ModelRunner:
         config.cache_config.num_blocks = self.num_blocks
         self._allocate_kv_cache(self.num_blocks)
         self._graphs: dict[int, torch.cuda.CUDAGraph] = {}
-        if self._use_cuda and not config.enforce_eager:
+        redirected = torch_ops_requested() & HOST_SYNCING_REFERENCES
+        if self._use_cuda and redirected and not config.enforce_eager:
+            logger.warning(
+                "CUDA graphs disabled: %s run through host-syncing references", redirected
+            )
+        elif self._use_cuda and not config.enforce_eager:
             start = time.perf_counter()
             self._capture_decode_graphs()
             logger.info(

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mono_llm import kernels
+from mono_llm.core.layers.ops import ops
 
 
 def rope_settings(config: dict[str, Any]) -> tuple[float, dict[str, Any] | None]:
@@ -60,7 +60,7 @@ class RotaryEmbedding(nn.Module):
         self.cos_sin_cache: torch.Tensor | None = None
 
     def build_cache(self, device: torch.device) -> None:
-        self.cos_sin_cache = kernels.rope_cos_sin_cache(
+        self.cos_sin_cache = ops.rope_cos_sin_cache(
             self.head_dim,
             self.max_position,
             self.base,
@@ -74,6 +74,6 @@ class RotaryEmbedding(nn.Module):
         self, positions: torch.Tensor, query: torch.Tensor, key: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         assert self.cos_sin_cache is not None, "build_cache() was not called"
-        return kernels.apply_rotary_embedding(
+        return ops.apply_rotary_embedding(
             positions, query, key, self.cos_sin_cache, is_neox=self.is_neox
         )

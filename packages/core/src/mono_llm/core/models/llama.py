@@ -17,11 +17,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from mono_llm import kernels
 from mono_llm.core.attention import PagedAttention
 from mono_llm.core.errors import UnsupportedModelError
 from mono_llm.core.layers.linear import MergedLinear
 from mono_llm.core.layers.norm import RMSNorm
+from mono_llm.core.layers.ops import ops
 from mono_llm.core.layers.rotary import RotaryEmbedding, rope_settings
 
 logger = logging.getLogger(__name__)
@@ -131,7 +131,7 @@ class LlamaMLP(nn.Module):
         self.down_proj = nn.Linear(size, s.hidden_size, bias=s.mlp_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(kernels.silu_and_mul(self.gate_up_proj(x)))
+        return self.down_proj(ops.silu_and_mul(self.gate_up_proj(x)))
 
 
 class LlamaDecoderLayer(nn.Module):
