@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import statistics
 import sys
 import time
@@ -196,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default="bench-results.json", help="where to write results")
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
     from mono_llm.core import LLM
 
@@ -238,16 +240,16 @@ def main(argv: list[str] | None = None) -> int:
         result = run_workload(llm, workload, workload_runs, args.full_warmup, args.seed)
         print(format_table([result]).splitlines()[-1], flush=True)
         results.append(result)
+        report = {
+            "model": str(model),
+            "load_format": args.load_format,
+            "dtype": args.dtype,
+            "startup_s": startup,
+            "environment": environment(),
+            "results": [asdict(r) for r in results],
+        }
+        Path(args.json).write_text(json.dumps(report, indent=2))  # after each workload
     print(format_table(results))
-    report = {
-        "model": str(model),
-        "load_format": args.load_format,
-        "dtype": args.dtype,
-        "startup_s": startup,
-        "environment": environment(),
-        "results": [asdict(r) for r in results],
-    }
-    Path(args.json).write_text(json.dumps(report, indent=2))
     print(f"wrote {args.json}")
     return 0
 
