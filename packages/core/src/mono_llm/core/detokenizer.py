@@ -82,6 +82,17 @@ class IncrementalDetokenizer:
             return self._check_stop(num_new_chars)
         return None
 
+    def flush(self) -> None:
+        """At the end of generation, emit what was held back waiting for more bytes (an
+        incomplete character then decodes to U+FFFD, as a full decode would give)."""
+        if self.stopped_by is not None or self.read_offset >= len(self.tokens):
+            return
+        prefix_text = self._to_string(self.tokens[self.prefix_offset : self.read_offset])
+        new_text = self._to_string(self.tokens[self.prefix_offset :])
+        if len(new_text) > len(prefix_text):
+            self.output_text += new_text[len(prefix_text) :]
+        self.prefix_offset = self.read_offset = len(self.tokens)
+
     def _check_stop(self, num_new_chars: int) -> str | None:
         text = self.output_text
         best: tuple[int, str] | None = None
