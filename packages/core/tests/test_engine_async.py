@@ -1,0 +1,178 @@
+"""AsyncLLM: concurrent streams, output kinds, cancellation, abort, errors, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from mono_llm.core import (
+    AsyncEngineArgs,
+    AsyncLLM,
+    EngineDeadError,
+    PromptTooLongError,
+    RequestOutputKind,
+    SamplingParams,
+)
+from mono_llm.core.testing import fixture_path
+
+NUM_BLOCKS = 256
+
+
+def _engine(**kwargs) -> AsyncLLM:
+    args = AsyncEngineArgs(
+        model=str(fixture_path("tiny-llama")),
+        max_model_len=256,
+        num_gpu_blocks_override=NUM_BLOCKS,
+        disable_log_stats=True,
+        **kwargs,
+    )
+    return AsyncLLM.from_engine_args(args)
+
+
+@pytest.fixture(scope="module")
+def engine():
+    engine = _engine()
+    yield engine
+    engine.shutdown()
+
+
+async def _wait_idle(engine: AsyncLLM, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while engine.engine.has_unfinished_requests() and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+
+
+def test_fifty_concurrent_streams_interleave_and_finish(engine: AsyncLLM) -> None:
+    greedy = SamplingParams(temperature=0, max_tokens=16, ignore_eos=True)
+    prompts = [{"prompt_token_ids": [0, 100 + i, 200 + i, 300]} for i in range(50)]
+    arrivals: list[str] = []
+
+    async def stream(i: int) -> list[int]:
+        tokens: list[int] = []
+        params = greedy.clone(output_kind=RequestOutputKind.DELTA)
+        async for out in engine.generate(prompts[i], params, f"req-{i}"):
+            arrivals.append(out.request_id)
+            tokens.extend(out.outputs[0].token_ids)
+            last = out
+        assert last.finished and last.outputs[0].finish_reason == "length"
+        return tokens
+
+    async def main() -> list[list[int]]:
+        return await asyncio.gather(*(stream(i) for i in range(50)))
+
+    results = asyncio.run(main())
+    assert all(len(tokens) == 16 for tokens in results)
+    # Streams interleave: request 0's last output comes after other requests' first ones.
+    assert arrivals.index("req-1") < len(arrivals) - 1 - arrivals[::-1].index("req-0")
+    assert len(arrivals) == 50 * 16  # one DELTA per token
+
+    # Each stream's tokens are what the request produces on its own.
+    async def alone(i: int) -> list[int]:
+        outs = [out async for out in engine.generate(prompts[i], greedy, f"alone-{i}")]
+        return outs[-1].outputs[0].token_ids
+
+    for i in (0, 17, 49):
+        assert asyncio.run(alone(i)) == results[i]
+    assert engine.get_stats().kv_cache_usage == 0.0
+
+
+def test_output_kinds(engine: AsyncLLM) -> None:
+    prompt = "the output kinds"
+    base = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)
+
+    async def collect(kind: RequestOutputKind, request_id: str) -> list:
+        return [
+            out async for out in engine.generate(prompt, base.clone(output_kind=kind), request_id)
+        ]
+
+    cumulative = asyncio.run(collect(RequestOutputKind.CUMULATIVE, "cum"))
+    delta = asyncio.run(collect(RequestOutputKind.DELTA, "delta"))
+    final = asyncio.run(collect(RequestOutputKind.FINAL_ONLY, "final"))
+    full = cumulative[-1].outputs[0]
+    assert len(cumulative) == 12 and len(final) == 1 and final[0].finished
+    assert [len(o.outputs[0].token_ids) for o in cumulative] == list(range(1, 13))
+    assert "".join(o.outputs[0].text for o in delta) == full.text == final[0].outputs[0].text
+    assert [t for o in delta for t in o.outputs[0].token_ids] == full.token_ids
+    assert all(o.prompt_token_ids for o in delta)
+
+
+def test_consumer_cancellation_aborts_and_frees_blocks(engine: AsyncLLM) -> None:
+    params = SamplingParams(temperature=0, max_tokens=200, ignore_eos=True)
+
+    async def main() -> None:
+        started = asyncio.Event()
+
+        async def consume() -> None:
+            async for _ in engine.generate({"prompt_token_ids": list(range(5, 60))}, params, "c"):
+                started.set()
+
+        task = asyncio.create_task(consume())
+        await started.wait()
+        assert engine.engine.kv_cache.num_free_blocks < NUM_BLOCKS
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await _wait_idle(engine)
+
+        # aclose() of a generator aborts just the same.
+        agen = engine.generate({"prompt_token_ids": [0, 7, 8]}, params, "closed")
+        await agen.__anext__()
+        await agen.aclose()
+        await _wait_idle(engine)
+
+    asyncio.run(main())
+    assert not engine.engine.has_unfinished_requests()
+    assert engine.engine.kv_cache.num_free_blocks == NUM_BLOCKS
+
+
+def test_abort_api_ends_stream_with_abort(engine: AsyncLLM) -> None:
+    params = SamplingParams(temperature=0, max_tokens=200, ignore_eos=True)
+
+    async def main() -> str:
+        outputs = []
+        async for out in engine.generate("to be aborted", params, "ab"):
+            outputs.append(out)
+            if len(outputs) == 2:
+                await engine.abort("ab")
+        return outputs[-1].outputs[0].finish_reason
+
+    assert asyncio.run(main()) == "abort"
+    assert engine.engine.kv_cache.num_free_blocks == NUM_BLOCKS
+
+
+def test_validation_error_from_first_anext(engine: AsyncLLM) -> None:
+    async def main() -> None:
+        agen = engine.generate({"prompt_token_ids": [3] * 300}, SamplingParams(), "too-long")
+        with pytest.raises(PromptTooLongError):
+            await agen.__anext__()
+
+    asyncio.run(main())
+    assert engine.is_running and not engine.errored
+
+
+def test_shutdown_aborts_pending_and_refuses_new() -> None:
+    engine = _engine()
+    params = SamplingParams(temperature=0, max_tokens=250, ignore_eos=True)
+
+    async def main() -> str:
+        agen = engine.generate("long", params, "pending")
+        await agen.__anext__()
+        engine.shutdown()
+        last = None
+        async for out in agen:
+            last = out
+        return last.outputs[0].finish_reason
+
+    assert asyncio.run(main()) == "abort"
+    assert not engine.is_running
+
+    async def after() -> None:
+        async for _ in engine.generate("x", SamplingParams(), "late"):
+            pass
+
+    with pytest.raises(EngineDeadError):
+        asyncio.run(after())
+    with pytest.raises(EngineDeadError):
+        asyncio.run(engine.check_health())
