@@ -26,7 +26,8 @@ from mono_llm.core.config import AsyncEngineArgs, EngineArgs, EngineConfig, Mode
 from mono_llm.core.engine_core import EngineCore
 from mono_llm.core.errors import EngineDeadError, EngineOverloadedError, InvalidRequestError
 from mono_llm.core.inputs import PromptType
-from mono_llm.core.outputs import RequestOutput, SchedulerStats
+from mono_llm.core.outputs import PoolingRequestOutput, RequestOutput, SchedulerStats
+from mono_llm.core.pooling_params import PoolingParams
 from mono_llm.core.sampling_params import SamplingParams
 
 logger = logging.getLogger(__name__)
@@ -48,7 +49,7 @@ class _Stream:
 @dataclass(slots=True)
 class _AddCommand:
     request_id: str
-    params: SamplingParams
+    params: SamplingParams | PoolingParams
     prompt_text: str | None
     prompt_token_ids: list[int]
     priority: int
@@ -121,6 +122,40 @@ class AsyncLLM:
         engine = self.engine
         text, token_ids = engine.process_prompt(prompt, sampling_params)
         engine.validate_sampling_params(sampling_params)
+        # aclosing: a consumer that stops early must abort the request now, not at GC time.
+        submitted = self._submit(request_id, sampling_params, text, token_ids, priority)
+        async with contextlib.aclosing(submitted) as outputs:
+            async for out in outputs:
+                yield out
+
+    async def encode(
+        self,
+        prompt: PromptType,
+        pooling_params: PoolingParams,
+        request_id: str,
+        *,
+        priority: int = 0,
+    ) -> AsyncGenerator[PoolingRequestOutput, None]:
+        """Run a pooling request (embed / classify / score / encode); yields one finished
+        PoolingRequestOutput. Validation errors surface from the first `__anext__`."""
+        if not self.is_running:
+            raise self.dead_error
+        text, token_ids, params = self.engine.process_pooling_prompt(prompt, pooling_params)
+        submitted = self._submit(request_id, params, text, token_ids, priority)
+        async with contextlib.aclosing(submitted) as outputs:
+            async for out in outputs:
+                yield out
+
+    async def _submit(
+        self,
+        request_id: str,
+        params: SamplingParams | PoolingParams,
+        text: str | None,
+        token_ids: list[int],
+        priority: int,
+    ) -> AsyncGenerator[Any, None]:
+        """Queue a validated request for the loop thread and stream its outputs back."""
+        engine = self.engine
         bound = self.engine_config.scheduler_config.max_waiting_requests
         if bound is not None and engine._num_waiting_requests + self._pending_adds >= bound:
             raise EngineOverloadedError(f"The engine has {bound} requests waiting; retry later.")
@@ -132,9 +167,7 @@ class AsyncLLM:
                 )
             self._streams[request_id] = stream
             self._pending_adds += 1
-        self._commands.put(
-            _AddCommand(request_id, sampling_params, text, token_ids, priority, time.time())
-        )
+        self._commands.put(_AddCommand(request_id, params, text, token_ids, priority, time.time()))
         finished = False
         try:
             while True:

@@ -17,12 +17,19 @@ import torch
 from mono_llm.core.batch import LogitsWanted, ModelBatch, SequenceSlice
 from mono_llm.core.config import EngineArgs, EngineConfig
 from mono_llm.core.detokenizer import IncrementalDetokenizer
-from mono_llm.core.errors import EngineOverloadedError, InvalidRequestError, PromptTooLongError
+from mono_llm.core.errors import (
+    EngineOverloadedError,
+    InvalidRequestError,
+    PromptTooLongError,
+    UnsupportedTaskError,
+)
 from mono_llm.core.generation_config import default_sampling_params, eos_token_ids
 from mono_llm.core.inputs import PromptType, parse_prompt
 from mono_llm.core.kv_cache import KVCacheManager
 from mono_llm.core.output_processor import make_request_output
 from mono_llm.core.outputs import Logprob, RequestMetrics, RequestOutput, SchedulerStats
+from mono_llm.core.pooling.engine import PoolingEngine
+from mono_llm.core.pooling_params import PoolingParams
 from mono_llm.core.request import Request, Sequence, SequenceStatus
 from mono_llm.core.sampler import Sampler, SamplerOutput, compute_logprobs
 from mono_llm.core.sampling_params import SamplingParams
@@ -48,11 +55,17 @@ class EngineCore:
     ) -> None:
         self.config = config
         self.model_config = config.model_config
+        # Pooling models (issue 6): set before the runner and scheduler read the config.
+        self.pooling = PoolingEngine.for_config(config)
+        if model_runner is None and self.pooling is not None:
+            model_runner = self.pooling.make_runner()
         if model_runner is None:
             from mono_llm.core.model_runner import ModelRunner
 
             model_runner = ModelRunner(config)
         self.model_runner = model_runner
+        if self.pooling is not None:
+            self.pooling.attach(model_runner)
         self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(self.model_config)
         self.vocab_size: int = model_runner.vocab_size
         self.kv_cache = KVCacheManager(
@@ -102,6 +115,8 @@ class EngineCore:
 
     def validate_sampling_params(self, params: SamplingParams) -> SamplingParams:
         """Check params against this model and resolve its stop tokens (returns a copy)."""
+        if self.pooling is not None:
+            self.pooling.reject_generation()  # a pooling model cannot generate
         max_logprobs = self.model_config.max_logprobs
         for name in ("logprobs", "prompt_logprobs"):
             value = getattr(params, name)
@@ -152,6 +167,16 @@ class EngineCore:
     ) -> Request:
         """Queue a generation request. Raises InvalidRequestError / PromptTooLongError /
         EngineOverloadedError. Pass prompt_token_ids (from `process_prompt`) to skip tokenizing."""
+        if isinstance(params, PoolingParams):
+            return self.add_pooling_request(
+                request_id,
+                prompt,
+                params,
+                arrival_time=arrival_time,
+                priority=priority,
+                prompt_text=prompt_text,
+                prompt_token_ids=prompt_token_ids,
+            )
         if request_id in self.requests:
             raise InvalidRequestError(
                 f"Request id {request_id!r} is already running.", param="request_id"
@@ -214,6 +239,42 @@ class EngineCore:
             self.scheduler.add(seq)
         return request
 
+    def process_pooling_prompt(
+        self, prompt: PromptType, params: PoolingParams
+    ) -> tuple[str | None, list[int], PoolingParams]:
+        """Tokenize and validate a pooling prompt; returns the params with the task resolved."""
+        return self._pooling_engine(params).prepare(self.tokenizer, prompt, params)
+
+    def add_pooling_request(
+        self,
+        request_id: str,
+        prompt: PromptType,
+        params: PoolingParams,
+        *,
+        arrival_time: float | None = None,
+        priority: int = 0,
+        prompt_text: str | None = None,
+        prompt_token_ids: list[int] | None = None,
+    ) -> Request:
+        """Queue an embed / classify / score / encode request (finishes after its prefill)."""
+        return self._pooling_engine(params).add_request(
+            self,
+            request_id,
+            prompt,
+            params,
+            arrival_time=arrival_time,
+            priority=priority,
+            prompt_text=prompt_text,
+            prompt_token_ids=prompt_token_ids,
+        )
+
+    def _pooling_engine(self, params: PoolingParams) -> PoolingEngine:
+        if self.pooling is None:
+            raise UnsupportedTaskError(
+                params.task or "embed", ["generate"], model=self.model_config.served_model_name
+            )
+        return self.pooling
+
     def abort_request(self, request_ids: str | Iterable[str]) -> list[RequestOutput]:
         """Finish requests with "abort", free their blocks; returns their final outputs."""
         if isinstance(request_ids, str):
@@ -262,6 +323,8 @@ class EngineCore:
                 for item in sched.scheduled
             ]
         )
+        if self.pooling is not None:
+            return self.pooling.run_step(self, sched, batch)
         logits = self.model_runner.execute(batch)  # [rows, vocab] float32
         self.scheduler.update(sched)
         return self._process(sched, batch, logits)

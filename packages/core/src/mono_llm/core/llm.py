@@ -11,6 +11,7 @@ from mono_llm.core.engine_core import EngineCore
 from mono_llm.core.errors import InvalidRequestError
 from mono_llm.core.inputs import PromptType, TokensPrompt
 from mono_llm.core.outputs import RequestOutput
+from mono_llm.core.pooling.offline import PoolingLLMMixin
 from mono_llm.core.sampling_params import RequestOutputKind, SamplingParams
 
 # Batches at least this long get a progress bar (short ones finish before it is useful).
@@ -19,8 +20,11 @@ _PROGRESS_BAR_MIN_PROMPTS = 8
 ChatMessages = list[dict[str, Any]]
 
 
-class LLM:
-    """Batched offline generation over one model; every prompt runs to completion."""
+class LLM(PoolingLLMMixin):
+    """Batched offline generation over one model; every prompt runs to completion.
+
+    Pooling models add `embed`, `classify`, `score` and `encode` (PoolingLLMMixin, issue 6).
+    """
 
     def __init__(self, model: str, *, tokenizer: str | None = None, **engine_args: Any) -> None:
         args = EngineArgs(model=model, tokenizer=tokenizer, **engine_args)

@@ -46,7 +46,10 @@ def make_request_output(request: Request, changed: set[str] | None = None) -> Re
     requests only report once finished: ranking needs the complete candidates.
     """
     params = request.sampling_params
-    assert params is not None
+    if params is None:  # a pooling request (issue 6)
+        from mono_llm.core.pooling.engine import make_pooling_output
+
+        return make_pooling_output(request)
     finished = request.is_finished
     kind = params.output_kind
     best_of = params.num_candidates > params.n

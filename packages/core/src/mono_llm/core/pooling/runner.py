@@ -1,0 +1,92 @@
+"""Model runner for encoder-only pooling models (BERT & co): the same ragged batches, no KV cache.
+
+It reuses `ModelRunner`'s batch flattening, so the scheduler, its token budget and block
+accounting work unchanged: the scheduler still hands out block ids, but for an encoder they
+are only bookkeeping (no memory behind them), because every prompt runs whole in one step
+and nothing is kept for later tokens.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+
+import torch
+
+from mono_llm.core.attention import AttentionMetadata, attention_metadata
+from mono_llm.core.batch import ModelBatch
+from mono_llm.core.config import EngineConfig
+from mono_llm.core.errors import EngineError
+from mono_llm.core.model_loader import build_model
+from mono_llm.core.model_runner import ModelRunner
+
+logger = logging.getLogger(__name__)
+
+
+class EncoderModelRunner(ModelRunner):
+    """Runs encoder steps; `execute_hidden` returns every token's final hidden state."""
+
+    def __init__(self, config: EngineConfig) -> None:  # no super().__init__: no KV cache
+        self.config = config
+        sched = config.scheduler_config
+        self.device = torch.device(config.device)
+        if self.device.type == "cuda" and self.device.index is None:
+            self.device = torch.device("cuda", torch.cuda.current_device())
+        self.dtype = config.model_config.dtype
+        self.block_size = config.cache_config.block_size
+        self.max_model_len = sched.max_model_len
+        self.max_num_seqs = sched.max_num_seqs
+        self.max_num_tokens = max(sched.max_num_batched_tokens, sched.max_num_seqs)
+        self.max_blocks_per_seq = math.ceil(self.max_model_len / self.block_size)
+        start = time.perf_counter()
+        self.model = build_model(config.model_config, self.device)
+        self.vocab_size: int = self.model.vocab_size
+        self.hidden_size: int = self.model.hidden_size
+        self._attention_layers = []
+        self._use_cuda = False  # inputs are moved per step; there are no decode graphs to feed
+        self._graphs = {}
+        # Nominal blocks: enough for every sequence at full length, so block accounting never
+        # limits an encoder; the token budget and max_num_seqs do.
+        self.num_blocks = self.max_num_seqs * self.max_blocks_per_seq
+        config.cache_config.num_blocks = self.num_blocks
+        logger.info("encoder model loaded in %.1f s", time.perf_counter() - start)
+
+    @property
+    def kv_cache_bytes_per_block(self) -> int:
+        return 0
+
+    def execute(self, batch: ModelBatch) -> torch.Tensor:
+        raise EngineError("an encoder model has no LM head: it serves pooling requests only")
+
+    @torch.inference_mode()
+    def execute_hidden(
+        self, batch: ModelBatch, token_type_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Final hidden states [batch.num_tokens, hidden]; every slice must be a whole prompt."""
+        for s in batch.slices:
+            if s.num_computed_tokens:
+                raise EngineError("encoder slices must start at position 0 (no KV cache)")
+        inputs = self._prepare(batch)
+        device = self.device
+
+        def to_device(array) -> torch.Tensor:
+            return torch.from_numpy(array).to(device, non_blocking=True)
+
+        metadata = AttentionMetadata(
+            slot_mapping=to_device(inputs.slot_mapping),
+            block_tables=to_device(inputs.block_tables),
+            query_start_loc=to_device(inputs.query_start_loc),
+            seq_lens=to_device(inputs.seq_lens),
+            max_query_len=inputs.max_query_len,
+            max_seq_len=inputs.max_seq_len,
+            causal=False,
+        )
+        if token_type_ids is not None:
+            token_type_ids = token_type_ids.to(device, non_blocking=True)
+        with attention_metadata(metadata):
+            return self.model(
+                to_device(inputs.input_ids),
+                to_device(inputs.positions),
+                token_type_ids=token_type_ids,
+            )
