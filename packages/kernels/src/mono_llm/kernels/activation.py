@@ -48,7 +48,9 @@ def _act_and_mul_kernel(
 # ----------------------------------------------------------------------------- launcher
 
 
-def _launch(x: torch.Tensor, act: int) -> torch.Tensor:
+def _launch(
+    x: torch.Tensor, act: int, block: int | None = None, num_warps: int | None = None
+) -> torch.Tensor:
     d = x.shape[-1] // 2
     x2 = x.reshape(-1, 2 * d)
     if x2.stride(-1) != 1:
@@ -57,11 +59,11 @@ def _launch(x: torch.Tensor, act: int) -> torch.Tensor:
     out2 = out.view(-1, d)
     if x2.shape[0] == 0 or d == 0:
         return out
-    block = min(1024, triton.next_power_of_2(d))
+    block = block or min(1024, triton.next_power_of_2(d))
     grid = (x2.shape[0], triton.cdiv(d, block))
     _act_and_mul_kernel[grid](
         x2, out2, x2.stride(0), out2.stride(0), d, ACT=act, BLOCK=block,
-        num_warps=max(1, min(4, block // 256)),
+        num_warps=num_warps or max(1, min(4, block // 256)),
     )  # fmt: skip
     return out
 

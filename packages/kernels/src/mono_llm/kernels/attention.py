@@ -119,14 +119,18 @@ def _paged_attention_kernel(
     BLOCK_M: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr,
     DOT_FP32: tl.constexpr,
 ):  # fmt: skip
-    program = tl.program_id(0)
-    kv_head = tl.program_id(1)
+    kv_head = tl.program_id(0)  # fastest-varying: all heads of one query block launch together
+    program = tl.program_id(1)
     seq = _find_sequence(query_start_loc_ptr, num_seqs, program, BLOCK_Q)
     q_start = tl.load(query_start_loc_ptr + seq)
     q_len = tl.load(query_start_loc_ptr + seq + 1) - q_start
-    q_block = program - (q_start // BLOCK_Q + seq)
-    if q_block * BLOCK_Q >= q_len:
+    num_q_blocks = tl.cdiv(q_len, BLOCK_Q)
+    local = program - (q_start // BLOCK_Q + seq)
+    if local >= num_q_blocks:
         return
+    # Last query blocks first: under a causal mask they see the most keys, and starting the
+    # longest programs first shortens the tail of the launch.
+    q_block = num_q_blocks - 1 - local
     context_len = tl.load(seq_lens_ptr + seq)
     prefix_len = context_len - q_len  # keys already cached before this step's tokens
 
@@ -226,7 +230,7 @@ def _launch(
     block_m, block_n = cfg.pop("BLOCK_M"), cfg.pop("BLOCK_N")
     block_q = block_m // group
     # grid bound: sum_s ceil(q_len_s / BLOCK_Q) <= num_tokens // BLOCK_Q + num_seqs
-    grid = (num_tokens // block_q + num_seqs, num_kv_heads)
+    grid = (num_kv_heads, num_tokens // block_q + num_seqs)
     _paged_attention_kernel[grid](
         query, key_cache, value_cache, out, block_tables, query_start_loc, seq_lens,
         query.stride(0), query.stride(1), out.stride(0), out.stride(1),

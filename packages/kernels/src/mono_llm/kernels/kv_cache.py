@@ -69,7 +69,7 @@ def _write_kv_kernel(
 # ----------------------------------------------------------------------------- launcher
 
 
-def _launch(key, value, key_cache, value_cache, slot_mapping) -> None:
+def _launch(key, value, key_cache, value_cache, slot_mapping, num_warps: int | None = None) -> None:
     num_tokens, num_kv_heads, head_dim = key.shape
     if num_tokens == 0:
         return
@@ -86,7 +86,7 @@ def _launch(key, value, key_cache, value_cache, slot_mapping) -> None:
         value_cache.stride(0), value_cache.stride(1), value_cache.stride(2),
         key_cache.shape[1], num_kv_heads,
         HEAD_DIM=head_dim, BLOCK_H=block_h, BLOCK_D=block_d,
-        num_warps=max(1, min(8, block_h * block_d // 512)),
+        num_warps=num_warps or max(1, min(8, block_h * block_d // 512)),
     )  # fmt: skip
 
 

@@ -88,14 +88,17 @@ def _as_rows(t: torch.Tensor, hidden: int) -> torch.Tensor:
     return t2 if t2.stride(-1) == 1 else t2.contiguous()
 
 
-def _launch_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+def _launch_rms_norm(
+    x: torch.Tensor, weight: torch.Tensor, eps: float, num_warps: int | None = None
+) -> torch.Tensor:
     hidden = x.shape[-1]
     x2 = _as_rows(x, hidden)
     out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     out2 = out.view(-1, hidden)
     if x2.shape[0] == 0:
         return out
-    block, num_warps = _row_settings(hidden)
+    block, default_warps = _row_settings(hidden)
+    num_warps = num_warps or default_warps
     _rms_norm_kernel[(x2.shape[0],)](
         x2,
         weight,
@@ -111,7 +114,11 @@ def _launch_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch
 
 
 def _launch_fused_add_rms_norm(
-    x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
+    x: torch.Tensor,
+    residual: torch.Tensor,
+    weight: torch.Tensor,
+    eps: float,
+    num_warps: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     hidden = x.shape[-1]
     x2 = _as_rows(x, hidden)
@@ -121,7 +128,8 @@ def _launch_fused_add_rms_norm(
     if x2.shape[0] == 0:
         return out, residual_out
     out2, ro2 = out.view(-1, hidden), residual_out.view(-1, hidden)
-    block, num_warps = _row_settings(hidden)
+    block, default_warps = _row_settings(hidden)
+    num_warps = num_warps or default_warps
     _fused_add_rms_norm_kernel[(x2.shape[0],)](
         x2,
         r2,

@@ -120,6 +120,7 @@ def _launch_rotary(
     key: torch.Tensor,
     cache: torch.Tensor,
     is_neox: bool,
+    num_warps: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     num_tokens, num_heads, head_dim = query.shape
     num_kv_heads = key.shape[1]
@@ -137,7 +138,7 @@ def _launch_rotary(
     block_r = triton.next_power_of_2(half)
     block_hq = triton.next_power_of_2(num_heads)
     elems = block_hq * block_r * 2
-    num_warps = max(1, min(8, elems // 512))
+    num_warps = num_warps or max(1, min(8, elems // 512))
     _rotary_kernel[(num_tokens,)](
         positions, query, key, q_out, k_out, cache,
         query.stride(0), query.stride(1), key.stride(0), key.stride(1),
