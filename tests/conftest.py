@@ -76,6 +76,12 @@ def serve_in_thread(app: Any, api_key: str | None = None) -> Iterator[RunningSer
 
 
 @pytest.fixture(scope="session")
+def server_factory() -> Any:
+    """`serve_in_thread` for tests that need a server configured their own way."""
+    return serve_in_thread
+
+
+@pytest.fixture(scope="session")
 def server() -> Iterator[RunningServer]:
     from mono_llm.core import AsyncEngineArgs
     from mono_llm.core.testing import fixture_path
