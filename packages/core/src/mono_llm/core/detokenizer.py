@@ -21,6 +21,10 @@ from mono_llm.core.tokenizer import TokenizerInfo, tokenizer_info
 
 # Prompt tokens kept as left context: enough for the decoder to place leading spaces.
 _CONTEXT_TOKENS = 5
+# A UTF-8 character has at most 4 bytes, so at most 4 byte-level tokens can be pending on one;
+# past that the bytes are invalid for good (a random model emits such runs) and are released
+# as U+FFFD rather than held forever (which would also make each step re-decode a growing window).
+_MAX_PENDING_TOKENS = 4
 _REPLACEMENT_CHAR = "\ufffd"
 
 
@@ -72,7 +76,10 @@ class IncrementalDetokenizer:
             window = self.tokens[self.prefix_offset :]
             prefix_text = self._to_string(self.tokens[self.prefix_offset : self.read_offset])
             new_text = self._to_string(window)
-            if len(new_text) > len(prefix_text) and not new_text.endswith(_REPLACEMENT_CHAR):
+            pending = len(self.tokens) - self.read_offset
+            if len(new_text) > len(prefix_text) and (
+                not new_text.endswith(_REPLACEMENT_CHAR) or pending > _MAX_PENDING_TOKENS
+            ):
                 delta = new_text[len(prefix_text) :]
                 self.output_text += delta
                 num_new_chars += len(delta)
