@@ -1,0 +1,74 @@
+"""`mono-llm serve` flags: generated from the config dataclasses, with their docs as help."""
+
+from __future__ import annotations
+
+from dataclasses import fields
+
+import pytest
+
+from mono_llm.core.config import AsyncEngineArgs, field_docs
+from mono_llm.openai_api.cli import build_parser, main
+from mono_llm.openai_api.cli.serve import DEMO_FIXTURE, engine_args_list, plan_models
+from mono_llm.openai_api.server_state import ServerArgs
+
+
+def _serve_help() -> str:
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if a.dest == "subcommand")
+    return subparsers.choices["serve"].format_help()
+
+
+def test_every_engine_and_server_field_is_a_documented_flag() -> None:
+    text = " ".join(_serve_help().split())
+    for cls in (AsyncEngineArgs, ServerArgs):
+        docs = field_docs(cls)
+        for f in fields(cls):
+            assert "--" + f.name.replace("_", "-") in text, f.name
+            if f.name not in ("model", "served_model_name"):
+                assert docs[f.name][:40] in text, f.name
+
+
+def test_issue_flags_with_vllm_defaults() -> None:
+    args = build_parser().parse_args(["serve"])
+    assert args.port == 8000 and args.host is None and args.dtype == "auto"
+    assert args.generation_config == "auto" and args.chat_template_content_format == "auto"
+    assert args.allowed_origins == ["*"] and args.enable_prefix_caching is True
+    args = build_parser().parse_args(
+        ["serve", "/m", "--dtype", "float32", "--max-model-len", "512", "--max-num-seqs", "4",
+         "--max-num-batched-tokens", "256", "--api-key", "a", "--api-key", "b",
+         "--allowed-origins", '["https://x", "https://y"]', "--no-enable-prefix-caching",
+         "--enable-request-id-headers", "--enable-offline-docs", "--root-path", "/llm",
+         "--ssl-keyfile", "k.pem", "--ssl-certfile", "c.pem", "--uvicorn-log-level", "debug",
+         "--max-waiting-requests", "8", "--chat-template", "t.jinja"]
+    )  # fmt: skip
+    assert args.api_key == ["a", "b"]
+    assert args.allowed_origins == ["https://x", "https://y"]
+    assert args.enable_prefix_caching is False and args.max_waiting_requests == 8
+    engines, aliases = engine_args_list(args)
+    assert aliases == [[]]
+    (engine,) = engines
+    assert isinstance(engine, AsyncEngineArgs)
+    assert (engine.model, engine.dtype, engine.max_model_len, engine.max_num_seqs) == (
+        "/m", "float32", 512, 4,
+    )  # fmt: skip
+    assert engine.max_num_batched_tokens == 256 and engine.enable_prefix_caching is False
+
+
+def test_model_planning() -> None:
+    parse = build_parser().parse_args
+    models, names, aliases = plan_models(parse(["serve"]))
+    assert aliases == [[]]
+    assert names == [DEMO_FIXTURE] and models[0].endswith(f"{DEMO_FIXTURE}-v1")
+    models, names, aliases = plan_models(parse(["serve", "/a", "--model", "/b"]))
+    assert models == ["/a", "/b"] and names == [None, None]
+    _, names, aliases = plan_models(parse(["serve", "/a", "--served-model-name", "x", "y"]))
+    assert names == ["x"] and aliases == [["y"]]
+    _, names, _ = plan_models(parse(["serve", "/a", "/b", "--served-model-name", "x", "y"]))
+    assert names == ["x", "y"]
+    with pytest.raises(SystemExit):
+        plan_models(parse(["serve", "/a", "/b", "/c", "--served-model-name", "x", "y"]))
+
+
+def test_no_subcommand_prints_help_and_fails(capsys) -> None:
+    assert main([]) == 2
+    assert "serve" in capsys.readouterr().err
