@@ -34,6 +34,8 @@ from mono_llm.openai_api.http_middleware import (
 from mono_llm.openai_api.metrics import ServerMetrics
 from mono_llm.openai_api.model_registry import ModelRegistry, ServedModel
 from mono_llm.openai_api.models.router import router as models_router
+from mono_llm.openai_api.pooling.router import router as pooling_router
+from mono_llm.openai_api.pooling.serving import model_tasks, warm_up_pooling
 from mono_llm.openai_api.server_state import ServerArgs, ServerState
 from mono_llm.openai_api.system.offline_docs import install_offline_docs
 from mono_llm.openai_api.system.router import router as system_router
@@ -104,7 +106,8 @@ def _served_model(engine: AsyncLLM, aliases: list[str], args: ServerArgs) -> Ser
 
 async def _warm_up(model: ServedModel) -> None:
     """One single-token generation, so the first client does not pay for lazy setup."""
-    if getattr(model.engine.model_config, "task", "generate") not in ("auto", "generate"):
+    if model_tasks(model) is not None:  # a pooling model (embed / classify) cannot generate
+        await warm_up_pooling(model)
         return
     params = SamplingParams(max_tokens=1, temperature=0.0, output_kind=RequestOutputKind.FINAL_ONLY)
     request_id = f"warmup-{uuid.uuid4().hex[:8]}"
@@ -182,6 +185,7 @@ def build_app(
         completion_router,
         chat_router,
         tokenization_router,
+        pooling_router,
     ):
         app.include_router(router)
     if offline:

@@ -1,0 +1,233 @@
+"""Request and response models of the pooling endpoints, with vLLM's field names and shapes.
+
+POST /v1/embeddings (OpenAI), /pooling, /classify, /score (+ /v1/score), /rerank and
+/v1/rerank (Jina), /v2/rerank (Cohere v2). /score accepts its two sides under any of the
+names clients use: text_1/text_2 (vLLM), queries/documents, queries/items, data_1/data_2.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from mono_llm.openai_api.protocol import OpenAIBaseModel, UsageInfo
+
+# A string, a list of strings, a list of token ids, or a list of token-id lists.
+PoolingInput = str | list[str] | list[int] | list[list[int]]
+
+
+def _id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex}"
+
+
+class _PoolingCommon(OpenAIBaseModel):
+    model: str | None = None
+    truncate_prompt_tokens: int | None = Field(default=None, ge=-1)
+    priority: int = 0
+    request_id: str | None = None
+    user: str | None = None
+
+
+class _ActivationMixin(OpenAIBaseModel):
+    # vLLM renamed `activation` to `use_activation`; both are accepted.
+    use_activation: bool | None = None
+    activation: bool | None = None
+
+    @property
+    def resolved_activation(self) -> bool | None:
+        return self.use_activation if self.use_activation is not None else self.activation
+
+
+# ---------------------------------------------------------------- /v1/embeddings
+class EmbeddingRequest(_PoolingCommon):
+    input: PoolingInput
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = None
+    add_special_tokens: bool = True
+    normalize: bool | None = None
+
+
+class EmbeddingResponseData(OpenAIBaseModel):
+    index: int
+    object: Literal["embedding"] = "embedding"
+    embedding: list[float] | str
+
+
+class EmbeddingResponse(OpenAIBaseModel):
+    id: str = Field(default_factory=lambda: _id("embd"))
+    object: Literal["list"] = "list"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    model: str
+    data: list[EmbeddingResponseData]
+    usage: UsageInfo
+
+
+# ---------------------------------------------------------------- /pooling
+class PoolingRequest(_PoolingCommon, _ActivationMixin):
+    input: PoolingInput
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = None
+    add_special_tokens: bool = True
+    normalize: bool | None = None
+
+
+class PoolingResponseData(OpenAIBaseModel):
+    index: int
+    object: Literal["pooling"] = "pooling"
+    data: list[float] | str
+
+
+class PoolingResponse(OpenAIBaseModel):
+    id: str = Field(default_factory=lambda: _id("pool"))
+    object: Literal["list"] = "list"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    model: str
+    data: list[PoolingResponseData]
+    usage: UsageInfo
+
+
+# ---------------------------------------------------------------- /classify
+class ClassificationRequest(_PoolingCommon, _ActivationMixin):
+    input: PoolingInput
+    add_special_tokens: bool = True
+
+
+class ClassificationData(OpenAIBaseModel):
+    index: int
+    label: str | None
+    probs: list[float]
+    num_classes: int
+
+
+class ClassificationResponse(OpenAIBaseModel):
+    id: str = Field(default_factory=lambda: _id("classify"))
+    object: Literal["list"] = "list"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    model: str
+    data: list[ClassificationData]
+    usage: UsageInfo
+
+
+# ---------------------------------------------------------------- /score
+ScoreSide = str | list[str]
+_FIRST_NAMES = ("text_1", "queries", "data_1")
+_SECOND_NAMES = ("text_2", "documents", "items", "data_2")
+
+
+class ScoreRequest(_PoolingCommon, _ActivationMixin):
+    text_1: ScoreSide | None = None
+    text_2: ScoreSide | None = None
+    queries: ScoreSide | None = None
+    documents: ScoreSide | None = None
+    items: ScoreSide | None = None
+    data_1: ScoreSide | None = None
+    data_2: ScoreSide | None = None
+
+    @model_validator(mode="after")
+    def _one_name_per_side(self) -> ScoreRequest:
+        for names in (_FIRST_NAMES, _SECOND_NAMES):
+            given = [n for n in names if getattr(self, n) is not None]
+            if len(given) != 1:
+                raise ValueError(
+                    f"Give exactly one of {', '.join(names)}"
+                    + (f" (got {', '.join(given)})." if given else ".")
+                )
+        return self
+
+    @property
+    def first(self) -> ScoreSide:
+        return next(getattr(self, n) for n in _FIRST_NAMES if getattr(self, n) is not None)
+
+    @property
+    def second(self) -> ScoreSide:
+        return next(getattr(self, n) for n in _SECOND_NAMES if getattr(self, n) is not None)
+
+    @property
+    def first_name(self) -> str:
+        return next(n for n in _FIRST_NAMES if getattr(self, n) is not None)
+
+    @property
+    def second_name(self) -> str:
+        return next(n for n in _SECOND_NAMES if getattr(self, n) is not None)
+
+
+class ScoreResponseData(OpenAIBaseModel):
+    index: int
+    object: Literal["score"] = "score"
+    score: float
+
+
+class ScoreResponse(OpenAIBaseModel):
+    id: str = Field(default_factory=lambda: _id("score"))
+    object: Literal["list"] = "list"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    model: str
+    data: list[ScoreResponseData]
+    usage: UsageInfo
+
+
+# ---------------------------------------------------------------- /rerank, /v1/rerank, /v2/rerank
+class RerankDocumentInput(OpenAIBaseModel):
+    """Cohere lets a document be an object with its text under `text`."""
+
+    text: str
+
+
+class RerankRequest(_PoolingCommon, _ActivationMixin):
+    query: str
+    documents: list[str | RerankDocumentInput]
+    top_n: int | None = Field(default=None, ge=0)  # None or 0: every document
+    return_documents: bool = True
+
+    @property
+    def document_texts(self) -> list[str]:
+        return [d if isinstance(d, str) else d.text for d in self.documents]
+
+
+class RerankDocument(OpenAIBaseModel):
+    text: str
+
+
+class RerankResult(OpenAIBaseModel):
+    index: int
+    document: RerankDocument | None = None
+    relevance_score: float
+
+
+class RerankUsage(OpenAIBaseModel):
+    total_tokens: int
+
+
+class RerankResponse(OpenAIBaseModel):
+    """Jina's shape (vLLM's /rerank and /v1/rerank)."""
+
+    id: str = Field(default_factory=lambda: _id("rerank"))
+    model: str
+    usage: RerankUsage
+    results: list[RerankResult]
+
+
+class CohereApiVersion(OpenAIBaseModel):
+    version: str = "2"
+
+
+class CohereBilledUnits(OpenAIBaseModel):
+    search_units: int = 1
+
+
+class CohereMeta(OpenAIBaseModel):
+    api_version: CohereApiVersion = Field(default_factory=CohereApiVersion)
+    billed_units: CohereBilledUnits = Field(default_factory=CohereBilledUnits)
+
+
+class RerankV2Response(RerankResponse):
+    """Cohere v2's shape: `results` plus `meta`; vLLM's `model` and `usage` are kept too."""
+
+    meta: CohereMeta = Field(default_factory=CohereMeta)
+
+
+def dump(model: Any) -> dict[str, Any]:
+    return model.model_dump(mode="json")

@@ -1,0 +1,305 @@
+"""Turns pooling requests (embeddings, pooling, classify, score, rerank) into engine calls.
+
+Each input becomes one engine request (`AsyncLLM.encode`), all submitted at once so the
+scheduler batches them under its token budget; results come back in input order. A model
+that does not serve the task answers 400 naming the tasks it does serve (the engine's
+UnsupportedTaskError), e.g. /v1/embeddings on a generative model.
+"""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from typing import Any
+
+import numpy as np
+
+from mono_llm.core.errors import UnsupportedTaskError
+from mono_llm.core.inputs import PromptType, TokensPrompt
+from mono_llm.core.outputs import PoolingRequestOutput
+from mono_llm.core.pooling.scoring import cosine_score, cross_encoder_prompt, pair_inputs
+from mono_llm.core.pooling.tasks import ModelTasks
+from mono_llm.core.pooling_params import PoolingParams
+from mono_llm.openai_api.errors import OpenAIError
+from mono_llm.openai_api.model_registry import ModelRegistry, ServedModel
+from mono_llm.openai_api.pooling.protocol import (
+    ClassificationData,
+    ClassificationRequest,
+    ClassificationResponse,
+    EmbeddingRequest,
+    EmbeddingResponse,
+    EmbeddingResponseData,
+    PoolingInput,
+    PoolingRequest,
+    PoolingResponse,
+    PoolingResponseData,
+    RerankDocument,
+    RerankRequest,
+    RerankResponse,
+    RerankResult,
+    RerankUsage,
+    RerankV2Response,
+    ScoreRequest,
+    ScoreResponse,
+    ScoreResponseData,
+)
+from mono_llm.openai_api.protocol import UsageInfo
+from mono_llm.openai_api.streaming import merge_async_iterators
+
+
+def model_tasks(model: ServedModel) -> ModelTasks | None:
+    """The pooling tasks of a served model, or None for a generative one."""
+    core = getattr(model.engine, "engine", None)
+    pooling = getattr(core, "pooling", None)
+    return pooling.tasks if pooling is not None else None
+
+
+def supported_tasks(model: ServedModel) -> list[str]:
+    tasks = model_tasks(model)
+    return list(tasks.supported_tasks) if tasks is not None else ["generate"]
+
+
+def _require(model: ServedModel, task: str) -> ModelTasks:
+    tasks = model_tasks(model)
+    if tasks is None or not tasks.supports(task):
+        raise UnsupportedTaskError(task, supported_tasks(model), model=model.name)
+    return tasks
+
+
+def _encode_base64(data: Any) -> str:
+    """Little-endian float32 bytes, base64: what the openai client decodes with numpy."""
+    array = np.asarray(data.numpy() if hasattr(data, "numpy") else data, dtype="<f4")
+    return base64.b64encode(array.tobytes()).decode("ascii")
+
+
+def _usage(outputs: list[PoolingRequestOutput]) -> UsageInfo:
+    tokens = sum(len(out.prompt_token_ids) for out in outputs)
+    return UsageInfo(prompt_tokens=tokens, total_tokens=tokens, completion_tokens=0)
+
+
+async def warm_up_pooling(model: ServedModel) -> None:
+    """One short pooling request, so the first client does not pay for lazy setup."""
+    tasks = model_tasks(model)
+    if tasks is None:
+        return
+    task = "classify" if tasks.runner == "classify" else "embed"
+    request_id = f"warmup-{uuid.uuid4().hex[:8]}"
+    async for _ in model.engine.encode("warm up", PoolingParams(task=task), request_id):
+        pass
+
+
+class PoolingServing:
+    def __init__(self, registry: ModelRegistry) -> None:
+        self.registry = registry
+
+    # ------------------------------------------------------------------ plumbing
+    def _prompts(
+        self, model: ServedModel, value: PoolingInput, add_special_tokens: bool
+    ) -> list[PromptType]:
+        """The engine prompts of an `input` field (string(s) or token id list(s))."""
+        if isinstance(value, str):
+            items: list[Any] = [value]
+        elif value and all(isinstance(v, int) for v in value):
+            items = [list(value)]
+        else:
+            items = list(value)
+        if not items:
+            raise OpenAIError("input must not be empty.", 400, param="input")
+        prompts: list[PromptType] = []
+        for item in items:
+            if isinstance(item, str):
+                if add_special_tokens:
+                    prompts.append(item)
+                else:
+                    ids = model.tokenizer(item, add_special_tokens=False).input_ids
+                    prompts.append(TokensPrompt(prompt_token_ids=list(ids), prompt=item))
+            else:
+                if not item:
+                    raise OpenAIError("input token lists must not be empty.", 400, param="input")
+                prompts.append(TokensPrompt(prompt_token_ids=list(item)))
+        return prompts
+
+    async def _run(
+        self,
+        model: ServedModel,
+        prompts: list[PromptType],
+        params: list[PoolingParams],
+        request_id: str | None,
+        priority: int,
+    ) -> list[PoolingRequestOutput]:
+        """Submit every prompt at once; return their outputs in input order."""
+        base = request_id or uuid.uuid4().hex
+        generators = [
+            model.engine.encode(prompt, p, f"{base}-{i}", priority=priority)
+            for i, (prompt, p) in enumerate(zip(prompts, params, strict=True))
+        ]
+        results: list[PoolingRequestOutput | None] = [None] * len(generators)
+        async for index, out in merge_async_iterators(*generators):
+            if out.finished:
+                results[index] = out
+        missing = [i for i, out in enumerate(results) if out is None or out.outputs.data is None]
+        if missing:
+            raise OpenAIError(f"Pooling of input {missing[0]} was aborted.", 503)
+        return results  # type: ignore[return-value]
+
+    # ------------------------------------------------------------------ endpoints
+    async def embeddings(self, request: EmbeddingRequest) -> EmbeddingResponse:
+        model = self.registry.resolve(request.model)
+        _require(model, "embed")
+        params = PoolingParams(
+            task="embed",
+            dimensions=request.dimensions,
+            normalize=request.normalize,
+            truncate_prompt_tokens=request.truncate_prompt_tokens,
+        )
+        prompts = self._prompts(model, request.input, request.add_special_tokens)
+        outputs = await self._run(
+            model, prompts, [params] * len(prompts), request.request_id, request.priority
+        )
+        data = [
+            EmbeddingResponseData(
+                index=i,
+                embedding=_encode_base64(out.outputs.data)
+                if request.encoding_format == "base64"
+                else out.outputs.data.tolist(),
+            )
+            for i, out in enumerate(outputs)
+        ]
+        return EmbeddingResponse(model=model.name, data=data, usage=_usage(outputs))
+
+    async def pooling(self, request: PoolingRequest) -> PoolingResponse:
+        model = self.registry.resolve(request.model)
+        _require(model, "encode")
+        params = PoolingParams(
+            task="encode",
+            dimensions=request.dimensions,
+            normalize=request.normalize,
+            use_activation=request.resolved_activation,
+            truncate_prompt_tokens=request.truncate_prompt_tokens,
+        )
+        prompts = self._prompts(model, request.input, request.add_special_tokens)
+        outputs = await self._run(
+            model, prompts, [params] * len(prompts), request.request_id, request.priority
+        )
+        data = [
+            PoolingResponseData(
+                index=i,
+                data=_encode_base64(out.outputs.data)
+                if request.encoding_format == "base64"
+                else out.outputs.data.tolist(),
+            )
+            for i, out in enumerate(outputs)
+        ]
+        return PoolingResponse(model=model.name, data=data, usage=_usage(outputs))
+
+    async def classify(self, request: ClassificationRequest) -> ClassificationResponse:
+        model = self.registry.resolve(request.model)
+        tasks = _require(model, "classify")
+        params = PoolingParams(
+            task="classify",
+            use_activation=request.resolved_activation,
+            truncate_prompt_tokens=request.truncate_prompt_tokens,
+        )
+        prompts = self._prompts(model, request.input, request.add_special_tokens)
+        outputs = await self._run(
+            model, prompts, [params] * len(prompts), request.request_id, request.priority
+        )
+        data = []
+        for i, out in enumerate(outputs):
+            probs = out.outputs.data.tolist()
+            best = max(range(len(probs)), key=probs.__getitem__)
+            data.append(
+                ClassificationData(
+                    index=i,
+                    label=tasks.id2label.get(best),
+                    probs=probs,
+                    num_classes=len(probs),
+                )
+            )
+        return ClassificationResponse(model=model.name, data=data, usage=_usage(outputs))
+
+    async def _scores(
+        self,
+        model: ServedModel,
+        first: Any,
+        second: Any,
+        *,
+        activation: bool | None,
+        truncate: int | None,
+        request_id: str | None,
+        priority: int,
+        names: tuple[str, str] = ("text_1", "text_2"),
+    ) -> list[PoolingRequestOutput]:
+        """One scored output per (first, second) pair: cross-encoder or embedding cosine."""
+        tasks = _require(model, "score")
+        try:
+            pairs = pair_inputs(first, second)
+        except OpenAIError:
+            raise
+        except ValueError as exc:  # InvalidRequestError: rename the params to the request's
+            param = getattr(exc, "param", None)
+            message = str(exc).replace("text_1", names[0]).replace("text_2", names[1])
+            raise OpenAIError(
+                message, 400, param=names[0] if param == "text_1" else names[1]
+            ) from exc
+        params = PoolingParams(use_activation=activation, truncate_prompt_tokens=truncate)
+        if tasks.runner == "classify":
+            prompts, params_list = [], []
+            for query, document in pairs:
+                prompt, pair_params = cross_encoder_prompt(model.tokenizer, query, document, params)
+                prompts.append(prompt)
+                params_list.append(pair_params)
+            return await self._run(model, prompts, params_list, request_id, priority)
+        params.task = "embed"
+        texts = [q for q, _ in pairs] + [d for _, d in pairs]
+        embedded = await self._run(model, texts, [params] * len(texts), request_id, priority)
+        half = len(pairs)
+        return [cosine_score(embedded[i], embedded[half + i]) for i in range(half)]
+
+    async def score(self, request: ScoreRequest) -> ScoreResponse:
+        model = self.registry.resolve(request.model)
+        outputs = await self._scores(
+            model,
+            request.first,
+            request.second,
+            activation=request.resolved_activation,
+            truncate=request.truncate_prompt_tokens,
+            request_id=request.request_id,
+            priority=request.priority,
+            names=(request.first_name, request.second_name),
+        )
+        data = [
+            ScoreResponseData(index=i, score=float(out.outputs.data.reshape(-1)[0]))
+            for i, out in enumerate(outputs)
+        ]
+        return ScoreResponse(model=model.name, data=data, usage=_usage(outputs))
+
+    async def rerank(self, request: RerankRequest, *, cohere_v2: bool = False) -> RerankResponse:
+        model = self.registry.resolve(request.model)
+        documents = request.document_texts
+        if not documents:
+            raise OpenAIError("documents must not be empty.", 400, param="documents")
+        outputs = await self._scores(
+            model,
+            request.query,
+            documents,
+            activation=request.resolved_activation,
+            truncate=request.truncate_prompt_tokens,
+            request_id=request.request_id,
+            priority=request.priority,
+            names=("query", "documents"),
+        )
+        results = [
+            RerankResult(
+                index=i,
+                document=RerankDocument(text=documents[i]) if request.return_documents else None,
+                relevance_score=float(out.outputs.data.reshape(-1)[0]),
+            )
+            for i, out in enumerate(outputs)
+        ]
+        results.sort(key=lambda r: r.relevance_score, reverse=True)
+        if request.top_n:
+            results = results[: request.top_n]
+        usage = RerankUsage(total_tokens=_usage(outputs).total_tokens)
+        response_cls = RerankV2Response if cohere_v2 else RerankResponse
+        return response_cls(model=model.name, usage=usage, results=results)
