@@ -101,6 +101,9 @@ def test_offline_docs_served_from_the_package() -> None:
         )
     )
     assert "/llm/static/swagger-ui-bundle.js" in rooted.get("/docs").text
+    # Behind a proxy that keeps or strips the prefix, routes still match.
+    assert rooted.get("/llm/version").status_code == 200
+    assert rooted.get("/version").status_code == 200
     assert _client(disable_fastapi_docs=True).get("/docs").status_code == 404
 
 

@@ -29,6 +29,7 @@ from mono_llm.openai_api.errors import install_error_handlers
 from mono_llm.openai_api.http_middleware import (
     ApiKeyMiddleware,
     RequestIdMiddleware,
+    RootPathMiddleware,
     resolve_api_keys,
 )
 from mono_llm.openai_api.metrics import ServerMetrics
@@ -173,7 +174,6 @@ def build_app(
         title="mono-llm OpenAI-compatible API",
         version=__version__,
         lifespan=lifespan,
-        root_path=args.root_path or "",
         docs_url=None if (offline or args.disable_fastapi_docs) else "/docs",
         redoc_url=None if (offline or args.disable_fastapi_docs) else "/redoc",
         openapi_url=None if args.disable_fastapi_docs else "/openapi.json",
@@ -205,4 +205,6 @@ def build_app(
         allow_methods=args.allowed_methods,
         allow_headers=args.allowed_headers,
     )
+    if args.root_path:
+        app.add_middleware(RootPathMiddleware, root_path=args.root_path)
     return app
