@@ -136,6 +136,67 @@ def run_workload(
     return result
 
 
+def runner_timing(runner: Any, context_len: int = 640) -> dict[str, float]:
+    """Milliseconds of single model steps, without the scheduler and sampler around them.
+
+    Run before any request so no prefix-cache entry points at the blocks it writes. Decode
+    steps attend over `context_len` cached tokens (zeros: attention cost does not depend on the
+    values). "step" is `ModelRunner.execute` plus a device sync (host preparation included);
+    "graph" is the replay alone, timed with CUDA events.
+    """
+    from mono_llm.core.batch import LogitsWanted, ModelBatch, SequenceSlice
+
+    per_seq = -(-(context_len + 1) // runner.block_size)
+    timings: dict[str, float] = {}
+
+    def timed(batch: ModelBatch, repeats: int) -> float:
+        for _ in range(3):
+            runner.execute(batch)
+        samples = []
+        for _ in range(repeats):
+            _synchronize()
+            start = time.perf_counter()
+            runner.execute(batch)
+            _synchronize()
+            samples.append(time.perf_counter() - start)
+        return 1000 * statistics.median(samples)
+
+    for size in (1, 8, 64, 256):
+        if size > runner.max_num_seqs or size * per_seq > runner.num_blocks:
+            continue
+        batch = ModelBatch(
+            [
+                SequenceSlice([1], context_len, list(range(i * per_seq, (i + 1) * per_seq)))
+                for i in range(size)
+            ]
+        )
+        timings[f"decode_bs{size}_step_ms"] = timed(batch, 30)
+        graphs = getattr(runner, "_graphs", {})
+        if size in graphs and torch.cuda.is_available():
+            start_event = torch.cuda.Event(enable_timing=True)
+            end_event = torch.cuda.Event(enable_timing=True)
+            start_event.record()
+            for _ in range(20):
+                graphs[size].replay()
+            end_event.record()
+            end_event.synchronize()
+            timings[f"decode_bs{size}_graph_ms"] = start_event.elapsed_time(end_event) / 20
+    for num_seqs, length in ((1, 128), (8, 1024)):
+        blocks = -(-length // runner.block_size)
+        if num_seqs * length > runner.max_num_tokens or num_seqs * blocks > runner.num_blocks:
+            continue
+        batch = ModelBatch(
+            [
+                SequenceSlice(
+                    [1] * length, 0, list(range(i * blocks, (i + 1) * blocks)), LogitsWanted.LAST
+                )
+                for i in range(num_seqs)
+            ]
+        )
+        timings[f"prefill_{num_seqs}x{length}_step_ms"] = timed(batch, 10)
+    return timings
+
+
 def _synchronize() -> None:
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         torch.cuda.synchronize()
@@ -195,6 +256,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kv-cache-memory-gib", type=float, default=None)
     parser.add_argument("--enforce-eager", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--runner-timing", action="store_true", help="also time bare model steps (no engine)"
+    )
     parser.add_argument("--json", default="bench-results.json", help="where to write results")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -226,6 +290,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     startup = time.perf_counter() - start
     print(f"engine start-up: {startup:.1f} s", flush=True)
+    timings = runner_timing(llm.llm_engine.model_runner) if args.runner_timing else {}
+    for key, value in timings.items():
+        print(f"runner {key}: {value:.3f}", flush=True)
     results = []
     for name, workload_runs in zip(names, runs, strict=True):
         workload = WORKLOADS[name]
@@ -245,6 +312,7 @@ def main(argv: list[str] | None = None) -> int:
             "load_format": args.load_format,
             "dtype": args.dtype,
             "startup_s": startup,
+            "runner_timing_ms": timings,
             "environment": environment(),
             "results": [asdict(r) for r in results],
         }
