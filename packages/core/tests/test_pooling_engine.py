@@ -179,3 +179,24 @@ def test_async_encode_matches_offline(minilm):
             asyncio.run(generate_on_embedder())
     finally:
         engine.shutdown()
+
+
+def test_matryoshka_dimensions(tmp_path):
+    """A model whose config declares Matryoshka training may truncate (then renormalize)."""
+    import json
+    import shutil
+
+    source = fixture_path("tiny-bert")
+    target = tmp_path / "tiny-bert-matryoshka"
+    shutil.copytree(source, target)
+    config = json.loads((target / "config.json").read_text())
+    config["matryoshka_dimensions"] = [16, 32, 64]
+    (target / "config.json").write_text(json.dumps(config))
+    llm = LLM(str(target))
+    full = torch.tensor(llm.embed(TEXTS[0])[0].outputs.embedding)
+    short = llm.embed(TEXTS[0], pooling_params=PoolingParams(dimensions=32))[0]
+    vector = torch.tensor(short.outputs.embedding)
+    assert vector.shape == (32,)
+    torch.testing.assert_close(vector, torch.nn.functional.normalize(full[:32], dim=0))
+    with pytest.raises(InvalidRequestError, match="trained for 16, 32, 64"):
+        llm.embed("x", pooling_params=PoolingParams(dimensions=24))
