@@ -80,3 +80,22 @@ def test_model_planning() -> None:
 def test_no_subcommand_prints_help_and_fails(capsys) -> None:
     assert main([]) == 2
     assert "serve" in capsys.readouterr().err
+
+
+def test_docs_cli_page_lists_exactly_the_serve_flags() -> None:
+    import re
+    from pathlib import Path
+
+    page = Path(__file__).resolve().parents[3] / "docs" / "cli.md"
+    if not page.is_file():  # an installed package without the repository around it
+        pytest.skip("docs/cli.md is not next to this checkout")
+    documented = set(re.findall(r"\| `(--[a-z-]+)`", page.read_text()))
+    parser = build_parser()
+    serve = next(a for a in parser._actions if a.dest == "subcommand").choices["serve"]
+    flags = {
+        option
+        for action in serve._actions
+        for option in action.option_strings[:1]
+        if option.startswith("--") and option != "--help"
+    }
+    assert documented == flags
