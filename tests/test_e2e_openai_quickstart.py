@@ -268,3 +268,27 @@ def test_tokenize_detokenize_round_trip(server) -> None:
         json={"model": QWEN, "messages": [{"role": "user", "content": "hi"}]},
     ).json()
     assert chat["count"] > 3 and chat["max_model_len"] > 0
+
+
+def test_prompt_logprobs_and_best_of(client) -> None:
+    completion = client.completions.create(
+        model=LLAMA,
+        prompt="prompt logprobs",
+        max_tokens=2,
+        extra_body={"prompt_logprobs": 1},
+    )
+    positions = completion.model_dump()["choices"][0]["prompt_logprobs"]
+    assert positions[0] is None
+    assert len(positions) == completion.usage.prompt_tokens
+    assert all(len(p) >= 1 for p in positions[1:])
+    entry = next(iter(positions[1].values()))
+    assert entry["logprob"] <= 0 and entry["rank"] >= 1
+    chat = client.chat.completions.create(
+        model=LLAMA,
+        messages=[{"role": "user", "content": "hi"}],
+        max_tokens=2,
+        extra_body={"prompt_logprobs": 0},
+    )
+    assert len(chat.model_dump()["prompt_logprobs"]) == chat.usage.prompt_tokens
+    best = client.completions.create(model=LLAMA, prompt="best of", max_tokens=3, n=1, best_of=3)
+    assert len(best.choices) == 1 and best.choices[0].finish_reason == "length"

@@ -117,3 +117,25 @@ def chat_logprobs(
             )
         )
     return ChatCompletionLogProbs(content=content)
+
+
+def prompt_logprobs_json(
+    positions: Sequence[dict[int, Logprob] | None] | None, token_text: TokenText
+) -> list[dict[int, dict[str, Any]] | None] | None:
+    """vLLM's `prompt_logprobs` field: per prompt position None (the first) or
+    {token_id: {"logprob", "rank", "decoded_token"}}."""
+    if positions is None:
+        return None
+    return [
+        None
+        if entries is None
+        else {
+            token_id: {
+                "logprob": _finite(lp.logprob),
+                "rank": lp.rank,
+                "decoded_token": token_text(token_id, lp),
+            }
+            for token_id, lp in entries.items()
+        }
+        for entries in positions
+    ]

@@ -28,7 +28,7 @@ from mono_llm.openai_api.engine_requests import (
     tokenize_prompt,
 )
 from mono_llm.openai_api.errors import from_exception
-from mono_llm.openai_api.logprobs import TokenText, chat_logprobs
+from mono_llm.openai_api.logprobs import TokenText, chat_logprobs, prompt_logprobs_json
 from mono_llm.openai_api.metrics import ServerMetrics
 from mono_llm.openai_api.model_registry import ModelRegistry, ServedModel
 from mono_llm.openai_api.protocol import UsageInfo
@@ -115,8 +115,11 @@ class ChatServing:
     ) -> ChatCompletionResponse:
         model, request_id, prompt, stream = await self.start(request, raw_request)
         states: dict[int, ChoiceState] = {}
+        prompt_positions = None
         try:
             async for output in stream:
+                if output.prompt_logprobs:
+                    prompt_positions = output.prompt_logprobs
                 for completion in output.outputs:
                     states.setdefault(completion.index, ChoiceState(completion.index)).add(
                         completion
@@ -148,6 +151,9 @@ class ChatServing:
             id=request_id,
             model=model.name,
             choices=choices,
+            prompt_logprobs=prompt_logprobs_json(prompt_positions, token_text)
+            if request.prompt_logprobs is not None
+            else None,
             usage=UsageInfo(
                 prompt_tokens=prompt_tokens,
                 completion_tokens=completion_tokens,

@@ -31,7 +31,12 @@ from mono_llm.openai_api.engine_requests import (
     tokenize_prompt,
 )
 from mono_llm.openai_api.errors import OpenAIError, from_exception
-from mono_llm.openai_api.logprobs import TokenText, completion_logprobs, next_text_offset
+from mono_llm.openai_api.logprobs import (
+    TokenText,
+    completion_logprobs,
+    next_text_offset,
+    prompt_logprobs_json,
+)
 from mono_llm.openai_api.metrics import ServerMetrics
 from mono_llm.openai_api.model_registry import ModelRegistry, ServedModel
 from mono_llm.openai_api.protocol import UsageInfo
@@ -156,6 +161,11 @@ class CompletionServing:
                             initial_text_offset=offset,
                         )
                     )
+            prompt_logprobs = None
+            if request.prompt_logprobs is not None and prompt_index in prompt_outputs:
+                prompt_logprobs = prompt_logprobs_json(
+                    prompt_outputs[prompt_index].prompt_logprobs, token_text
+                )
             choices.append(
                 CompletionResponseChoice(
                     index=index,
@@ -163,6 +173,7 @@ class CompletionServing:
                     logprobs=logprobs,
                     finish_reason=state.finish_reason,
                     stop_reason=state.stop_reason,
+                    prompt_logprobs=prompt_logprobs,
                 )
             )
         prompt_tokens = sum(len(p.token_ids) for p in prompts)
