@@ -76,6 +76,12 @@ class EngineCore:
         self.scheduler = Scheduler(config.scheduler_config, self.kv_cache)
         self.sampler = Sampler(self.vocab_size, self.model_config.seed, model_runner.device)
         self.eos_token_ids = eos_token_ids(self.model_config, self.tokenizer)
+        if grammar_factory is None:
+            from mono_llm.core.structured_outputs import make_grammar_factory
+
+            grammar_factory = make_grammar_factory(
+                self.tokenizer, self.vocab_size, self.eos_token_ids
+            )
         self.grammar_factory = grammar_factory
         self.requests: dict[str, Request] = {}
         self._num_waiting_requests = 0
