@@ -197,3 +197,14 @@ def test_generation_config_defaults_and_chat() -> None:
     )[0]
     assert out.prompt.startswith("<|begin_of_text|>")
     assert out.prompt_token_ids.count(0) == 1  # BOS from the template only, not doubled
+
+
+def test_bad_words() -> None:
+    llm = _llm()
+    base = SamplingParams(temperature=0, max_tokens=20, ignore_eos=True)
+    reference = llm.generate([PROMPT], base)[0].outputs[0]
+    word = llm.get_tokenizer().decode(reference.token_ids[2:4]).strip()
+    assert word
+    banned = llm.generate([PROMPT], base.clone(bad_words=[word]))[0].outputs[0]
+    assert banned.token_ids[:2] == reference.token_ids[:2]
+    assert banned.token_ids != reference.token_ids

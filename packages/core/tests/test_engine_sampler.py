@@ -224,3 +224,18 @@ def test_apply_token_bitmask_layout(vocab: int) -> None:
     apply_token_bitmask(logits, bitmask)
     assert set(torch.nonzero(logits[0] == 0).flatten().tolist()) == {0, 2}
     assert bool((logits[1] == 0).all())
+
+
+def test_bad_words_ban_only_completions() -> None:
+    logits = torch.zeros((2, VOCAB))
+    logits[:, 8] = 5.0
+    logits[:, 9] = 4.0
+    single = _seq(SamplingParams(temperature=0))
+    single.bad_words_token_ids = [[8]]
+    after_prefix = _seq(SamplingParams(temperature=0), output=[6, 7])
+    after_prefix.bad_words_token_ids = [[7, 8], [5, 8]]  # only [7, 8] is being completed
+    out = Sampler(VOCAB)(logits.clone(), [single, after_prefix])
+    assert out.sampled.tolist() == [9, 9]
+    other_prefix = _seq(SamplingParams(temperature=0), output=[6, 5, 4])
+    other_prefix.bad_words_token_ids = [[7, 8]]
+    assert Sampler(VOCAB)(logits[:1].clone(), [other_prefix]).sampled.item() == 8

@@ -202,6 +202,7 @@ class EngineCore:
         if params.max_tokens is not None:
             max_tokens = min(max_tokens, params.max_tokens)
         num_seqs = params.num_candidates
+        bad_words = self._bad_words_token_ids(params.bad_words)
         sequences = []
         for index in range(num_seqs):
             seq = Sequence(
@@ -226,6 +227,7 @@ class EngineCore:
             if index and self.kv_cache.enable_caching:
                 seq.wait_for = sequences[0]
             seq.prompt_logprobs = [None] if params.prompt_logprobs is not None else []
+            seq.bad_words_token_ids = bad_words
             sequences.append(seq)
         request = Request(
             request_id=request_id,
@@ -280,6 +282,16 @@ class EngineCore:
                 params.task or "embed", ["generate"], model=self.model_config.served_model_name
             )
         return self.pooling
+
+    def _bad_words_token_ids(self, words: list[str] | None) -> list[list[int]]:
+        """Token sequences of each bad word, alone and after a space (as vLLM tokenizes them)."""
+        sequences: list[list[int]] = []
+        for word in words or []:
+            for variant in (word, " " + word.lstrip()):
+                ids = self.tokenizer.encode(variant, add_special_tokens=False)
+                if ids and ids not in sequences and max(ids) < self.vocab_size:
+                    sequences.append(ids)
+        return sequences
 
     def abort_request(self, request_ids: str | Iterable[str]) -> list[RequestOutput]:
         """Finish requests with "abort", free their blocks; returns their final outputs."""

@@ -92,6 +92,7 @@ class Sequence:
         self.prompt_logprobs: list[dict[int, Logprob] | None] = []
         self.detokenizer: IncrementalDetokenizer | None = None
         self.grammar: Any = None  # structured-output matcher (see sampler.StructuredOutputGrammar)
+        self.bad_words_token_ids: list[list[int]] = []  # token sequences never to complete
         self.pooled: Any = None
         self.first_scheduled_time: float | None = None
 

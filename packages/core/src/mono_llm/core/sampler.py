@@ -250,6 +250,14 @@ class Sampler:
                 bias_rows.extend([row] * len(p.logit_bias))
                 bias_cols.extend(int(t) for t in p.logit_bias)
                 bias_values.extend(float(v) for v in p.logit_bias.values())
+            for word in seq.bad_words_token_ids:
+                # Ban a bad word's last token only where the tokens before it were just generated.
+                prefix_len = len(word) - 1
+                if prefix_len == 0 or (
+                    seq.num_output_tokens >= prefix_len and seq.token_ids[-prefix_len:] == word[:-1]
+                ):
+                    mask_rows.append(row)
+                    mask_cols.append(word[-1])
             if seq.num_output_tokens < p.min_tokens and p.all_stop_token_ids:
                 stops = [t for t in p.all_stop_token_ids if t < vocab]
                 mask_rows.extend([row] * len(stops))
