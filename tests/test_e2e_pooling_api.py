@@ -21,6 +21,7 @@ MINILM = "all-MiniLM-L6-v2"
 CLASSIFIER = "tiny-bert-classifier"
 CROSS_ENCODER = "tiny-bert-cross-encoder"
 GENERATOR = "tiny-llama"
+DECODER_EMBEDDER = "tiny-qwen2-embed"
 SEED_TEXTS = [
     "The food was delicious and the waiter was very friendly.",
     "A man is playing a guitar on the street.",
@@ -38,6 +39,9 @@ def pooling_server(server_factory):
         AsyncEngineArgs(model=str(fixture_path(CLASSIFIER)), served_model_name=CLASSIFIER),
         AsyncEngineArgs(model=str(fixture_path(CROSS_ENCODER)), served_model_name=CROSS_ENCODER),
         AsyncEngineArgs(model=str(fixture_path(GENERATOR)), served_model_name=GENERATOR),
+        AsyncEngineArgs(
+            model=str(fixture_path("tiny-qwen2")), served_model_name=DECODER_EMBEDDER, task="embed"
+        ),
     ]
     with server_factory(build_app(engines)) as running:
         yield running
@@ -81,12 +85,23 @@ def test_embeddings_one_input_and_a_batch_match_sentence_transformers(client, se
 
 
 def test_base64_equals_float(pooling_server):
-    body = {"model": MINILM, "input": SEED_TEXTS[:2]}
-    floats = _post(pooling_server, "/v1/embeddings", {**body, "encoding_format": "float"}).json()
-    encoded = _post(pooling_server, "/v1/embeddings", {**body, "encoding_format": "base64"}).json()
-    for f, e in zip(floats["data"], encoded["data"], strict=True):
-        decoded = np.frombuffer(base64.b64decode(e["embedding"]), dtype="<f4")
-        assert decoded.tolist() == pytest.approx(f["embedding"], abs=0)
+    def both(inputs):
+        body = {"model": MINILM, "input": inputs}
+        floats = _post(pooling_server, "/v1/embeddings", {**body, "encoding_format": "float"})
+        encoded = _post(pooling_server, "/v1/embeddings", {**body, "encoding_format": "base64"})
+        pairs = zip(floats.json()["data"], encoded.json()["data"], strict=True)
+        return [
+            (f["embedding"], np.frombuffer(base64.b64decode(e["embedding"]), dtype="<f4").tolist())
+            for f, e in pairs
+        ]
+
+    # One input runs alone in its step both times: bit-identical.
+    [(as_float, decoded)] = both(SEED_TEXTS[0])
+    assert decoded == as_float
+    # A batch may be split over steps differently by the two requests (continuous batching
+    # changes the padding of the encoder's attention), so compare at float32 rounding level.
+    for as_float, decoded in both(SEED_TEXTS[:2]):
+        assert decoded == pytest.approx(as_float, abs=1e-6)
 
 
 def test_token_id_inputs(client, sentence_transformer):
@@ -192,9 +207,13 @@ def test_score_errors(pooling_server):
 
 def test_embedding_model_scores_by_cosine(pooling_server, sentence_transformer):
     body = {"model": MINILM, "text_1": SEED_TEXTS[0], "text_2": SEED_TEXTS[1:]}
-    scores = [d["score"] for d in _post(pooling_server, "/score", body).json()["data"]]
+    response = _post(pooling_server, "/score", body).json()
+    scores = [d["score"] for d in response["data"]]
     vectors = sentence_transformer.encode(SEED_TEXTS)
     assert scores == pytest.approx([float(vectors[0] @ vectors[i]) for i in (1, 2)], abs=1e-4)
+    # The query is embedded once for both documents, and usage counts what ran.
+    lengths = [len(sentence_transformer.tokenizer(t).input_ids) for t in SEED_TEXTS]
+    assert response["usage"]["prompt_tokens"] == sum(lengths)
 
 
 @pytest.mark.parametrize("path", ["/rerank", "/v1/rerank", "/v2/rerank"])
@@ -220,3 +239,26 @@ def test_rerank_order_and_top_n(pooling_server, path):
         pooling_server, path, {**body, "documents": [{"text": d} for d in documents]}
     ).json()
     assert [r["index"] for r in cohere_docs["results"]] == order
+
+
+def test_chat_messages_form_of_embeddings(pooling_server):
+    """`messages` are rendered with the model's chat template (vLLM's EmbeddingChatRequest)."""
+    messages = [{"role": "user", "content": "Represent this sentence: a guitar on the street"}]
+    chat = _post(
+        pooling_server, "/v1/embeddings", {"model": DECODER_EMBEDDER, "messages": messages}
+    )
+    assert chat.status_code == 200, chat.text
+    tokenizer = transformers.AutoTokenizer.from_pretrained(fixture_path("tiny-qwen2"))
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
+    ids = tokenizer(text, add_special_tokens=False).input_ids
+    by_ids = _post(pooling_server, "/v1/embeddings", {"model": DECODER_EMBEDDER, "input": ids})
+    assert chat.json()["data"][0]["embedding"] == pytest.approx(
+        by_ids.json()["data"][0]["embedding"], abs=1e-6
+    )
+    assert chat.json()["usage"]["prompt_tokens"] == len(ids)
+    no_template = _post(pooling_server, "/v1/embeddings", {"model": MINILM, "messages": messages})
+    assert no_template.status_code == 400 and "chat template" in no_template.text
+    both = _post(
+        pooling_server, "/v1/embeddings", {"model": MINILM, "messages": messages, "input": "x"}
+    )
+    assert both.status_code == 400

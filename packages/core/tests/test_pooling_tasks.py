@@ -10,6 +10,7 @@ import torch
 from mono_llm.core.errors import InvalidRequestError, UnsupportedModelError, UnsupportedTaskError
 from mono_llm.core.pooling.config import load_pooler_config
 from mono_llm.core.pooling.pooler import check_pooling_params, finalize_pooled, pool_sequences
+from mono_llm.core.pooling.scoring import pair_inputs, unique_sides
 from mono_llm.core.pooling.tasks import read_hf_config, resolve_model_tasks
 from mono_llm.core.pooling_params import PoolingParams
 from mono_llm.core.testing import fixture_path, minilm_path
@@ -152,3 +153,16 @@ def test_pooling_params_validation():
     assert PoolingParams(activation=False).use_activation is False
     clone = PoolingParams(task="score", token_type_split=4).clone()
     assert clone.task == "score" and clone.token_type_split == 4
+
+
+def test_score_pairing_rules():
+    assert pair_inputs("q", ["a", "b"]) == [("q", "a"), ("q", "b")]
+    assert pair_inputs(["q1", "q2"], ["a", "b"]) == [("q1", "a"), ("q2", "b")]
+    assert pair_inputs("q", "a") == [("q", "a")]
+    with pytest.raises(InvalidRequestError, match="equally long"):
+        pair_inputs(["q1", "q2"], ["a", "b", "c"])
+    with pytest.raises(InvalidRequestError):
+        pair_inputs([], ["a"])
+    texts, indexed = unique_sides(pair_inputs("q", ["a", "q", "a"]))
+    assert texts == ["q", "a"]
+    assert indexed == [(0, 1), (0, 0), (0, 1)]

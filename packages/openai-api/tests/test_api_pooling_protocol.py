@@ -28,6 +28,10 @@ def test_embedding_input_shapes_parse_as_sent():
         EmbeddingRequest(input="x", encoding_format="int8")
     with pytest.raises(ValidationError):
         EmbeddingRequest(input="x", truncate_prompt_tokens=-2)
+    with pytest.raises(ValidationError, match="exactly one of input and messages"):
+        EmbeddingRequest()
+    chat = EmbeddingRequest(messages=[{"role": "user", "content": "hi"}])
+    assert chat.input is None and chat.add_special_tokens is None
 
 
 @pytest.mark.parametrize(

@@ -96,6 +96,11 @@ class PoolingEngine:
             model_runner.model, self.tasks, model_runner.device, model_runner.dtype
         )
         self.output_size = self.head.output_size
+        # RoBERTa-style position tables hold fewer positions than max_position_embeddings says;
+        # a longer prompt would index past the table and take the engine down.
+        positions = getattr(model_runner.model, "max_positions", None)
+        if isinstance(positions, int) and self.tasks.is_encoder:
+            self.max_prompt_len = min(self.max_prompt_len, positions)
 
     # ------------------------------------------------------------------ admission
     def default_task(self) -> str:

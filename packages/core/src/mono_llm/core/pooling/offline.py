@@ -22,6 +22,7 @@ from mono_llm.core.pooling.scoring import (
     cosine_score,
     cross_encoder_prompt,
     pair_inputs,
+    unique_sides,
 )
 from mono_llm.core.pooling_params import PoolingParams
 
@@ -141,12 +142,11 @@ class PoolingLLMMixin:
             outputs = self._run_pooling(prompts, params_list, use_tqdm)
             return [ScoringRequestOutput.from_base(out) for out in outputs]
         params.task = "embed"
-        texts = [query for query, _ in pairs] + [document for _, document in pairs]
+        texts, indexed = unique_sides(pairs)
         embeddings = self._run_pooling(texts, [params] * len(texts), use_tqdm)
-        half = len(pairs)
         return [
-            ScoringRequestOutput.from_base(cosine_score(embeddings[i], embeddings[half + i]))
-            for i in range(half)
+            ScoringRequestOutput.from_base(cosine_score(embeddings[i], embeddings[j]))
+            for i, j in indexed
         ]
 
     def _run_pooling(

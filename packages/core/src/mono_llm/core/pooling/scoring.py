@@ -68,6 +68,27 @@ def cross_encoder_prompt(
     return TokensPrompt(prompt_token_ids=token_ids, prompt=f"{text_1}\n{text_2}"), params
 
 
+def unique_sides(
+    pairs: list[tuple[ScoreInput, ScoreInput]],
+) -> tuple[list[ScoreInput], list[tuple[int, int]]]:
+    """The distinct texts of the pairs (to embed each once: a 1:N query is embedded once,
+    not N times) and each pair as indices into them."""
+    unique: list[ScoreInput] = []
+    index_of: dict[str, int] = {}
+    indexed: list[tuple[int, int]] = []
+
+    def index(item: ScoreInput) -> int:
+        key = item if isinstance(item, str) else repr(sorted(item.items()))
+        if key not in index_of:
+            index_of[key] = len(unique)
+            unique.append(item)
+        return index_of[key]
+
+    for first, second in pairs:
+        indexed.append((index(first), index(second)))
+    return unique, indexed
+
+
 def cosine_score(
     first: PoolingRequestOutput, second: PoolingRequestOutput
 ) -> PoolingRequestOutput[PoolingOutput]:

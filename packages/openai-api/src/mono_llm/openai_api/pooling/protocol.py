@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
+from mono_llm.openai_api.chat_completion.protocol import ChatMessage
 from mono_llm.openai_api.protocol import OpenAIBaseModel, UsageInfo
 
 # A string, a list of strings, a list of token ids, or a list of token-id lists.
@@ -41,12 +42,30 @@ class _ActivationMixin(OpenAIBaseModel):
         return self.use_activation if self.use_activation is not None else self.activation
 
 
+class _ChatInputMixin(OpenAIBaseModel):
+    """vLLM's chat form of /v1/embeddings and /pooling: `messages` rendered by the model's
+    chat template instead of `input` (e.g. instruction-tuned decoder embedders)."""
+
+    input: PoolingInput | None = None
+    messages: list[ChatMessage] | None = None
+    # Default: true for `input`, false for `messages` (the template holds the special tokens).
+    add_special_tokens: bool | None = None
+    add_generation_prompt: bool = False
+    continue_final_message: bool = False
+    chat_template: str | None = None
+    chat_template_kwargs: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _one_input_form(self) -> _ChatInputMixin:
+        if (self.input is None) == (self.messages is None):
+            raise ValueError("Give exactly one of input and messages.")
+        return self
+
+
 # ---------------------------------------------------------------- /v1/embeddings
-class EmbeddingRequest(_PoolingCommon):
-    input: PoolingInput
+class EmbeddingRequest(_ChatInputMixin, _PoolingCommon):
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = None
-    add_special_tokens: bool = True
     normalize: bool | None = None
 
 
@@ -66,11 +85,9 @@ class EmbeddingResponse(OpenAIBaseModel):
 
 
 # ---------------------------------------------------------------- /pooling
-class PoolingRequest(_PoolingCommon, _ActivationMixin):
-    input: PoolingInput
+class PoolingRequest(_ChatInputMixin, _PoolingCommon, _ActivationMixin):
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = None
-    add_special_tokens: bool = True
     normalize: bool | None = None
 
 

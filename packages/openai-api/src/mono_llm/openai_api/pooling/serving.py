@@ -17,7 +17,12 @@ import numpy as np
 from mono_llm.core.errors import UnsupportedTaskError
 from mono_llm.core.inputs import PromptType, TokensPrompt
 from mono_llm.core.outputs import PoolingRequestOutput
-from mono_llm.core.pooling.scoring import cosine_score, cross_encoder_prompt, pair_inputs
+from mono_llm.core.pooling.scoring import (
+    cosine_score,
+    cross_encoder_prompt,
+    pair_inputs,
+    unique_sides,
+)
 from mono_llm.core.pooling.tasks import ModelTasks
 from mono_llm.core.pooling_params import PoolingParams
 from mono_llm.openai_api.errors import OpenAIError
@@ -93,6 +98,24 @@ class PoolingServing:
         self.registry = registry
 
     # ------------------------------------------------------------------ plumbing
+    def _request_prompts(
+        self, model: ServedModel, request: EmbeddingRequest | PoolingRequest
+    ) -> list[PromptType]:
+        """Prompts of an embeddings/pooling request: its `input`, or its chat `messages`."""
+        if request.messages is None:
+            assert request.input is not None
+            return self._prompts(model, request.input, request.add_special_tokens is not False)
+        text = model.chat_template.render(
+            model.tokenizer,
+            [m.model_dump(exclude_none=True) for m in request.messages],
+            add_generation_prompt=request.add_generation_prompt,
+            continue_final_message=request.continue_final_message,
+            chat_template_kwargs=request.chat_template_kwargs,
+            request_template=request.chat_template,
+        )
+        ids = model.tokenizer(text, add_special_tokens=bool(request.add_special_tokens)).input_ids
+        return [TokensPrompt(prompt_token_ids=list(ids), prompt=text)]
+
     def _prompts(
         self, model: ServedModel, value: PoolingInput, add_special_tokens: bool
     ) -> list[PromptType]:
@@ -152,7 +175,7 @@ class PoolingServing:
             normalize=request.normalize,
             truncate_prompt_tokens=request.truncate_prompt_tokens,
         )
-        prompts = self._prompts(model, request.input, request.add_special_tokens)
+        prompts = self._request_prompts(model, request)
         outputs = await self._run(
             model, prompts, [params] * len(prompts), request.request_id, request.priority
         )
@@ -177,7 +200,7 @@ class PoolingServing:
             use_activation=request.resolved_activation,
             truncate_prompt_tokens=request.truncate_prompt_tokens,
         )
-        prompts = self._prompts(model, request.input, request.add_special_tokens)
+        prompts = self._request_prompts(model, request)
         outputs = await self._run(
             model, prompts, [params] * len(prompts), request.request_id, request.priority
         )
@@ -229,8 +252,9 @@ class PoolingServing:
         request_id: str | None,
         priority: int,
         names: tuple[str, str] = ("text_1", "text_2"),
-    ) -> list[PoolingRequestOutput]:
-        """One scored output per (first, second) pair: cross-encoder or embedding cosine."""
+    ) -> tuple[list[PoolingRequestOutput], UsageInfo]:
+        """One scored output per (first, second) pair (cross-encoder or embedding cosine), and
+        the usage of what actually ran."""
         tasks = _require(model, "score")
         try:
             pairs = pair_inputs(first, second)
@@ -249,16 +273,16 @@ class PoolingServing:
                 prompt, pair_params = cross_encoder_prompt(model.tokenizer, query, document, params)
                 prompts.append(prompt)
                 params_list.append(pair_params)
-            return await self._run(model, prompts, params_list, request_id, priority)
+            outputs = await self._run(model, prompts, params_list, request_id, priority)
+            return outputs, _usage(outputs)
         params.task = "embed"
-        texts = [q for q, _ in pairs] + [d for _, d in pairs]
+        texts, indexed = unique_sides(pairs)  # a 1:N query is embedded once
         embedded = await self._run(model, texts, [params] * len(texts), request_id, priority)
-        half = len(pairs)
-        return [cosine_score(embedded[i], embedded[half + i]) for i in range(half)]
+        return [cosine_score(embedded[i], embedded[j]) for i, j in indexed], _usage(embedded)
 
     async def score(self, request: ScoreRequest) -> ScoreResponse:
         model = self.registry.resolve(request.model)
-        outputs = await self._scores(
+        outputs, usage = await self._scores(
             model,
             request.first,
             request.second,
@@ -272,14 +296,14 @@ class PoolingServing:
             ScoreResponseData(index=i, score=float(out.outputs.data.reshape(-1)[0]))
             for i, out in enumerate(outputs)
         ]
-        return ScoreResponse(model=model.name, data=data, usage=_usage(outputs))
+        return ScoreResponse(model=model.name, data=data, usage=usage)
 
     async def rerank(self, request: RerankRequest, *, cohere_v2: bool = False) -> RerankResponse:
         model = self.registry.resolve(request.model)
         documents = request.document_texts
         if not documents:
             raise OpenAIError("documents must not be empty.", 400, param="documents")
-        outputs = await self._scores(
+        outputs, usage = await self._scores(
             model,
             request.query,
             documents,
@@ -300,6 +324,7 @@ class PoolingServing:
         results.sort(key=lambda r: r.relevance_score, reverse=True)
         if request.top_n:
             results = results[: request.top_n]
-        usage = RerankUsage(total_tokens=_usage(outputs).total_tokens)
         response_cls = RerankV2Response if cohere_v2 else RerankResponse
-        return response_cls(model=model.name, usage=usage, results=results)
+        return response_cls(
+            model=model.name, usage=RerankUsage(total_tokens=usage.total_tokens), results=results
+        )
