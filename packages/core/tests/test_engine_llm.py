@@ -208,3 +208,13 @@ def test_bad_words() -> None:
     banned = llm.generate([PROMPT], base.clone(bad_words=[word]))[0].outputs[0]
     assert banned.token_ids[:2] == reference.token_ids[:2]
     assert banned.token_ids != reference.token_ids
+
+
+def test_context_capped_by_a_small_kv_cache() -> None:
+    small = LLM(str(fixture_path("tiny-llama")), max_model_len=128, num_gpu_blocks_override=2)
+    assert small.llm_engine.max_seq_len == 32  # 2 blocks of 16 tokens
+    with pytest.raises(PromptTooLongError):
+        small.generate([{"prompt_token_ids": [7] * 40}])
+    params = SamplingParams(temperature=0, max_tokens=None, ignore_eos=True)
+    out = small.generate([{"prompt_token_ids": [7] * 10}], params)[0].outputs[0]
+    assert len(out.token_ids) == 22 and out.finish_reason == "length"

@@ -18,6 +18,7 @@ from mono_llm.core.batch import LogitsWanted, ModelBatch, SequenceSlice
 from mono_llm.core.config import EngineArgs, EngineConfig
 from mono_llm.core.detokenizer import IncrementalDetokenizer
 from mono_llm.core.errors import (
+    EngineError,
     EngineOverloadedError,
     InvalidRequestError,
     PromptTooLongError,
@@ -83,6 +84,17 @@ class EngineCore:
                 self.tokenizer, self.vocab_size, self.eos_token_ids
             )
         self.grammar_factory = grammar_factory
+        # A sequence longer than the whole KV cache could never run (it would preempt itself
+        # forever), so the usable context is capped by the cache as well as by the model.
+        capacity = self.kv_cache.num_blocks * self.kv_cache.block_size
+        self.max_seq_len = min(self.model_config.max_model_len, capacity)
+        if capacity < self.model_config.max_model_len:
+            logger.warning(
+                "KV cache holds %d tokens, less than max_model_len=%d: sequences are capped at %d",
+                capacity,
+                self.model_config.max_model_len,
+                capacity,
+            )
         self.requests: dict[str, Request] = {}
         self._num_waiting_requests = 0
         self.num_prompt_tokens = 0
@@ -108,7 +120,7 @@ class EngineCore:
             token_ids = token_ids[-params.truncate_prompt_tokens :]
         if not token_ids:
             raise InvalidRequestError("The prompt must not be empty.", param="prompt")
-        max_model_len = self.model_config.max_model_len
+        max_model_len = self.max_seq_len
         limit = max_model_len - 1 if params is not None else max_model_len
         if len(token_ids) > limit:
             raise PromptTooLongError(len(token_ids), max_model_len)
@@ -198,7 +210,7 @@ class EngineCore:
                 "retry later."
             )
         arrival_time = time.time() if arrival_time is None else arrival_time
-        max_tokens = self.model_config.max_model_len - len(prompt_token_ids)
+        max_tokens = self.max_seq_len - len(prompt_token_ids)
         if params.max_tokens is not None:
             max_tokens = min(max_tokens, params.max_tokens)
         num_seqs = params.num_candidates
@@ -322,6 +334,10 @@ class EngineCore:
         """Run one engine step; returns the outputs due for requests that progressed."""
         sched = self.scheduler.schedule()
         if sched.is_empty:
+            if self.scheduler.has_unfinished() and not self.scheduler.running:
+                # Nothing runs and nothing can be admitted into an empty cache: a bug, and
+                # looping on it would hang every caller.
+                raise EngineError("the scheduler cannot admit any waiting request")
             return []
         self.num_steps += 1
         now = time.time()
