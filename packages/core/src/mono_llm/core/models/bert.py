@@ -374,7 +374,10 @@ def _load_by_name(
             if name.startswith(prefix):
                 name = name[len(prefix) :]
                 break
-        if name.endswith("position_ids") or name.startswith(("cls.", "lm_head.")):
+        # HF buffers (position_ids, token_type_ids) and unused heads are not parameters here.
+        if name.endswith(("position_ids", "token_type_ids")) or name.startswith(
+            ("cls.", "lm_head.")
+        ):
             continue
         # Old TF-converted checkpoints name LayerNorm parameters gamma/beta.
         name = name.replace("LayerNorm.gamma", "LayerNorm.weight").replace(
