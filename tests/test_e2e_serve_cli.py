@@ -4,6 +4,7 @@ announced honestly in the log, answering the openai client, and draining on SIGT
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -14,6 +15,9 @@ from pathlib import Path
 
 import httpx
 import openai
+import pytest
+
+from mono_llm.core.testing import fixture_path
 
 
 def _free_port() -> int:
@@ -91,3 +95,60 @@ def test_serve_demo_model_then_sigterm_drains_in_flight_stream(tmp_path: Path) -
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def _wait_ready(base: str, process: subprocess.Popen, log_path: Path, **client_kwargs) -> None:
+    deadline = time.monotonic() + 120
+    while True:
+        assert process.poll() is None, log_path.read_text()
+        try:
+            if httpx.get(f"{base}/ready", timeout=2, **client_kwargs).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, log_path.read_text()
+        time.sleep(0.2)
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+def test_serve_tls_key_file_aliases_and_root_path(tmp_path: Path) -> None:
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    keys = tmp_path / "keys.txt"
+    keys.write_text("tenant-a\ntenant-b\n")
+    port = _free_port()
+    log_path = tmp_path / "serve.log"
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            [*_mono_llm(), "serve", str(fixture_path("tiny-qwen2")), "--host", "127.0.0.1",
+             "--port", str(port), "--ssl-keyfile", str(key), "--ssl-certfile", str(cert),
+             "--api-key", f"@{keys}", "--served-model-name", "demo", "demo-alias",
+             "--root-path", "/llm", "--max-model-len", "256", "--uvicorn-log-level", "warning"],
+            stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    base = f"https://127.0.0.1:{port}"
+    try:
+        _wait_ready(base, process, log_path, verify=False)
+        http_client = httpx.Client(verify=False)
+        client = openai.OpenAI(
+            base_url=f"{base}/llm/v1", api_key="tenant-b", http_client=http_client, max_retries=0
+        )
+        assert [m.id for m in client.models.list().data] == ["demo", "demo-alias"]
+        assert client.models.retrieve("demo").max_model_len == 256
+        reply = client.chat.completions.create(
+            model="demo-alias", messages=[{"role": "user", "content": "hi"}], max_tokens=2
+        )
+        assert reply.model == "demo" and reply.usage.completion_tokens <= 2
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(
+                base_url=f"{base}/llm/v1", api_key="tenant-c", http_client=http_client,
+                max_retries=0,
+            ).models.list()  # fmt: skip
+        http_client.close()
+    finally:
+        process.terminate()
+        process.wait(60)

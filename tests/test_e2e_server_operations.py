@@ -138,3 +138,28 @@ def test_greedy_api_output_equals_offline_llm(client) -> None:
     served = client.completions.create(model=LLAMA, prompt=prompts, max_tokens=12, temperature=0)
     by_index = sorted(served.choices, key=lambda c: c.index)
     assert [c.text for c in by_index] == [o.outputs[0].text for o in offline]
+
+
+def test_disconnect_during_non_streaming_request_aborts_it(server, scrape_metrics) -> None:
+    label = f'model_name="{LLAMA}"'
+    abort_key = f'mono_llm:request_success_total{{finished_reason="abort",{label}}}'
+    aborts_before = scrape_metrics().get(abort_key, 0)
+    with pytest.raises(httpx.ReadTimeout):  # the client gives up and closes the connection
+        httpx.post(
+            f"{server.v1}/chat/completions",
+            headers=server.headers(),
+            json={"model": LLAMA, "messages": [{"role": "user", "content": "long"}],
+                  "max_tokens": 900, "ignore_eos": True},
+            timeout=httpx.Timeout(60, read=0.5),
+        )  # fmt: skip
+    deadline = time.monotonic() + 20
+    while True:
+        metrics = scrape_metrics()
+        if (
+            metrics.get(abort_key, 0) == aborts_before + 1
+            and metrics[f"mono_llm:num_requests_running{{{label}}}"] == 0
+            and metrics[f"mono_llm:kv_cache_usage_perc{{{label}}}"] == 0
+        ):
+            break
+        assert time.monotonic() < deadline, "the request kept running after the disconnect"
+        time.sleep(0.1)
