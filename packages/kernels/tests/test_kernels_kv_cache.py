@@ -23,7 +23,7 @@ def test_write_kv_cache_kernel_matches_reference(
         T, num_kv_heads, head_dim
     )
     total = num_blocks * block_size
-    slots = torch.randperm(total, generator=gen)[:T]
+    slots = torch.randperm(total - 1, generator=gen)[:T]  # distinct: duplicate slots would race
     slots[2] = -1  # padding token
     slots[4] = total - 1  # the very last slot
     slots = slots.to(triton_device)
