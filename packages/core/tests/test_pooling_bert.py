@@ -177,3 +177,69 @@ def test_decoder_classifier_matches_transformers():
         head = build_pooling_head(runner.model, tasks, "cpu", torch.float32)
         logits = head(hidden, lens)
     torch.testing.assert_close(logits, torch.stack(reference), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("arch", ["XLMRobertaForSequenceClassification", "RobertaModel"])
+def test_roberta_variants_match_transformers(tmp_path, arch):
+    """RoBERTa numbers positions from padding_idx + 1 and has its own classifier head."""
+    import shutil
+
+    torch.manual_seed(0)
+    kind = "xlm-roberta" if arch.startswith("XLM") else "roberta"
+    config_cls = (
+        transformers.XLMRobertaConfig if kind == "xlm-roberta" else transformers.RobertaConfig
+    )
+    config = config_cls(
+        vocab_size=300,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=66,
+        type_vocab_size=1,
+        pad_token_id=1,
+        num_labels=2,
+        initializer_range=0.2,
+    )
+    config.architectures = [arch]
+    hf = getattr(transformers, arch)(config).eval()
+    hf.save_pretrained(tmp_path)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt"):
+        shutil.copy(fixture_path("tiny-bert") / name, tmp_path / name)
+    lens = [9, 5]
+    sequences = [torch.randint(3, 300, (n,)) for n in lens]
+    model, head, tasks = _load(tmp_path)
+    ids = torch.cat(sequences)
+    positions = torch.cat([torch.arange(n) for n in lens])
+    with torch.no_grad():
+        hidden = model(ids, positions, lens)
+        ours = head(hidden, lens)
+        for row, seq in zip(ours, sequences, strict=True):
+            out = hf(seq.unsqueeze(0))
+            if tasks.runner == "classify":
+                torch.testing.assert_close(row, out.logits[0], atol=1e-5, rtol=1e-4)
+            else:  # no sentence-transformers files: CLS pooling, as vLLM's default
+                torch.testing.assert_close(row, out.last_hidden_state[0, 0], atol=1e-5, rtol=1e-4)
+    assert model.max_positions == 64  # two rows of the table sit below the first position
+
+
+def test_bare_decoder_checkpoint_embeds_its_last_token(tmp_path):
+    """A Qwen2Model checkpoint (no LM head, no `model.` prefix) serves last-token embeddings."""
+    import shutil
+
+    from mono_llm.core import LLM
+
+    source = fixture_path("tiny-qwen2")
+    body = transformers.AutoModel.from_pretrained(source).eval()
+    body.config.architectures = ["Qwen2Model"]
+    body.save_pretrained(tmp_path)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy(source / name, tmp_path / name)
+    llm = LLM(str(tmp_path))
+    tokenizer = transformers.AutoTokenizer.from_pretrained(source)
+    text = "The quick brown fox jumps over the lazy dog."
+    out = llm.embed(text)[0].outputs.embedding
+    with torch.no_grad():
+        hidden = body(**tokenizer(text, return_tensors="pt")).last_hidden_state[0, -1]
+    expected = torch.nn.functional.normalize(hidden, dim=0)
+    assert out == pytest.approx(expected.tolist(), abs=1e-4)
