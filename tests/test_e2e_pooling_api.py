@@ -262,3 +262,18 @@ def test_chat_messages_form_of_embeddings(pooling_server):
         pooling_server, "/v1/embeddings", {"model": MINILM, "messages": messages, "input": "x"}
     )
     assert both.status_code == 400
+
+
+def test_pooling_requests_are_counted_in_metrics(pooling_server, client):
+    def success() -> float:
+        text = httpx.get(f"{pooling_server.base_url}/metrics", timeout=30).text
+        labels = f'finished_reason="stop",model_name="{MINILM}"'
+        key = "vllm:request_success_total{" + labels + "}"
+        for line in text.splitlines():
+            if line.startswith(key):
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+    before = success()
+    client.embeddings.create(model=MINILM, input=SEED_TEXTS)
+    assert success() == before + 3

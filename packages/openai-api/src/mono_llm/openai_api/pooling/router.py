@@ -39,7 +39,8 @@ ERROR_RESPONSES: dict[int | str, dict] = {
 
 
 def _serving(raw_request: Request) -> PoolingServing:
-    return PoolingServing(server_state(raw_request).registry)  # stateless: cheap per request
+    state = server_state(raw_request)
+    return PoolingServing(state.registry, state.metrics)  # stateless: cheap per request
 
 
 async def _respond(raw_request: Request, work: Awaitable[Any]) -> Response:

@@ -9,8 +9,9 @@ UnsupportedTaskError), e.g. /v1/embeddings on a generative model.
 from __future__ import annotations
 
 import base64
+import time
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -50,6 +51,9 @@ from mono_llm.openai_api.pooling.protocol import (
 )
 from mono_llm.openai_api.protocol import UsageInfo
 from mono_llm.openai_api.streaming import merge_async_iterators
+
+if TYPE_CHECKING:
+    from mono_llm.openai_api.metrics import ServerMetrics
 
 
 def model_tasks(model: ServedModel) -> ModelTasks | None:
@@ -94,8 +98,22 @@ async def warm_up_pooling(model: ServedModel) -> None:
 
 
 class PoolingServing:
-    def __init__(self, registry: ModelRegistry) -> None:
+    def __init__(self, registry: ModelRegistry, metrics: ServerMetrics | None = None) -> None:
         self.registry = registry
+        self.metrics = metrics
+
+    def _record(self, model: ServedModel, output: PoolingRequestOutput, start: float) -> None:
+        """Count a finished pooling request in /metrics like a generation that made no tokens."""
+        m = self.metrics
+        if m is None:
+            return
+        labels = {"model_name": model.name}
+        tokens = len(output.prompt_token_ids)
+        m.e2e_latency.labels(**labels).observe(time.monotonic() - start)
+        m.request_success.labels(finished_reason="stop", **labels).inc()
+        m.prompt_tokens.labels(**labels).inc(tokens)
+        m.request_prompt_tokens.labels(**labels).observe(tokens)
+        m.request_generation_tokens.labels(**labels).observe(0)
 
     # ------------------------------------------------------------------ plumbing
     def _request_prompts(
@@ -157,9 +175,12 @@ class PoolingServing:
             for i, (prompt, p) in enumerate(zip(prompts, params, strict=True))
         ]
         results: list[PoolingRequestOutput | None] = [None] * len(generators)
+        start = time.monotonic()
         async for index, out in merge_async_iterators(*generators):
             if out.finished:
                 results[index] = out
+                if out.outputs.data is not None:
+                    self._record(model, out, start)
         missing = [i for i, out in enumerate(results) if out is None or out.outputs.data is None]
         if missing:
             raise OpenAIError(f"Pooling of input {missing[0]} was aborted.", 503)
