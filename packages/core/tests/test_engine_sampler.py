@@ -72,6 +72,9 @@ def test_top_k_top_p_min_p_match_reference() -> None:
     rows = logits.tolist()
     only_k = _kept(apply_top_k_top_p_min_p(logits, top_k, None, None))
     assert only_k == [ref_top_k(r, int(k)) for r, k in zip(rows, top_k)]
+    positive_k = torch.tensor([1, 2, 5, 17, 49, 3])
+    fast = _kept(apply_top_k_top_p_min_p(logits, positive_k, None, None, max_top_k=49))
+    assert fast == [ref_top_k(r, int(k)) for r, k in zip(rows, positive_k)]
     only_p = _kept(apply_top_k_top_p_min_p(logits, None, top_p, None))
     assert only_p == [ref_top_p(r, float(p)) for r, p in zip(rows, top_p)]
     only_min_p = _kept(apply_top_k_top_p_min_p(logits, None, None, min_p))

@@ -127,17 +127,24 @@ def apply_top_k_top_p_min_p(
     top_k: torch.Tensor | None,
     top_p: torch.Tensor | None,
     min_p: torch.Tensor | None,
+    max_top_k: int | None = None,
 ) -> torch.Tensor:
     """Mask to -inf whatever min_p, then top_k (ties at the k-th value kept), then top_p
-    (smallest set whose mass reaches p, at least one token) exclude; per-row parameters."""
+    (smallest set whose mass reaches p, at least one token) exclude; per-row parameters.
+    `max_top_k`: the largest k of any row, known on the host (0 if some row has no top-k)."""
     if min_p is not None:
         probs = logits.softmax(dim=-1)
         threshold = probs.amax(dim=-1, keepdim=True) * min_p.unsqueeze(1)
         logits = logits.masked_fill(probs < threshold, _NEG_INF)
     if top_k is None and top_p is None:
         return logits
-    ascending, order = logits.sort(dim=-1)
     vocab = logits.shape[-1]
+    if top_p is None and max_top_k is not None and 0 < max_top_k < vocab:
+        # top-k alone: a partial top-k instead of a full vocabulary sort (cheaper on big vocabs).
+        k = top_k.clamp(min=1, max=max_top_k)
+        kth = logits.topk(max_top_k, dim=-1).values.gather(1, (k - 1).unsqueeze(1))
+        return logits.masked_fill(logits < kth, _NEG_INF)
+    ascending, order = logits.sort(dim=-1)
     if top_k is not None:
         k = torch.where(top_k <= 0, vocab, top_k.clamp(max=vocab))
         kth = ascending.gather(1, (vocab - k).unsqueeze(1))
@@ -197,11 +204,13 @@ class Sampler:
                 device=device,
             )
             logits = logits / temperature.unsqueeze(1)
+            top_ks = [p.top_k for p in params if not p.is_greedy]
             logits = apply_top_k_top_p_min_p(
                 logits,
                 _param_tensor(params, "top_k", 0, torch.long, device),
                 _param_tensor(params, "top_p", 1.0, logits.dtype, device),
                 _param_tensor(params, "min_p", 0.0, logits.dtype, device),
+                max_top_k=0 if 0 in top_ks else max(top_ks),
             )
             probs = logits.softmax(dim=-1)
             noise = torch.empty_like(probs).exponential_(generator=self.generator)
