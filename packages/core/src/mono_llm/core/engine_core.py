@@ -351,7 +351,7 @@ class EngineCore:
                 SequenceSlice(
                     token_ids=item.seq.token_ids[item.start : item.start + item.num_new_tokens],
                     num_computed_tokens=item.start,
-                    block_table=list(self.kv_cache.block_table(item.seq)),
+                    block_table=self.kv_cache.block_table(item.seq),  # read-only, no copy
                     logits=item.logits,
                 )
                 for item in sched.scheduled

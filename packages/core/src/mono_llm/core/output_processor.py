@@ -13,21 +13,19 @@ def _completion(seq: Sequence, index: int, request: Request, delta: bool) -> Com
     finished = seq.is_finished
     params = seq.sampling_params
     text = seq.detokenizer.visible_text(finished) if seq.detokenizer is not None else ""
-    tokens = seq.output_token_ids
-    logprobs = seq.logprobs if params is not None and params.logprobs is not None else None
+    wants_logprobs = params is not None and params.logprobs is not None
     if delta:
+        # Slice only what is new: copying whole outputs every step would be quadratic.
         sent_text = request.sent_text_len[seq.index]
         sent_tokens = request.sent_tokens[seq.index]
         request.sent_text_len[seq.index] = len(text)
-        request.sent_tokens[seq.index] = len(tokens)
+        request.sent_tokens[seq.index] = seq.num_output_tokens
         text = text[sent_text:]
-        tokens = tokens[sent_tokens:]
-        if logprobs is not None:
-            logprobs = logprobs[sent_tokens:]
+        tokens = seq.token_ids[seq.num_prompt_tokens + sent_tokens :]
+        logprobs = seq.logprobs[sent_tokens:] if wants_logprobs else None
     else:
-        tokens = list(tokens)
-        if logprobs is not None:
-            logprobs = list(logprobs)
+        tokens = seq.output_token_ids
+        logprobs = list(seq.logprobs) if wants_logprobs else None
     return CompletionOutput(
         index=index,
         text=text,
