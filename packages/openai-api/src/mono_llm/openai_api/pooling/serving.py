@@ -9,11 +9,10 @@ UnsupportedTaskError), e.g. /v1/embeddings on a generative model.
 from __future__ import annotations
 
 import base64
+import struct
 import time
 import uuid
 from typing import TYPE_CHECKING, Any
-
-import numpy as np
 
 from mono_llm.core.errors import UnsupportedTaskError
 from mono_llm.core.inputs import PromptType, TokensPrompt
@@ -77,8 +76,8 @@ def _require(model: ServedModel, task: str) -> ModelTasks:
 
 def _encode_base64(data: Any) -> str:
     """Little-endian float32 bytes, base64: what the openai client decodes with numpy."""
-    array = np.asarray(data.numpy() if hasattr(data, "numpy") else data, dtype="<f4")
-    return base64.b64encode(array.tobytes()).decode("ascii")
+    values = data.tolist() if hasattr(data, "tolist") else list(data)
+    return base64.b64encode(struct.pack(f"<{len(values)}f", *values)).decode("ascii")
 
 
 def _usage(outputs: list[PoolingRequestOutput]) -> UsageInfo:
