@@ -30,7 +30,10 @@ def _workload(seed: int) -> list[dict[str, list[int]]]:
 def test_outputs_independent_of_scheduling(seed: int) -> None:
     model = str(fixture_path("tiny-llama"))
     prompts = _workload(seed)
-    params = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True, logprobs=0)
+    base = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True, logprobs=0)
+    # Every third request also wants prompt logprobs (computed chunk by chunk, and again after
+    # a preemption, without the prefix cache).
+    params = [base.clone(prompt_logprobs=1) if i % 3 == 0 else base for i in range(len(prompts))]
     roomy = LLM(model, max_model_len=128, num_gpu_blocks_override=256, enable_prefix_caching=False)
     expected = roomy.generate(prompts, params, use_tqdm=False)
 
@@ -50,4 +53,12 @@ def test_outputs_independent_of_scheduling(seed: int) -> None:
         lp_have = [next(iter(d.values())).logprob for d in have.outputs[0].logprobs]
         lp_want = [next(iter(d.values())).logprob for d in want.outputs[0].logprobs]
         assert lp_have == pytest.approx(lp_want, abs=1e-4)
+        assert (have.prompt_logprobs is None) == (want.prompt_logprobs is None)
+        if want.prompt_logprobs is not None:
+            assert len(have.prompt_logprobs) == len(want.prompt_logprobs)
+            for a, b in zip(have.prompt_logprobs[1:], want.prompt_logprobs[1:], strict=True):
+                assert a.keys() == b.keys()
+                assert [x.logprob for x in a.values()] == pytest.approx(
+                    [x.logprob for x in b.values()], abs=1e-4
+                )
     assert tight.llm_engine.kv_cache.num_free_blocks == 24
