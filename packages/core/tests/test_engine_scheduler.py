@@ -142,3 +142,14 @@ def test_siblings_wait_for_the_shared_prompt() -> None:
     step = _run_step(scheduler)
     assert step == {"a#0": 1, "a#1": 1}  # 8 of 9 prompt tokens were cached blocks
     assert kv.block_table(leader)[:2] == kv.block_table(sibling)[:2]
+    assert (kv.prefix_cache_queries, kv.prefix_cache_hits) == (9 + 9, 8)
+
+
+def test_failed_admissions_do_not_count_as_cache_lookups() -> None:
+    scheduler, kv = _scheduler(blocks=3)
+    scheduler.add(_seq("a", 12))  # 3 blocks: the whole cache
+    scheduler.add(_seq("b", 5, start=50))
+    for _ in range(3):
+        scheduler.update(scheduler.schedule())  # b never fits while a holds every block
+    assert scheduler.num_waiting == 1
+    assert kv.prefix_cache_queries == 12

@@ -155,6 +155,8 @@ class Scheduler:
                 break
             heapq.heappop(self._waiting)
             self._num_waiting -= 1
+            if self.kv_cache.enable_caching and not seq.wants_prompt_logprobs:
+                self.kv_cache.record_lookup(seq.num_tokens, num_computed)
             seq.num_computed_tokens = num_computed
             if seq.num_cached_tokens < 0:
                 seq.num_cached_tokens = num_computed

@@ -81,9 +81,12 @@ class KVCacheManager:
             if block_id is None:
                 break
             found.append(block_id)
-        self.prefix_cache_queries += seq.num_tokens
-        self.prefix_cache_hits += len(found) * self.block_size
         return found
+
+    def record_lookup(self, num_tokens: int, num_hit_tokens: int) -> None:
+        """Count an admitted sequence's lookup (failed admissions retry and must not count)."""
+        self.prefix_cache_queries += num_tokens
+        self.prefix_cache_hits += num_hit_tokens
 
     def cache_computed_blocks(self, seq: Sequence) -> None:
         """Register the full blocks whose tokens are now all in the KV cache."""
