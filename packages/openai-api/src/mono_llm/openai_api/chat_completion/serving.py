@@ -7,10 +7,12 @@ with finish_reason on the last one; then the usage chunk when asked, then `data:
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Any
 
 from starlette.requests import Request
 
-from mono_llm.core.outputs import RequestOutput
+from mono_llm.core.outputs import CompletionOutput, RequestOutput
+from mono_llm.core.sampling_params import StructuredOutputsParams
 from mono_llm.openai_api.chat_completion.protocol import (
     ChatCompletionRequest,
     ChatCompletionResponse,
@@ -20,6 +22,11 @@ from mono_llm.openai_api.chat_completion.protocol import (
     ChatResponseMessage,
     DeltaMessage,
 )
+from mono_llm.openai_api.chat_completion.tool_choice import (
+    ForcedToolChoice,
+    forced_tool_choice,
+    new_tool_call_id,
+)
 from mono_llm.openai_api.engine_requests import (
     ChoiceState,
     PromptInput,
@@ -27,7 +34,7 @@ from mono_llm.openai_api.engine_requests import (
     start_engine_request,
     tokenize_prompt,
 )
-from mono_llm.openai_api.errors import from_exception
+from mono_llm.openai_api.errors import OpenAIError, from_exception
 from mono_llm.openai_api.logprobs import TokenText, chat_logprobs, prompt_logprobs_json
 from mono_llm.openai_api.metrics import ServerMetrics
 from mono_llm.openai_api.model_registry import ModelRegistry, ServedModel
@@ -36,6 +43,14 @@ from mono_llm.openai_api.sampling import build_sampling_params, resolve_max_toke
 from mono_llm.openai_api.streaming import SSE_DONE, sse_event
 
 ASSISTANT = "assistant"
+
+
+def _tool_finish_reason(forced: ForcedToolChoice, reason: str | None) -> str | None:
+    # OpenAI: "tool_calls" when the model chose to call tools; a function named by
+    # tool_choice ends with "stop".
+    if forced.mode == "required" and reason == "stop":
+        return "tool_calls"
+    return reason
 
 
 def render_chat_prompt(model: ServedModel, request: ChatCompletionRequest) -> str:
@@ -65,6 +80,7 @@ class ChatServing:
     ) -> tuple[ServedModel, str, PromptInput, AsyncIterator[RequestOutput]]:
         model = self.registry.resolve(request.model)
         request_id = f"chatcmpl-{base_request_id(raw_request, request.request_id)}"
+        forced = forced_tool_choice(request)
         prompt_text = render_chat_prompt(model, request)
         # The template already wrote the special tokens (BOS...): do not add them twice.
         prompt = tokenize_prompt(
@@ -92,6 +108,15 @@ class ChatServing:
             logprobs=logprobs,
             prompt_logprobs=request.prompt_logprobs,
         )
+        if forced is not None:
+            if params.structured_outputs is not None:
+                raise OpenAIError(
+                    "A forced tool_choice cannot be combined with response_format or "
+                    "structured outputs.",
+                    400,
+                    param="tool_choice",
+                )
+            params.structured_outputs = StructuredOutputsParams(json=forced.schema)
         stream = await start_engine_request(
             model, prompt, params, request_id, priority=request.priority, metrics=self.metrics
         )
@@ -114,6 +139,7 @@ class ChatServing:
         self, request: ChatCompletionRequest, raw_request: Request | None
     ) -> ChatCompletionResponse:
         model, request_id, prompt, stream = await self.start(request, raw_request)
+        forced = forced_tool_choice(request)
         states: dict[int, ChoiceState] = {}
         prompt_positions = None
         try:
@@ -136,12 +162,18 @@ class ChatServing:
                 logprobs = chat_logprobs(
                     state.token_ids, state.logprobs, token_text, num_top=request.top_logprobs or 0
                 )
+            message = ChatResponseMessage(role=ASSISTANT, content=echo + state.full_text)
+            finish_reason = state.finish_reason
+            tool_calls = forced.tool_calls(state.full_text) if forced is not None else None
+            if tool_calls is not None:
+                message = ChatResponseMessage(role=ASSISTANT, content="", tool_calls=tool_calls)
+                finish_reason = _tool_finish_reason(forced, finish_reason)
             choices.append(
                 ChatCompletionResponseChoice(
                     index=index,
-                    message=ChatResponseMessage(role=ASSISTANT, content=echo + state.full_text),
+                    message=message,
                     logprobs=logprobs,
-                    finish_reason=state.finish_reason,
+                    finish_reason=finish_reason,
                     stop_reason=state.stop_reason,
                 )
             )
@@ -162,6 +194,47 @@ class ChatServing:
         )
 
     # ------------------------------------------------------------------ streaming
+    @staticmethod
+    def _tool_call_delta(
+        forced: ForcedToolChoice,
+        state: ChoiceState,
+        completion: CompletionOutput,
+        tool_call_ids: dict[int, str],
+    ) -> ChatCompletionResponseStreamChoice | None:
+        """A forced tool call as stream deltas: a named function's arguments stream as they
+        are generated; "required" calls are sent whole once the JSON list is complete."""
+        finish = completion.finish_reason
+        if forced.mode == "named":
+            if not completion.text and finish is None:
+                return None
+            call: dict[str, Any] = {"index": 0, "function": {"arguments": completion.text}}
+            if state.index not in tool_call_ids:
+                tool_call_ids[state.index] = new_tool_call_id()
+                call.update(id=tool_call_ids[state.index], type="function")
+                call["function"]["name"] = forced.function_name
+            return ChatCompletionResponseStreamChoice(
+                index=state.index,
+                delta=DeltaMessage(tool_calls=[call]),
+                finish_reason=_tool_finish_reason(forced, finish) if finish else None,
+                stop_reason=completion.stop_reason,
+            )
+        if finish is None:
+            return None
+        calls = forced.tool_calls(state.full_text)
+        if calls is None:  # cut short: what was generated, as content
+            return ChatCompletionResponseStreamChoice(
+                index=state.index,
+                delta=DeltaMessage(content=state.full_text),
+                finish_reason=finish,
+                stop_reason=completion.stop_reason,
+            )
+        return ChatCompletionResponseStreamChoice(
+            index=state.index,
+            delta=DeltaMessage(tool_calls=[{"index": i, **c} for i, c in enumerate(calls)]),
+            finish_reason=_tool_finish_reason(forced, finish),
+            stop_reason=completion.stop_reason,
+        )
+
     async def stream(
         self, request: ChatCompletionRequest, raw_request: Request | None
     ) -> AsyncGenerator[str, None]:
@@ -183,6 +256,8 @@ class ChatServing:
         echo = self._echo_text(request)
         prompt_tokens = len(prompt.token_ids)
         states: dict[int, ChoiceState] = {}
+        forced = forced_tool_choice(request)
+        tool_call_ids: dict[int, str] = {}
 
         def usage() -> UsageInfo:
             generated = sum(len(s.token_ids) for s in states.values())
@@ -212,6 +287,11 @@ class ChatServing:
                             )
                         )
                     state.add(completion)
+                    if forced is not None:
+                        event = self._tool_call_delta(forced, state, completion, tool_call_ids)
+                        if event is not None:
+                            yield chunk(event)
+                        continue
                     if not completion.text and completion.finish_reason is None:
                         continue
                     logprobs = None
