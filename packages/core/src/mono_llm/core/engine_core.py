@@ -396,8 +396,12 @@ class EngineCore:
             self._record_prompt_logprobs(logits, prompt_rows, prompt_targets, prompt_owners)
         changed: dict[str, Sequence] = {}
         if sample_seqs:
-            rows = torch.tensor(sample_rows, device=logits.device)
-            result = self.sampler(logits.index_select(0, rows), sample_seqs)
+            if len(sample_rows) == logits.shape[0]:  # every row samples (e.g. pure decode)
+                sample_logits = logits
+            else:
+                rows = torch.tensor(sample_rows, device=logits.device)
+                sample_logits = logits.index_select(0, rows)
+            result = self.sampler(sample_logits, sample_seqs)
             self._append_tokens(sample_seqs, result, changed)
         for seq in pooled_seqs:  # pooling requests finish after their prefill (issue 6)
             self.scheduler.finish([seq], SequenceStatus.FINISHED_STOPPED)
