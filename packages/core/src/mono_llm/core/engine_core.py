@@ -363,6 +363,7 @@ class EngineCore:
         self.scheduler.update(sched)
         return self._process(sched, batch, logits)
 
+    @torch.inference_mode()
     def _process(
         self, sched: SchedulerOutput, batch: ModelBatch, logits: torch.Tensor
     ) -> list[RequestOutput]:
