@@ -59,11 +59,13 @@ def _launch(
     out2 = out.view(-1, d)
     if x2.shape[0] == 0 or d == 0:
         return out
-    block = block or min(1024, triton.next_power_of_2(d))
+    # H100, 8192x2*14336 bf16: 2048/8 warps 245 us vs 1024/4 warps 247 us (~95% of D2D copy);
+    # anything from 512 to 4096 elements is within 2%, except 512 with 8 warps (285 us).
+    block = block or min(2048, triton.next_power_of_2(d))
     grid = (x2.shape[0], triton.cdiv(d, block))
     _act_and_mul_kernel[grid](
         x2, out2, x2.stride(0), out2.stride(0), d, ACT=act, BLOCK=block,
-        num_warps=num_warps or max(1, min(4, block // 256)),
+        num_warps=num_warps or max(1, min(8, block // 256)),
     )  # fmt: skip
     return out
 

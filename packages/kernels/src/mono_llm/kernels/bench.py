@@ -207,7 +207,7 @@ def bench_elementwise(
                    "compiled": _wrap(_compiled(ref.silu_and_mul), gu)},
         error=_err(activation._launch(gu, 0), ref.silu_and_mul(gu)),
     )  # fmt: skip
-    b.run_sweep("silu_and_mul", [{"block": bl, "num_warps": nw} for bl in (512, 1024, 2048, 4096) for nw in (2, 4, 8)],
+    b.run_sweep("silu_and_mul", [{"block": bl, "num_warps": nw} for bl in (1024, 2048, 4096) for nw in (4, 8)],
                 lambda c: lambda: activation._launch(gu, 0, **c))  # fmt: skip
     b.case(
         "gelu_and_mul", f"{tokens}x2*{intermediate} {str(dtype)[6:]}", lambda: activation._launch(gu, 2),
@@ -259,7 +259,7 @@ def bench_rotary_and_cache(
         lambda: kv_cache._launch(k, v, kc, vc, slots), bytes_moved=kv_bytes,
         baselines={"eager_index_copy": torch_write, "compiled_index_copy": _wrap(_compiled(torch_write))},
     )  # fmt: skip
-    b.run_sweep("write_kv_cache", [{"num_warps": nw} for nw in (1, 2, 4, 8)],
+    b.run_sweep("write_kv_cache", [{"num_warps": nw, "block_t": bt} for nw in (1, 2, 4, 8) for bt in (1, 2, 4, 8)],
                 lambda c: lambda: kv_cache._launch(k, v, kc, vc, slots, **c))  # fmt: skip
 
 
@@ -347,16 +347,16 @@ def bench_decode(
         baselines={"sdpa_flash_contiguous": _sdpa_flash(qd, kd, vd, False)},
         error=_err(got[:4], want), note=f"num_splits={splits}",
     )  # fmt: skip
-    if batch * kv_heads >= 128:  # the target shape: tiles, warps, stages and splits
-        configs = [  # num_splits is a runtime argument: 24 compiles for 72 points
-            {"BLOCK_N": bn, "num_warps": nw, "num_stages": st, "splits": sp}
-            for bn in (32, 64, 128) for nw in (4, 8) for st in (2, 3) for sp in (1, 2, 3, 4)
+    if batch * kv_heads >= 128:  # many programs: tiles and stages, few splits
+        configs = [  # num_splits is a runtime argument: one compile serves every split count
+            {"BLOCK_N": bn, "num_warps": 4, "num_stages": st, "splits": sp}
+            for bn in (32, 64) for st in (2, 3) for sp in (1, 2)
         ]  # fmt: skip
-    else:  # few programs: the split count is what matters
+    else:  # few programs: splits, and bytes in flight per program
         configs = [
-            {"BLOCK_N": 64, "num_warps": 4, "num_stages": 3, "splits": sp}
-            for sp in (4, 8, 16, 32, 64)
-        ]
+            {"BLOCK_N": bn, "num_warps": nw, "num_stages": st, "splits": sp}
+            for bn in (64, 128) for nw in (4, 8) for st in (2, 3, 4) for sp in (16, 24, 32)
+        ]  # fmt: skip
 
     def make(c: dict[str, Any]) -> Callable[[], Any]:
         cfg = {k: v for k, v in c.items() if k != "splits"}
@@ -404,8 +404,8 @@ def bench_prefill(
     configs = [
         {"BLOCK_M": bm, "BLOCK_N": bn, "num_warps": nw, "num_stages": st}
         for bm, bn, nw, st in [
-            (128, 64, 8, 3), (128, 64, 8, 2), (128, 64, 8, 4), (128, 128, 8, 2), (128, 128, 8, 3),
-            (128, 32, 4, 3), (128, 64, 4, 3), (64, 64, 4, 3), (64, 128, 4, 2), (64, 64, 4, 4),
+            (128, 64, 4, 3), (128, 64, 4, 2), (128, 64, 4, 4), (128, 128, 4, 2), (128, 128, 4, 3),
+            (128, 32, 4, 3), (128, 32, 4, 4), (64, 64, 4, 3), (64, 32, 4, 3), (128, 64, 8, 3),
         ]
     ]  # fmt: skip
     best = b.run_sweep(f"prefill bs{block_size}", configs, run)

@@ -77,9 +77,13 @@ def _fused_add_rms_norm_kernel(
 
 
 def _row_settings(hidden: int) -> tuple[int, int]:
-    """Block (whole row, power of two) and warps: ~8 elements per thread keeps 16-byte loads."""
+    """Block (whole row, power of two) and warps: ~16 elements per thread, at most 8 warps.
+
+    H100, 8192x4096 bf16 sweep: rms_norm 8 warps 50.3 us vs 16 warps 51.7 (32: 74.1);
+    fused_add_rms_norm 8 warps 94.3 us vs 16 warps 95.5 (~2.85 TB/s, 95% of D2D copy).
+    """
     block = triton.next_power_of_2(hidden)
-    num_warps = max(1, min(16, block // 256))
+    num_warps = max(1, min(8, block // 512))
     return block, num_warps
 
 
