@@ -315,6 +315,7 @@ def bench_decode(
     head_dim: int,
     dtype: torch.dtype,
     block_size: int,
+    sweep: bool = True,
 ) -> None:
     dev = b.device
     kc, vc, tables = _paged_cache(batch, ctx, kv_heads, head_dim, block_size, dtype, dev)
@@ -361,6 +362,9 @@ def bench_decode(
     def make(c: dict[str, Any]) -> Callable[[], Any]:
         cfg = {k: v for k, v in c.items() if k != "splits"}
         return run(cfg, c["splits"])
+
+    if not sweep:
+        return
 
     best = b.run_sweep(f"decode B{batch} ctx{ctx} bs{block_size}", configs, make)
     if best:
@@ -510,6 +514,9 @@ def main(argv: list[str] | None = None) -> int:
         ("decode", lambda: bench_decode(b, 64, 2048, 32, 8, 128, dtype, 16)),
         ("prefill", lambda: bench_prefill(b, 4096, 32, 8, 128, dtype, 16)),
         ("decode", lambda: bench_decode(b, 1, 32768, 32, 8, 128, dtype, 16)),
+        # the same with 64-token cache blocks: one page-table lookup per key tile
+        ("decode", lambda: bench_decode(b, 64, 2048, 32, 8, 128, dtype, 64, sweep=False)),
+        ("decode", lambda: bench_decode(b, 1, 32768, 32, 8, 128, dtype, 64, sweep=False)),
         ("mixed", lambda: bench_mixed(b, dtype)),
         ("bitmask", lambda: bench_bitmask(b, 64, 128256)),
     ]
