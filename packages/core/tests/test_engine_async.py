@@ -176,3 +176,22 @@ def test_shutdown_aborts_pending_and_refuses_new() -> None:
         asyncio.run(after())
     with pytest.raises(EngineDeadError):
         asyncio.run(engine.check_health())
+
+
+def test_streamed_deltas_never_include_a_cut_stop_string(engine: AsyncLLM) -> None:
+    prompt = {"prompt_token_ids": [0, 400, 401, 402]}
+    base = SamplingParams(temperature=0, max_tokens=30, ignore_eos=True)
+
+    async def run(params: SamplingParams, request_id: str) -> list:
+        return [out async for out in engine.generate(prompt, params, request_id)]
+
+    full = asyncio.run(run(base, "full"))[-1].outputs[0].text
+    stop = full[6:10]
+    assert len(stop) == 4
+    deltas = asyncio.run(
+        run(base.clone(stop=[stop], output_kind=RequestOutputKind.DELTA), "stopped")
+    )
+    streamed = "".join(o.outputs[0].text for o in deltas)
+    assert streamed == full[: full.index(stop)]
+    assert deltas[-1].outputs[0].finish_reason == "stop"
+    assert deltas[-1].outputs[0].stop_reason == stop
