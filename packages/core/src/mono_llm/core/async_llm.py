@@ -238,6 +238,13 @@ class AsyncLLM:
         engine = self.engine
         last_log = time.monotonic()
         try:
+            device = getattr(engine.model_runner, "device", None)
+            if device is not None and getattr(device, "type", None) == "cuda":
+                import torch
+
+                # A new thread starts on cuda:0; kernels and graph replays must run on the
+                # device the model and its graphs live on.
+                torch.cuda.set_device(device)
             while True:
                 block = not engine.has_unfinished_requests()
                 try:
