@@ -76,11 +76,12 @@ def test_structured_outputs_choice_regex_and_json_schema(client, no_whitespace) 
     structured = client.chat.completions.create(
         model=LLAMA,
         messages=MESSAGES,
-        max_tokens=100,
+        max_tokens=400,
         temperature=0,
         logit_bias=no_whitespace,
         response_format={"type": "json_schema", "json_schema": {"name": "w", "schema": schema}},
     )
+    assert structured.choices[0].finish_reason == "stop", structured.choices[0].message.content
     parsed = json.loads(structured.choices[0].message.content)
     assert parsed["unit"] in ("c", "f") and parsed["city"] in ("Paris", "Oslo")
 
@@ -91,7 +92,7 @@ def test_named_tool_choice(client, no_whitespace) -> None:
         messages=MESSAGES,
         tools=[WEATHER, TIME],
         tool_choice={"type": "function", "function": {"name": "get_weather"}},
-        max_tokens=100,
+        max_tokens=400,
         temperature=0,
         logit_bias=no_whitespace,
     )
@@ -106,7 +107,7 @@ def test_named_tool_choice(client, no_whitespace) -> None:
         messages=MESSAGES,
         tools=[WEATHER, TIME],
         tool_choice={"type": "function", "function": {"name": "get_weather"}},
-        max_tokens=100,
+        max_tokens=400,
         temperature=0,
         logit_bias=no_whitespace,
         stream=True,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, model_serializer, model_validator
 
 from mono_llm.openai_api.protocol import OpenAIBaseModel, SamplingExtras, UsageInfo
 
@@ -105,6 +105,11 @@ class DeltaMessage(OpenAIBaseModel):
     content: str | None = None
     reasoning_content: str | None = None
     tool_calls: list[dict[str, Any]] | None = None
+
+    @model_serializer(mode="wrap")
+    def _drop_nulls(self, handler: Any) -> dict[str, Any]:
+        # OpenAI's deltas carry only what changed: {"content": "Hel"}, not four nulls.
+        return {k: v for k, v in handler(self).items() if v is not None}
 
 
 class ChatCompletionResponseStreamChoice(OpenAIBaseModel):

@@ -156,7 +156,7 @@ def run_serve(args: argparse.Namespace) -> int:
         host,
         server_args.port,
     )
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=host,
         port=server_args.port,
@@ -168,4 +168,20 @@ def run_serve(args: argparse.Namespace) -> int:
         ssl_cert_reqs=server_args.ssl_cert_reqs,
         timeout_graceful_shutdown=server_args.timeout_graceful_shutdown,
     )
+    _draining_server(config).run()
     return 0
+
+
+def _draining_server(config: Any) -> Any:
+    """uvicorn's Server, flagging the app as draining (/ready -> 503) on SIGTERM/SIGINT, then
+    shutting down gracefully as usual."""
+    import uvicorn
+
+    class DrainingServer(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            state = getattr(config.app.state, "server", None)
+            if state is not None:
+                state.draining = True
+            super().handle_exit(sig, frame)
+
+    return DrainingServer(config)

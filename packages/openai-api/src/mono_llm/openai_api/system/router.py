@@ -57,6 +57,8 @@ async def ready(raw_request: Request) -> JSONResponse:
         return JSONResponse({"status": "starting"}, status_code=503)
     if state.draining:
         return JSONResponse({"status": "draining"}, status_code=503)
+    if any(getattr(m.engine, "errored", False) for m in state.registry):
+        return JSONResponse({"status": "engine dead"}, status_code=503)
     return JSONResponse({"status": "ready", "models": [m.name for m in state.registry]})
 
 
