@@ -158,3 +158,31 @@ def test_kv_cache_is_sized_from_memory_and_capped(tmp_path: Path) -> None:
     assert small.num_blocks == 2 * 4096 // per_block
     exact = make_runner(path, num_gpu_blocks_override=5)
     assert exact.num_blocks == 5 and exact.kv_cache.shape[2] == 5
+
+
+def test_execute_hidden_gives_final_hidden_states() -> None:
+    """Pooling reads every token's final (normed) hidden state; HF's last hidden_states match."""
+    import transformers
+
+    runner = make_runner(fixture_path("tiny-qwen2"))
+    table = list(range(-(-len(PROMPT) // runner.block_size)))
+    hidden = runner.execute_hidden(ModelBatch([SequenceSlice(PROMPT, 0, table)]))
+    assert hidden.shape == (len(PROMPT), runner.hidden_size)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(
+        fixture_path("tiny-qwen2"), dtype=torch.float32
+    )
+    with torch.no_grad():
+        expected = hf(torch.tensor([PROMPT]), output_hidden_states=True).hidden_states[-1][0]
+    torch.testing.assert_close(hidden, expected, atol=2e-5, rtol=1e-4)
+
+
+def test_torch_ops_escape_hatch_parses_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mono_llm.core.layers.ops import OP_NAMES, torch_ops_requested
+
+    monkeypatch.setenv("MONO_LLM_TORCH_OPS", "paged_attention, rms_norm")
+    assert torch_ops_requested() == {"paged_attention", "rms_norm"}
+    monkeypatch.setenv("MONO_LLM_TORCH_OPS", "all")
+    assert torch_ops_requested() == set(OP_NAMES)
+    monkeypatch.setenv("MONO_LLM_TORCH_OPS", "flash_attention")
+    with pytest.raises(ValueError, match="unknown ops"):
+        torch_ops_requested()

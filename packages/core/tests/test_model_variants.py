@@ -1,0 +1,118 @@
+"""Config switches of the Llama family against HF transformers: rope scaling variants,
+attention / MLP bias, tied embeddings, explicit head_dim, legacy configs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from mono_llm.core.batch import LogitsWanted, ModelBatch, SequenceSlice
+from mono_llm.core.config import EngineArgs
+from mono_llm.core.model_runner import ModelRunner
+
+SHAPE: dict[str, Any] = {
+    "vocab_size": 300,
+    "hidden_size": 64,
+    "intermediate_size": 96,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 512,
+    "rms_norm_eps": 1e-5,
+    "initializer_range": 0.2,
+}
+
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "llama-rope-linear": (
+        "LlamaForCausalLM",
+        {"rope_theta": 10000.0, "rope_scaling": {"rope_type": "linear", "factor": 4.0}},
+    ),
+    "llama-rope-yarn": (
+        "LlamaForCausalLM",
+        {
+            "rope_theta": 10000.0,
+            "rope_scaling": {
+                "rope_type": "yarn",
+                "factor": 4.0,
+                "original_max_position_embeddings": 128,
+            },
+        },
+    ),
+    "llama-bias-tied-headdim": (
+        "LlamaForCausalLM",
+        {"attention_bias": True, "mlp_bias": True, "tie_word_embeddings": True, "head_dim": 32},
+    ),
+    "mistral-no-gqa": ("MistralForCausalLM", {"num_key_value_heads": 4, "sliding_window": None}),
+    "qwen2-tied": ("Qwen2ForCausalLM", {"tie_word_embeddings": True}),
+    "qwen3-bias": ("Qwen3ForCausalLM", {"attention_bias": True, "head_dim": 8}),
+}
+
+
+def build(tmp_path: Path, architecture: str, overrides: dict[str, Any]) -> tuple[Path, Any]:
+    import transformers
+
+    config_cls = {
+        "LlamaForCausalLM": transformers.LlamaConfig,
+        "MistralForCausalLM": transformers.MistralConfig,
+        "Qwen2ForCausalLM": transformers.Qwen2Config,
+        "Qwen3ForCausalLM": transformers.Qwen3Config,
+    }[architecture]
+    config = config_cls(**{**SHAPE, **overrides})
+    config.architectures = [architecture]
+    torch.manual_seed(0)
+    model = getattr(transformers, architecture)(config).float().eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "norm" in name or name.endswith("bias"):
+                param.add_(0.1 * torch.randn_like(param))
+    model.save_pretrained(tmp_path)
+    return tmp_path, model
+
+
+def logits(folder: Path, prompt: list[int]) -> torch.Tensor:
+    args = EngineArgs(
+        model=str(folder), device="cpu", max_num_seqs=2, max_model_len=512,
+        kv_cache_memory_gib=0.01,
+    )  # fmt: skip
+    runner = ModelRunner(args.create_engine_config())
+    table = list(range(-(-len(prompt) // runner.block_size)))
+    half = len(prompt) // 2  # two chunks: the second attends over a cached prefix
+    first = runner.execute(ModelBatch([SequenceSlice(prompt[:half], 0, table, LogitsWanted.ALL)]))
+    second = runner.execute(
+        ModelBatch([SequenceSlice(prompt[half:], half, table, LogitsWanted.ALL)])
+    )
+    return torch.cat([first, second])
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_variant_matches_hf(variant: str, tmp_path: Path) -> None:
+    architecture, overrides = VARIANTS[variant]
+    folder, hf = build(tmp_path, architecture, overrides)
+    # Long enough to cross yarn's original 128 positions.
+    prompt = torch.randint(
+        0, SHAPE["vocab_size"], (200,), generator=torch.Generator().manual_seed(1)
+    )
+    with torch.no_grad():
+        expected = hf(prompt[None]).logits[0]
+    torch.testing.assert_close(logits(folder, prompt.tolist()), expected, atol=2e-4, rtol=1e-4)
+
+
+def test_legacy_yarn_config_matches(tmp_path: Path) -> None:
+    """The same yarn model with the released-checkpoint config keys (rope_scaling, rope_theta,
+    "type") gives the same logits as the transformers-5 `rope_parameters` form."""
+    folder, _ = build(tmp_path / "new", *VARIANTS["llama-rope-yarn"])
+    config = json.loads((folder / "config.json").read_text())
+    params = config.pop("rope_parameters", None)
+    assert params is not None, "transformers 5 writes rope_parameters"
+    config["rope_theta"] = params.pop("rope_theta")
+    config["rope_scaling"] = {**params, "type": params.pop("rope_type")}
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    (legacy / "config.json").write_text(json.dumps(config))
+    (legacy / "model.safetensors").symlink_to(folder / "model.safetensors")
+    prompt = list(range(3, 203))
+    torch.testing.assert_close(logits(legacy, prompt), logits(folder, prompt), atol=0, rtol=0)
