@@ -4,6 +4,7 @@ announced honestly in the log, answering the openai client, and draining on SIGT
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -127,7 +128,8 @@ def test_serve_tls_key_file_aliases_and_root_path(tmp_path: Path) -> None:
             [*_mono_llm(), "serve", str(fixture_path("tiny-qwen2")), "--host", "127.0.0.1",
              "--port", str(port), "--ssl-keyfile", str(key), "--ssl-certfile", str(cert),
              "--api-key", f"@{keys}", "--served-model-name", "demo", "demo-alias",
-             "--root-path", "/llm", "--max-model-len", "256", "--uvicorn-log-level", "warning"],
+             "--root-path", "/llm", "--max-model-len", "256", "--uvicorn-log-level", "warning",
+             "--no-disable-log-requests", "--max-log-len", "3"],
             stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
     base = f"https://127.0.0.1:{port}"
@@ -149,6 +151,10 @@ def test_serve_tls_key_file_aliases_and_root_path(tmp_path: Path) -> None:
                 max_retries=0,
             ).models.list()  # fmt: skip
         http_client.close()
+        assert re.search(
+            r"request chatcmpl-\S+ for demo: \d+ prompt tokens \[\d+, \d+, \d+\]",
+            log_path.read_text(),
+        )
     finally:
         process.terminate()
         process.wait(60)

@@ -144,7 +144,12 @@ def build_app(
                 engine, is_owned = _start_engine(spec)
                 if is_owned:
                     owned.append(engine)
-                models.append(_served_model(engine, aliases[i] if i < len(aliases) else [], args))
+                model = _served_model(engine, aliases[i] if i < len(aliases) else [], args)
+                # --disable-log-requests (AsyncEngineArgs) decides per model; given engines
+                # and plain EngineArgs do not log requests.
+                model.log_requests = not getattr(spec, "disable_log_requests", True)
+                model.max_log_len = args.max_log_len
+                models.append(model)
             registry = ModelRegistry(models)
             metrics = ServerMetrics(lambda: [(m.name, m.engine) for m in registry])
             state = ServerState(

@@ -6,6 +6,7 @@ become HTTP statuses before a stream starts), and accumulating streamed deltas p
 from __future__ import annotations
 
 import contextlib
+import logging
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
@@ -17,6 +18,8 @@ from mono_llm.core.errors import PromptTooLongError
 from mono_llm.core.outputs import CompletionOutput, Logprob, RequestOutput
 from mono_llm.core.sampling_params import SamplingParams
 from mono_llm.openai_api.errors import OpenAIError
+
+logger = logging.getLogger("mono_llm.openai_api.requests")
 
 if TYPE_CHECKING:
     from mono_llm.openai_api.metrics import ServerMetrics
@@ -92,6 +95,16 @@ async def start_engine_request(
     """
     # A suffix keeps engine ids unique even when clients reuse X-Request-Id values.
     engine_id = f"{request_id}-{uuid.uuid4().hex[:8]}"
+    if model.log_requests:
+        shown = prompt.token_ids[: model.max_log_len] if model.max_log_len else prompt.token_ids
+        logger.info(
+            "request %s for %s: %d prompt tokens %s, %s",
+            engine_id,
+            model.name,
+            len(prompt.token_ids),
+            shown,
+            params,
+        )
     generator = model.engine.generate(
         {"prompt_token_ids": prompt.token_ids}, params, engine_id, priority=priority
     )

@@ -29,6 +29,8 @@ class ServedModel:
     max_model_len: int
     default_sampling: dict[str, Any] = field(default_factory=dict)
     created: int = field(default_factory=lambda: int(time.time()))
+    log_requests: bool = False  # log each request's arrival (--no-disable-log-requests)
+    max_log_len: int | None = None  # prompt tokens shown in that log line (None: all)
 
     @property
     def name(self) -> str:

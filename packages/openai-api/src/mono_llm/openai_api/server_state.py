@@ -61,7 +61,7 @@ class ServerArgs:
     timeout_graceful_shutdown: int = 30
     """Seconds SIGTERM waits for in-flight requests to finish before stopping anyway."""
     max_log_len: int | None = None
-    """Accepted for vLLM compatibility (prompt logging is off)."""
+    """With --no-disable-log-requests: how many prompt tokens each request's log line shows (default: all)."""
 
 
 @dataclass(slots=True)
