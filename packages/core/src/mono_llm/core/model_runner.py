@@ -114,13 +114,13 @@ class ModelRunner:
         """Float32 logits [sum(batch.logits_row_counts()), vocab] on `self.device`."""
         inputs = self._prepare(batch)
         num_seqs = len(batch.slices)
-        graph_size = self._graph_size(batch, num_seqs)
+        graph_size = self._graph_size(inputs.max_query_len == 1, num_seqs)
         if graph_size is not None:
             self._stage(inputs, pad_to=graph_size)
             self._graphs[graph_size].replay()
             rows = len(inputs.logits_indices)
             return self._graph_logits[:graph_size].index_select(0, self._logits_indices[:rows])
-        hidden, logits_indices = self._forward(inputs, batch.is_decode_only)
+        hidden, logits_indices = self._forward(inputs, inputs.max_query_len == 1)
         if len(inputs.logits_indices) == 0:
             return torch.empty((0, self.vocab_size), dtype=torch.float32, device=self.device)
         return self.model.compute_logits(hidden.index_select(0, logits_indices))
@@ -129,7 +129,7 @@ class ModelRunner:
     def execute_hidden(self, batch: ModelBatch) -> torch.Tensor:
         """Final hidden states [batch.num_tokens, hidden] of every token (for pooling)."""
         inputs = self._prepare(batch)
-        hidden, _ = self._forward(inputs, batch.is_decode_only)
+        hidden, _ = self._forward(inputs, inputs.max_query_len == 1)
         return hidden
 
     @property
@@ -145,25 +145,30 @@ class ModelRunner:
         if not slices:
             raise EngineError("ModelRunner.execute got an empty batch")
         num_seqs = len(slices)
-        num_tokens = batch.num_tokens
+        query_lens = np.fromiter((len(s.token_ids) for s in slices), np.int32, num_seqs)
+        num_tokens = int(query_lens.sum())
         if num_tokens > self.max_num_tokens or num_seqs > self.max_num_seqs:
             raise EngineError(
                 f"step of {num_tokens} tokens / {num_seqs} sequences exceeds the runner's "
                 f"limits ({self.max_num_tokens} / {self.max_num_seqs})"
             )
-        query_lens = np.fromiter((s.num_tokens for s in slices), np.int32, num_seqs)
         computed = np.fromiter((s.num_computed_tokens for s in slices), np.int32, num_seqs)
         seq_lens = computed + query_lens
         query_start_loc = np.zeros(num_seqs + 1, np.int32)
         np.cumsum(query_lens, out=query_start_loc[1:])
-        width = max(len(s.block_table) for s in slices)
+        # Block tables: one flat read of every table, scattered into a zero-padded matrix
+        # (a row-by-row fill costs ~3 us a sequence, 0.7 ms at 256 sequences).
+        table_lens = np.fromiter((len(s.block_table) for s in slices), np.int64, num_seqs)
+        short = np.flatnonzero(table_lens * self.block_size < seq_lens)
+        if short.size:
+            i = int(short[0])
+            raise EngineError(f"slice {i}: {table_lens[i]} blocks cannot hold {seq_lens[i]} tokens")
+        width = int(table_lens.max())
+        flat_tables = np.fromiter(
+            chain.from_iterable(s.block_table for s in slices), np.int32, int(table_lens.sum())
+        )
         block_tables = np.zeros((num_seqs, width), np.int32)
-        for i, s in enumerate(slices):
-            if len(s.block_table) * self.block_size < s.seq_len:
-                raise EngineError(
-                    f"slice {i}: {len(s.block_table)} blocks cannot hold {s.seq_len} tokens"
-                )
-            block_tables[i, : len(s.block_table)] = s.block_table
+        block_tables[np.arange(width) < table_lens[:, None]] = flat_tables
         input_ids = np.fromiter(
             chain.from_iterable(s.token_ids for s in slices), np.int64, num_tokens
         )
@@ -390,8 +395,8 @@ class ModelRunner:
 
     # ------------------------------------------------------------------ CUDA graphs
 
-    def _graph_size(self, batch: ModelBatch, num_seqs: int) -> int | None:
-        if not self._graphs or not batch.is_decode_only:
+    def _graph_size(self, decode_only: bool, num_seqs: int) -> int | None:
+        if not self._graphs or not decode_only:
             return None
         for size in self._graph_sizes:
             if size >= num_seqs:
@@ -432,8 +437,8 @@ class ModelRunner:
 def _logits_indices(slices: list[SequenceSlice], query_start_loc: np.ndarray) -> np.ndarray:
     """Token rows whose logits the scheduler wants, in slice order."""
     ends = query_start_loc[1:]
-    wanted = [s.logits for s in slices]
-    if all(w == LogitsWanted.LAST for w in wanted):
+    wanted = np.fromiter((s.logits for s in slices), np.int8, len(slices))
+    if (wanted == LogitsWanted.LAST).all():  # the common case, vectorised
         return (ends - 1).astype(np.int64)
     parts = []
     for i, w in enumerate(wanted):
