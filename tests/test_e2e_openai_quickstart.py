@@ -292,3 +292,34 @@ def test_prompt_logprobs_and_best_of(client) -> None:
     assert len(chat.model_dump()["prompt_logprobs"]) == chat.usage.prompt_tokens
     best = client.completions.create(model=LLAMA, prompt="best of", max_tokens=3, n=1, best_of=3)
     assert len(best.choices) == 1 and best.choices[0].finish_reason == "length"
+
+
+def test_stop_string_ends_the_text_and_is_reported(client) -> None:
+    free = client.completions.create(model=LLAMA, prompt="Stop here", max_tokens=12, temperature=0)
+    text = free.choices[0].text
+    stop = text[len(text) // 2 : len(text) // 2 + 2]
+    assert stop.strip(), text  # a visible two-character piece of the greedy text
+    stopped = client.completions.create(
+        model=LLAMA, prompt="Stop here", max_tokens=12, temperature=0, stop=[stop]
+    )
+    choice = stopped.choices[0]
+    assert choice.finish_reason == "stop"
+    assert choice.model_dump()["stop_reason"] == stop
+    assert choice.text == text[: text.index(stop)]
+
+
+def test_content_parts_and_string_content_render_alike(client) -> None:
+    as_string = client.chat.completions.create(
+        model=LLAMA,
+        messages=[{"role": "user", "content": "part one"}],
+        max_tokens=6,
+        temperature=0,
+    )
+    as_parts = client.chat.completions.create(
+        model=LLAMA,
+        messages=[{"role": "user", "content": [{"type": "text", "text": "part one"}]}],
+        max_tokens=6,
+        temperature=0,
+    )
+    assert as_parts.usage.prompt_tokens == as_string.usage.prompt_tokens
+    assert as_parts.choices[0].message.content == as_string.choices[0].message.content
