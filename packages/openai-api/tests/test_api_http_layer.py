@@ -115,6 +115,8 @@ def test_offline_docs_served_from_the_package() -> None:
         (EngineOverloadedError("full"), 503, None),
         (EngineDeadError("dead"), 503, None),
         (RuntimeError("boom"), 500, None),
+        (TypeError("a bug, not the client's fault"), 500, None),
+        (ValueError("bad value"), 400, None),
     ],
 )
 def test_engine_errors_map_to_statuses(exc, status, param) -> None:

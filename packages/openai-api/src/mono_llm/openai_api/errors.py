@@ -108,8 +108,8 @@ def from_exception(exc: BaseException) -> OpenAIError:
         return OpenAIError(str(exc) or "The engine has stopped.", 503)
     if isinstance(exc, (UnsupportedModelError, NotImplementedError)):
         return OpenAIError(str(exc), 400)
-    if isinstance(exc, (ValueError, TypeError)) and not isinstance(exc, EngineError):
-        # Validation errors raised by jinja/tokenizers/pydantic on user input.
+    if isinstance(exc, ValueError):
+        # Validation errors raised by tokenizers and pydantic on user input (vLLM: 400 too).
         return OpenAIError(str(exc), 400)
     logger.exception("internal error while serving a request", exc_info=exc)
     return OpenAIError(f"Internal server error: {type(exc).__name__}: {exc}", 500)
