@@ -92,3 +92,13 @@ def test_earliest_stop_string_wins_and_non_matches_are_released() -> None:
     # "hel" could have started "hello..."? no stop begins with "h": nothing is held back.
     visible, _, _ = _stream("hello", SamplingParams(stop=["xyz"]))
     assert visible[-1] == "hello"
+
+
+def test_ids_past_the_tokenizer_vocabulary_have_no_text() -> None:
+    # Models pad their embedding matrix beyond the tokenizer (e.g. to a multiple of 64).
+    tok = _tokenizer()
+    detok = IncrementalDetokenizer(tok, tok.encode("x"), SamplingParams())
+    hello = tok.encode("hello", add_special_tokens=False)
+    detok.update([len(tok) + 10, *hello, len(tok) + 11])
+    detok.flush()
+    assert detok.output_text == "hello"

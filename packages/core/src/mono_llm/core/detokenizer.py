@@ -48,7 +48,9 @@ class IncrementalDetokenizer:
         if self.skip_special_tokens:
             special = self.info.special_ids
             token_ids = [t for t in token_ids if t not in special]
-        return self.tokenizer.convert_ids_to_tokens(token_ids)
+        # Models often have more embedding rows than the tokenizer has tokens (padding for
+        # GPU-friendly shapes); ids past the tokenizer have no text.
+        return [t for t in self.tokenizer.convert_ids_to_tokens(token_ids) if t is not None]
 
     def _to_string(self, tokens: list[str]) -> str:
         added = self.info.added_tokens

@@ -113,8 +113,17 @@ class KVCacheManager:
         Returns False, changing nothing, when not enough blocks are free; the scheduler then
         preempts or waits.
         """
+        table = self.block_tables.get(seq.seq_id)
+        # Fast path (most decode steps): the new tokens fit the last block's free slots.
+        if (
+            not cached_blocks
+            and table is not None
+            and seq.num_computed_tokens + num_new_tokens <= len(table) * self.block_size
+        ):
+            return True
         cached_blocks = cached_blocks or []
-        table = self.block_tables.get(seq.seq_id, [])
+        if table is None:
+            table = []
         num_computed = seq.num_computed_tokens + len(cached_blocks) * self.block_size
         needed = (
             self.num_blocks_for(num_computed + num_new_tokens) - len(table) - len(cached_blocks)
