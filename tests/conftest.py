@@ -95,6 +95,7 @@ def server() -> Iterator[RunningServer]:
         api_key=[API_KEY],
         enable_request_id_headers=True,
         enable_offline_docs=True,
+        enable_prompt_tokens_details=True,
     )
     with serve_in_thread(build_app(engines, args), api_key=API_KEY) as running:
         yield running

@@ -323,3 +323,17 @@ def test_content_parts_and_string_content_render_alike(client) -> None:
     )
     assert as_parts.usage.prompt_tokens == as_string.usage.prompt_tokens
     assert as_parts.choices[0].message.content == as_string.choices[0].message.content
+
+
+def test_prefix_cache_hits_reported_in_usage(client) -> None:
+    prompt = "A long shared system prompt that many requests repeat word for word. " * 3
+    first = client.completions.create(model=LLAMA, prompt=prompt, max_tokens=2)
+    second = client.completions.create(model=LLAMA, prompt=prompt, max_tokens=2)
+    assert first.usage.prompt_tokens >= 32
+    # Whole 16-token blocks of the first request's prompt are reused by the second.
+    cached = second.usage.prompt_tokens_details.cached_tokens
+    assert 16 <= cached < second.usage.prompt_tokens
+    chat = client.chat.completions.create(
+        model=LLAMA, messages=[{"role": "user", "content": prompt}], max_tokens=2
+    )
+    assert chat.usage.prompt_tokens_details.cached_tokens is not None

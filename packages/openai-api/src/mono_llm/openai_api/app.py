@@ -156,8 +156,12 @@ def build_app(
                 args=args,
                 registry=registry,
                 metrics=metrics,
-                completion=CompletionServing(registry, metrics),
-                chat=ChatServing(registry, metrics),
+                completion=CompletionServing(
+                    registry, metrics, prompt_tokens_details=args.enable_prompt_tokens_details
+                ),
+                chat=ChatServing(
+                    registry, metrics, prompt_tokens_details=args.enable_prompt_tokens_details
+                ),
                 tokenization=TokenizationServing(registry),
             )
             app.state.server = state

@@ -33,6 +33,18 @@ class UsageInfo(OpenAIBaseModel):
     prompt_tokens_details: PromptTokensDetails | None = None
 
 
+def usage_info(prompt_tokens: int, completion_tokens: int, cached_tokens: int | None) -> UsageInfo:
+    """Usage with `prompt_tokens_details.cached_tokens` when the server reports it."""
+    return UsageInfo(
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        total_tokens=prompt_tokens + completion_tokens,
+        prompt_tokens_details=None
+        if cached_tokens is None
+        else PromptTokensDetails(cached_tokens=cached_tokens),
+    )
+
+
 class ModelPermission(OpenAIBaseModel):
     id: str = Field(default_factory=lambda: f"modelperm-{time.time_ns():x}")
     object: str = "model_permission"

@@ -34,6 +34,8 @@ class ServerArgs:
     """Send an `x-request-id` response header: the client's X-Request-Id or a generated id (the openai client reads it as `_request_id`)."""
     enable_offline_docs: bool = False
     """Serve /docs and /redoc with the Swagger UI and ReDoc assets shipped in the package, for air-gapped machines (no CDN)."""
+    enable_prompt_tokens_details: bool = False
+    """Report prefix-cache hits as usage.prompt_tokens_details.cached_tokens."""
     disable_fastapi_docs: bool = False
     """Serve no /docs, /redoc or /openapi.json at all."""
     allowed_origins: list[str] = field(default_factory=lambda: ["*"])

@@ -38,7 +38,7 @@ from mono_llm.openai_api.errors import OpenAIError, from_exception
 from mono_llm.openai_api.logprobs import TokenText, chat_logprobs, prompt_logprobs_json
 from mono_llm.openai_api.metrics import ServerMetrics
 from mono_llm.openai_api.model_registry import ModelRegistry, ServedModel
-from mono_llm.openai_api.protocol import UsageInfo
+from mono_llm.openai_api.protocol import UsageInfo, usage_info
 from mono_llm.openai_api.sampling import build_sampling_params, resolve_max_tokens
 from mono_llm.openai_api.streaming import SSE_DONE, sse_event
 
@@ -71,9 +71,21 @@ def render_chat_prompt(model: ServedModel, request: ChatCompletionRequest) -> st
 
 
 class ChatServing:
-    def __init__(self, registry: ModelRegistry, metrics: ServerMetrics | None) -> None:
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        metrics: ServerMetrics | None,
+        *,
+        prompt_tokens_details: bool = False,
+    ) -> None:
         self.registry = registry
         self.metrics = metrics
+        self.prompt_tokens_details = prompt_tokens_details  # report prefix-cache hits
+
+    def _cached(self, outputs: list[RequestOutput]) -> int | None:
+        if not self.prompt_tokens_details:
+            return None
+        return sum(o.num_cached_tokens for o in outputs)
 
     async def start(
         self, request: ChatCompletionRequest, raw_request: Request | None
@@ -142,8 +154,10 @@ class ChatServing:
         forced = forced_tool_choice(request)
         states: dict[int, ChoiceState] = {}
         prompt_positions = None
+        first: RequestOutput | None = None
         try:
             async for output in stream:
+                first = first or output
                 if output.prompt_logprobs:
                     prompt_positions = output.prompt_logprobs
                 for completion in output.outputs:
@@ -186,10 +200,8 @@ class ChatServing:
             prompt_logprobs=prompt_logprobs_json(prompt_positions, token_text)
             if request.prompt_logprobs is not None
             else None,
-            usage=UsageInfo(
-                prompt_tokens=prompt_tokens,
-                completion_tokens=completion_tokens,
-                total_tokens=prompt_tokens + completion_tokens,
+            usage=usage_info(
+                prompt_tokens, completion_tokens, self._cached([first] if first else [])
             ),
         )
 
@@ -258,14 +270,11 @@ class ChatServing:
         states: dict[int, ChoiceState] = {}
         forced = forced_tool_choice(request)
         tool_call_ids: dict[int, str] = {}
+        firsts: list[RequestOutput] = []  # the first output (cached tokens)
 
         def usage() -> UsageInfo:
             generated = sum(len(s.token_ids) for s in states.values())
-            return UsageInfo(
-                prompt_tokens=prompt_tokens,
-                completion_tokens=generated,
-                total_tokens=prompt_tokens + generated,
-            )
+            return usage_info(prompt_tokens, generated, self._cached(firsts))
 
         def chunk(choice: ChatCompletionResponseStreamChoice) -> str:
             body = ChatCompletionStreamResponse(id=request_id, model=model.name, choices=[choice])
@@ -275,6 +284,8 @@ class ChatServing:
 
         try:
             async for output in stream:
+                if not firsts:
+                    firsts.append(output)
                 for completion in output.outputs:
                     state = states.setdefault(completion.index, ChoiceState(completion.index))
                     if not state.started:

@@ -39,15 +39,27 @@ from mono_llm.openai_api.logprobs import (
 )
 from mono_llm.openai_api.metrics import ServerMetrics
 from mono_llm.openai_api.model_registry import ModelRegistry, ServedModel
-from mono_llm.openai_api.protocol import UsageInfo
+from mono_llm.openai_api.protocol import usage_info
 from mono_llm.openai_api.sampling import build_sampling_params, resolve_max_tokens
 from mono_llm.openai_api.streaming import SSE_DONE, merge_async_iterators, sse_event
 
 
 class CompletionServing:
-    def __init__(self, registry: ModelRegistry, metrics: ServerMetrics | None) -> None:
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        metrics: ServerMetrics | None,
+        *,
+        prompt_tokens_details: bool = False,
+    ) -> None:
         self.registry = registry
         self.metrics = metrics
+        self.prompt_tokens_details = prompt_tokens_details  # report prefix-cache hits
+
+    def _cached(self, outputs: list[RequestOutput]) -> int | None:
+        if not self.prompt_tokens_details:
+            return None
+        return sum(o.num_cached_tokens for o in outputs)
 
     async def start(
         self, request: CompletionRequest, raw_request: Request | None
@@ -182,10 +194,8 @@ class CompletionServing:
             id=request_id,
             model=model.name,
             choices=choices,
-            usage=UsageInfo(
-                prompt_tokens=prompt_tokens,
-                completion_tokens=completion_tokens,
-                total_tokens=prompt_tokens + completion_tokens,
+            usage=usage_info(
+                prompt_tokens, completion_tokens, self._cached(list(prompt_outputs.values()))
             ),
         )
 
@@ -217,11 +227,13 @@ class CompletionServing:
         continuous = include_usage and bool(options and options.continuous_usage_stats)
         token_text = TokenText(model.tokenizer, bool(request.return_tokens_as_token_ids))
         states: dict[int, ChoiceState] = {}
+        firsts: dict[int, RequestOutput] = {}  # first output per prompt (cached tokens)
         offsets: dict[int, int] = {}
         prompt_tokens = sum(len(p.token_ids) for p in prompts)
         merged = merge_async_iterators(*streams)
         try:
             async for prompt_index, output in merged:
+                firsts.setdefault(prompt_index, output)
                 prompt = prompts[prompt_index]
                 for completion in output.outputs:
                     index = prompt_index * n + completion.index
@@ -271,10 +283,8 @@ class CompletionServing:
                     )
                     if continuous:
                         generated_tokens = sum(len(s.token_ids) for s in states.values())
-                        chunk.usage = UsageInfo(
-                            prompt_tokens=prompt_tokens,
-                            completion_tokens=generated_tokens,
-                            total_tokens=prompt_tokens + generated_tokens,
+                        chunk.usage = usage_info(
+                            prompt_tokens, generated_tokens, self._cached(list(firsts.values()))
                         )
                     yield sse_event(chunk)
             if include_usage:
@@ -283,10 +293,8 @@ class CompletionServing:
                     id=request_id,
                     model=model.name,
                     choices=[],
-                    usage=UsageInfo(
-                        prompt_tokens=prompt_tokens,
-                        completion_tokens=completion_tokens,
-                        total_tokens=prompt_tokens + completion_tokens,
+                    usage=usage_info(
+                        prompt_tokens, completion_tokens, self._cached(list(firsts.values()))
                     ),
                 )
                 yield sse_event(final)
