@@ -3,7 +3,8 @@
 The session server serves two tiny fixture models (tiny-llama and tiny-qwen2) from one
 process with an API key, request-id headers and offline docs on, as a user would run it:
 `mono-llm serve <llama> <qwen2> --served-model-name tiny-llama tiny-qwen2
---api-key token-abc123 --enable-request-id-headers --enable-offline-docs`.
+--api-key token-abc123 --enable-request-id-headers --enable-offline-docs
+--enable-prompt-tokens-details --enable-auto-tool-choice --tool-call-parser hermes`.
 """
 
 from __future__ import annotations
@@ -96,6 +97,8 @@ def server() -> Iterator[RunningServer]:
         enable_request_id_headers=True,
         enable_offline_docs=True,
         enable_prompt_tokens_details=True,
+        enable_auto_tool_choice=True,
+        tool_call_parser="hermes",
     )
     with serve_in_thread(build_app(engines, args), api_key=API_KEY) as running:
         yield running

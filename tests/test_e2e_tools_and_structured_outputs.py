@@ -153,3 +153,53 @@ def test_tool_choice_errors(client) -> None:
     assert info.value.body["param"] == "tool_choice"
     with pytest.raises(openai.BadRequestError):
         client.chat.completions.create(model=LLAMA, messages=MESSAGES, tool_choice="required")
+
+
+# A reply in the hermes tool-call format, forced by a regex so the random model writes it.
+HERMES_REPLY = (
+    r'Let me check\.<tool_call>\{"name": "get_weather", "arguments": \{"unit": "c"\}\}</tool_call>'
+)
+
+
+def test_auto_tool_choice_parses_hermes_tool_calls(client) -> None:
+    response = client.chat.completions.create(
+        model=LLAMA,
+        messages=MESSAGES,
+        tools=[UNIT],
+        max_tokens=200,
+        extra_body={"structured_outputs": {"regex": HERMES_REPLY}},
+    )
+    choice = response.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    assert choice.message.content == "Let me check."
+    (call,) = choice.message.tool_calls
+    assert call.function.name == "get_weather"
+    assert json.loads(call.function.arguments) == {"unit": "c"}
+
+    stream = client.chat.completions.create(
+        model=LLAMA,
+        messages=MESSAGES,
+        tools=[UNIT],
+        max_tokens=200,
+        stream=True,
+        extra_body={"structured_outputs": {"regex": HERMES_REPLY}},
+    )
+    content, calls, finish = [], [], None
+    for chunk in stream:
+        delta = chunk.choices[0].delta
+        content.append(delta.content or "")
+        calls.extend(delta.tool_calls or [])
+        finish = chunk.choices[0].finish_reason or finish
+    assert "".join(content) == "Let me check."  # no tool-call markup leaks into content
+    assert [c.function.name for c in calls] == ["get_weather"] and finish == "tool_calls"
+    # tool_choice "none": the same text stays content.
+    plain = client.chat.completions.create(
+        model=LLAMA,
+        messages=MESSAGES,
+        tools=[UNIT],
+        tool_choice="none",
+        max_tokens=200,
+        extra_body={"structured_outputs": {"regex": HERMES_REPLY}},
+    )
+    assert plain.choices[0].message.content.startswith("Let me check.<tool_call>")
+    assert not plain.choices[0].message.tool_calls

@@ -22,6 +22,7 @@ from mono_llm.core.sampling_params import RequestOutputKind, SamplingParams
 from mono_llm.openai_api._version import __version__
 from mono_llm.openai_api.chat_completion.router import router as chat_router
 from mono_llm.openai_api.chat_completion.serving import ChatServing
+from mono_llm.openai_api.chat_completion.tool_parsers import get_tool_parser
 from mono_llm.openai_api.chat_template import ChatTemplate, load_chat_template
 from mono_llm.openai_api.completion.router import router as completion_router
 from mono_llm.openai_api.completion.serving import CompletionServing
@@ -130,6 +131,11 @@ def build_app(
     a model by its served name; `served_model_aliases[i]` adds names for model i.
     """
     args = server_args or ServerArgs()
+    tool_parser = None
+    if args.enable_auto_tool_choice:
+        if not args.tool_call_parser:
+            raise ValueError("--enable-auto-tool-choice needs --tool-call-parser.")
+        tool_parser = get_tool_parser(args.tool_call_parser)
     specs = _as_list(engines)
     if not specs:
         raise ValueError("build_app needs at least one model.")
@@ -160,7 +166,10 @@ def build_app(
                     registry, metrics, prompt_tokens_details=args.enable_prompt_tokens_details
                 ),
                 chat=ChatServing(
-                    registry, metrics, prompt_tokens_details=args.enable_prompt_tokens_details
+                    registry,
+                    metrics,
+                    prompt_tokens_details=args.enable_prompt_tokens_details,
+                    tool_parser=tool_parser,
                 ),
                 tokenization=TokenizationServing(registry),
             )

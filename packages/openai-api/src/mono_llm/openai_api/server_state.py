@@ -34,6 +34,10 @@ class ServerArgs:
     """Send an `x-request-id` response header: the client's X-Request-Id or a generated id (the openai client reads it as `_request_id`)."""
     enable_offline_docs: bool = False
     """Serve /docs and /redoc with the Swagger UI and ReDoc assets shipped in the package, for air-gapped machines (no CDN)."""
+    enable_auto_tool_choice: bool = False
+    """Under tool_choice auto (the default with tools), read tool calls out of the reply with --tool-call-parser and return them as tool_calls."""
+    tool_call_parser: str | None = None
+    """Format of the model's tool calls: hermes, llama3_json or mistral."""
     enable_prompt_tokens_details: bool = False
     """Report prefix-cache hits as usage.prompt_tokens_details.cached_tokens."""
     disable_fastapi_docs: bool = False

@@ -31,7 +31,8 @@ class ChatCompletionRequest(SamplingExtras):
     max_tokens: int | None = Field(default=None, deprecated=False)
     max_completion_tokens: int | None = None
     tools: list[dict[str, Any]] | None = None
-    tool_choice: str | dict[str, Any] | None = "none"
+    # None: OpenAI's default, "auto" when tools are given.
+    tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = True
     # vLLM extras specific to chat
     echo: bool = False

@@ -27,6 +27,7 @@ from mono_llm.openai_api.chat_completion.tool_choice import (
     forced_tool_choice,
     new_tool_call_id,
 )
+from mono_llm.openai_api.chat_completion.tool_parsers import StreamingToolState, ToolParser
 from mono_llm.openai_api.engine_requests import (
     ChoiceState,
     PromptInput,
@@ -77,10 +78,20 @@ class ChatServing:
         metrics: ServerMetrics | None,
         *,
         prompt_tokens_details: bool = False,
+        tool_parser: ToolParser | None = None,
     ) -> None:
         self.registry = registry
         self.metrics = metrics
         self.prompt_tokens_details = prompt_tokens_details  # report prefix-cache hits
+        self.tool_parser = tool_parser  # --enable-auto-tool-choice --tool-call-parser
+
+    def _auto_parser(
+        self, request: ChatCompletionRequest, forced: ForcedToolChoice | None
+    ) -> ToolParser | None:
+        """The parser that reads tool calls out of free text, under tool_choice auto."""
+        if forced is None and request.tools and request.tool_choice in (None, "auto"):
+            return self.tool_parser
+        return None
 
     def _cached(self, outputs: list[RequestOutput]) -> int | None:
         if not self.prompt_tokens_details:
@@ -152,6 +163,7 @@ class ChatServing:
     ) -> ChatCompletionResponse:
         model, request_id, prompt, stream = await self.start(request, raw_request)
         forced = forced_tool_choice(request)
+        auto = self._auto_parser(request, forced)
         states: dict[int, ChoiceState] = {}
         prompt_positions = None
         first: RequestOutput | None = None
@@ -182,6 +194,13 @@ class ChatServing:
             if tool_calls is not None:
                 message = ChatResponseMessage(role=ASSISTANT, content="", tool_calls=tool_calls)
                 finish_reason = _tool_finish_reason(forced, finish_reason)
+            elif auto is not None:
+                parsed = auto.parse(state.full_text)
+                if parsed.tool_calls:
+                    message = ChatResponseMessage(
+                        role=ASSISTANT, content=parsed.content, tool_calls=parsed.tool_calls
+                    )
+                    finish_reason = "tool_calls" if finish_reason == "stop" else finish_reason
             choices.append(
                 ChatCompletionResponseChoice(
                     index=index,
@@ -247,6 +266,34 @@ class ChatServing:
             stop_reason=completion.stop_reason,
         )
 
+    @staticmethod
+    def _auto_tool_delta(
+        parser: ToolParser,
+        tool_states: dict[int, StreamingToolState],
+        completion: CompletionOutput,
+    ) -> ChatCompletionResponseStreamChoice | None:
+        """Content streams until a tool call starts; the calls go out whole at the end."""
+        tool_state = tool_states.setdefault(completion.index, StreamingToolState(parser))
+        content = tool_state.feed(completion.text)
+        finish = completion.finish_reason
+        calls: list[dict[str, Any]] = []
+        if finish is not None:
+            rest, calls = tool_state.finish()
+            content += rest
+            if calls and finish == "stop":
+                finish = "tool_calls"
+        if not content and not calls and finish is None:
+            return None
+        return ChatCompletionResponseStreamChoice(
+            index=completion.index,
+            delta=DeltaMessage(
+                content=content or None,
+                tool_calls=[{"index": i, **c} for i, c in enumerate(calls)] or None,
+            ),
+            finish_reason=finish,
+            stop_reason=completion.stop_reason,
+        )
+
     async def stream(
         self, request: ChatCompletionRequest, raw_request: Request | None
     ) -> AsyncGenerator[str, None]:
@@ -269,6 +316,8 @@ class ChatServing:
         prompt_tokens = len(prompt.token_ids)
         states: dict[int, ChoiceState] = {}
         forced = forced_tool_choice(request)
+        auto = self._auto_parser(request, forced)
+        tool_states: dict[int, StreamingToolState] = {}
         tool_call_ids: dict[int, str] = {}
         firsts: list[RequestOutput] = []  # the first output (cached tokens)
 
@@ -300,6 +349,11 @@ class ChatServing:
                     state.add(completion)
                     if forced is not None:
                         event = self._tool_call_delta(forced, state, completion, tool_call_ids)
+                        if event is not None:
+                            yield chunk(event)
+                        continue
+                    if auto is not None:
+                        event = self._auto_tool_delta(auto, tool_states, completion)
                         if event is not None:
                             yield chunk(event)
                         continue
