@@ -192,11 +192,15 @@ def _paged_attention_kernel(
 # ----------------------------------------------------------------------------- launcher
 
 
-def _prefill_config(head_dim: int, group: int, interpret: bool) -> dict[str, int]:
+def _prefill_config(
+    head_dim: int, group: int, interpret: bool, fp32: bool = False
+) -> dict[str, int]:
     """Tile sizes. GPU: 128x64 tiles, one warpgroup, 3 stages. H100, 4096-token causal prefill,
     32/8 heads, d128, bf16, block_size 16: 438 us (313 TFLOP/s, 1.13x SDPA flash) vs 486 us with
-    8 warps, 498 us with 128x32, 572 us with 64x64. Interpreter: tiny tiles, since every element
-    costs a numpy op."""
+    8 warps, 498 us with 128x32, 572 us with 64x64. fp32 inputs (tests, fp32 fixtures) keep the
+    8 warps that passed the GPU test run: with 4, their 128x128 fp32 Q tile spills, and one test
+    of a 14-process run hit a CUDA out-of-memory at launch. Interpreter: tiny tiles, since every
+    element costs a numpy op."""
     if interpret:
         block_m = max(16, triton.next_power_of_2(group))
         return {"BLOCK_M": block_m, "BLOCK_N": 16, "num_warps": 1, "num_stages": 1}
@@ -204,7 +208,7 @@ def _prefill_config(head_dim: int, group: int, interpret: bool) -> dict[str, int
     return {
         "BLOCK_M": block_m,
         "BLOCK_N": 64,
-        "num_warps": 4,
+        "num_warps": 8 if fp32 or head_dim > 128 else 4,
         "num_stages": 3 if head_dim <= 128 else 2,
     }
 
@@ -228,7 +232,8 @@ def _launch(
     if num_tokens == 0 or num_seqs == 0:
         return out
     group = num_heads // num_kv_heads
-    cfg = dict(config or _prefill_config(head_dim, group, query.device.type == "cpu"))
+    fp32 = query.dtype == torch.float32
+    cfg = dict(config or _prefill_config(head_dim, group, query.device.type == "cpu", fp32))
     block_m, block_n = cfg.pop("BLOCK_M"), cfg.pop("BLOCK_N")
     block_q = block_m // group
     # grid bound: sum_s ceil(q_len_s / BLOCK_Q) <= num_tokens // BLOCK_Q + num_seqs

@@ -35,7 +35,13 @@ def _apply_bitmask_kernel(
     in_vocab = tokens < vocab
     words = tl.load(bitmask_ptr + row * bitmask_row_stride + tokens // 32, mask=in_vocab, other=-1)
     banned = ((words >> (tokens % 32)) & 1) == 0
-    tl.store(logits_ptr + row * logits_row_stride + tokens, float("-inf"), mask=in_vocab & banned)
+    # Rewrite whole rows rather than storing -inf only where banned: scattered partial-sector
+    # stores make the memory system merge every sector. H100, 64 x 128256 fp32: the masked-store
+    # form took 40.2 us vs 27.5 us for torch.compile's full read + write; this form is that
+    # full read + write, not yet re-timed on the GPU.
+    ptrs = logits_ptr + row * logits_row_stride + tokens
+    logits = tl.load(ptrs, mask=in_vocab, other=0.0)
+    tl.store(ptrs, tl.where(banned, float("-inf"), logits), mask=in_vocab)
 
 
 # ----------------------------------------------------------------------------- launcher
