@@ -247,6 +247,21 @@ def test_validation_errors_are_400_naming_the_field(server) -> None:
         json={"model": LLAMA, "prompt": "x", "top_p": 5},
     )
     assert bad_param.status_code == 400 and bad_param.json()["error"]["param"] == "top_p"
+    for body, param in (
+        ({"prompt": "x", "stream_options": {"include_usage": True}}, "stream_options"),
+        ({"prompt": "x", "use_beam_search": True}, "use_beam_search"),
+    ):
+        response = httpx.post(
+            f"{server.v1}/completions", headers=server.headers(), json={"model": LLAMA, **body}
+        )
+        assert response.status_code == 400 and response.json()["error"]["param"] == param
+    chat = {"model": LLAMA, "messages": [{"role": "user", "content": "x"}]}
+    for extra, param in (({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
+                         ({"top_logprobs": 2}, "top_logprobs")):  # fmt: skip
+        response = httpx.post(
+            f"{server.v1}/chat/completions", headers=server.headers(), json={**chat, **extra}
+        )
+        assert response.status_code == 400 and response.json()["error"]["param"] == param
 
 
 def test_tokenize_detokenize_round_trip(server) -> None:

@@ -34,11 +34,10 @@ def test_validation_errors_are_openai_400s_naming_the_field() -> None:
     assert body["error"]["param"] == "n" and body["error"]["code"] == 400
     missing = client.post("/v1/chat/completions", json={"model": "m"})
     assert missing.status_code == 400 and missing.json()["error"]["param"] == "messages"
-    stream_opts = client.post(
-        "/v1/completions", json={"prompt": "x", "stream_options": {"include_usage": True}}
-    )
-    assert stream_opts.status_code == 400
-    assert "stream=True" in stream_opts.json()["error"]["message"]
+    empty = client.post("/v1/chat/completions", json={"messages": []})
+    assert empty.status_code == 400 and empty.json()["error"]["param"] == "messages"
+    no_prompt = client.post("/v1/completions", json={"model": "m"})
+    assert no_prompt.status_code == 400 and no_prompt.json()["error"]["param"] == "prompt"
     not_json = client.post(
         "/v1/completions", content=b"{not json", headers={"content-type": "application/json"}
     )

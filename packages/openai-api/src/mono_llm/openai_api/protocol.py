@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class OpenAIBaseModel(BaseModel):
@@ -136,12 +136,22 @@ class SamplingExtras(OpenAIBaseModel):
     logits_processors: list[Any] | None = None
     vllm_xargs: dict[str, Any] | None = None
 
-    @model_validator(mode="after")
-    def _check_stream_options(self) -> SamplingExtras:
+    def check_combinations(self) -> None:
+        """Cross-field checks, as 400s naming the field (pydantic's model validators could
+        only name the whole body)."""
+        from mono_llm.openai_api.errors import OpenAIError
+
         if self.stream_options is not None and not self.stream:
-            raise ValueError("Stream options can only be defined when `stream=True`.")
+            raise OpenAIError(
+                "Stream options can only be defined when `stream=True`.",
+                400,
+                param="stream_options",
+            )
         if self.use_beam_search:
-            raise ValueError("use_beam_search is not supported by mono-llm.")
+            raise OpenAIError(
+                "use_beam_search is not supported by mono-llm.", 400, param="use_beam_search"
+            )
         if self.logits_processors:
-            raise ValueError("logits_processors is not supported by mono-llm.")
-        return self
+            raise OpenAIError(
+                "logits_processors is not supported by mono-llm.", 400, param="logits_processors"
+            )

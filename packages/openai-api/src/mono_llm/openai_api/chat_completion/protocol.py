@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any, Literal
 
-from pydantic import Field, model_serializer, model_validator
+from pydantic import Field, field_validator, model_serializer
 
 from mono_llm.openai_api.protocol import OpenAIBaseModel, SamplingExtras, UsageInfo
 
@@ -43,13 +43,19 @@ class ChatCompletionRequest(SamplingExtras):
     chat_template: str | None = None
     chat_template_kwargs: dict[str, Any] | None = None
 
-    @model_validator(mode="after")
-    def _check(self) -> ChatCompletionRequest:
-        if not self.messages:
+    @field_validator("messages")
+    @classmethod
+    def _some_messages(cls, messages: list[ChatMessage]) -> list[ChatMessage]:
+        if not messages:
             raise ValueError("messages must not be empty.")
+        return messages
+
+    def check_combinations(self) -> None:
+        super().check_combinations()
         if self.top_logprobs and not self.logprobs:
-            raise ValueError("top_logprobs needs logprobs=true.")
-        return self
+            from mono_llm.openai_api.errors import OpenAIError
+
+            raise OpenAIError("top_logprobs needs logprobs=true.", 400, param="top_logprobs")
 
     @property
     def requested_max_tokens(self) -> int | None:

@@ -101,7 +101,16 @@ class ChatServing:
     async def start(
         self, request: ChatCompletionRequest, raw_request: Request | None
     ) -> tuple[ServedModel, str, PromptInput, AsyncIterator[RequestOutput]]:
+        request.check_combinations()
         model = self.registry.resolve(request.model)
+        max_logprobs = model.engine.model_config.max_logprobs
+        if request.top_logprobs and max_logprobs != -1 and request.top_logprobs > max_logprobs:
+            raise OpenAIError(
+                f"top_logprobs={request.top_logprobs} is more than the maximum allowed "
+                f"{max_logprobs}.",
+                400,
+                param="top_logprobs",
+            )
         request_id = f"chatcmpl-{base_request_id(raw_request, request.request_id)}"
         forced = forced_tool_choice(request)
         prompt_text = render_chat_prompt(model, request)

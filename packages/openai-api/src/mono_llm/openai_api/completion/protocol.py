@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator
 
 from mono_llm.openai_api.protocol import OpenAIBaseModel, SamplingExtras, UsageInfo
 
@@ -13,7 +13,7 @@ from mono_llm.openai_api.protocol import OpenAIBaseModel, SamplingExtras, UsageI
 class CompletionRequest(SamplingExtras):
     model: str | None = None
     # A string, a list of strings, a list of token ids, or a list of token-id lists.
-    prompt: str | list[str] | list[int] | list[list[int]] | None = None
+    prompt: str | list[str] | list[int] | list[list[int]]
     echo: bool = False
     logprobs: int | None = Field(default=None, ge=0)
     max_tokens: int | None = 16
@@ -21,13 +21,12 @@ class CompletionRequest(SamplingExtras):
     # vLLM extras specific to completions
     add_special_tokens: bool = True
 
-    @model_validator(mode="after")
-    def _check_prompt(self) -> CompletionRequest:
-        if self.prompt is None:
-            raise ValueError("prompt is required.")
-        if isinstance(self.prompt, list) and len(self.prompt) == 0:
+    @field_validator("prompt")
+    @classmethod
+    def _non_empty(cls, prompt: Any) -> Any:
+        if isinstance(prompt, list) and len(prompt) == 0:
             raise ValueError("prompt must not be empty.")
-        return self
+        return prompt
 
     def prompts(self) -> list[str | list[int]]:
         """The prompts as a list: each a string or a list of token ids."""

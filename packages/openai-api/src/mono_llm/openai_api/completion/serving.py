@@ -65,6 +65,7 @@ class CompletionServing:
         self, request: CompletionRequest, raw_request: Request | None
     ) -> tuple[ServedModel, str, list[PromptInput], list[AsyncIterator[RequestOutput]]]:
         """Validate, tokenize and submit every prompt; errors here are HTTP errors."""
+        request.check_combinations()
         if request.suffix is not None:
             raise OpenAIError("suffix is not supported", 400, param="suffix")
         if request.stream and request.best_of is not None and request.best_of != request.n:
