@@ -38,10 +38,17 @@ class _Both:
 
     def __init__(self, factory: Callable[[str], Any]) -> None:
         self.metrics = [factory(prefix) for prefix in PREFIXES]
+        self._children: dict[tuple[tuple[str, str], ...], _Both] = {}
 
     def labels(self, **labels: str) -> _Both:
-        child = _Both.__new__(_Both)
-        child.metrics = [m.labels(**labels) for m in self.metrics]
+        # Cached: looking children up is per token on the inter-token-latency path.
+        key = tuple(sorted(labels.items()))
+        child = self._children.get(key)
+        if child is None:
+            child = _Both.__new__(_Both)
+            child.metrics = [m.labels(**labels) for m in self.metrics]
+            child._children = {}
+            self._children[key] = child
         return child
 
     def inc(self, amount: float = 1.0) -> None:
