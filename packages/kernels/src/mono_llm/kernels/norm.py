@@ -6,7 +6,9 @@ as an HF decoder layer does with its residual stream), then normalises ``s``; it
 so a decoder layer reads the residual stream once per norm instead of twice.
 
 One Triton program normalises one row: the whole hidden vector lives in registers, so the op
-reads x (and residual) once and writes once, which is the bandwidth floor.
+reads x (and residual) once and writes once, which is the bandwidth floor. Measured on an
+H100 80GB HBM3 at 8192x4096 bf16: rms_norm 49.9 us (2.69 TB/s, 90% of the 3.0 TB/s D2D copy),
+fused_add_rms_norm 94.8 us (2.83 TB/s, 94%; two kernels, add then norm: 120 us).
 """
 
 from __future__ import annotations
