@@ -352,3 +352,29 @@ def test_prefix_cache_hits_reported_in_usage(client) -> None:
         model=LLAMA, messages=[{"role": "user", "content": prompt}], max_tokens=2
     )
     assert chat.usage.prompt_tokens_details.cached_tokens is not None
+
+
+def test_conversation_with_tool_call_and_tool_result(client, server) -> None:
+    messages = [
+        {"role": "system", "content": "You can call tools."},
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call_1", "type": "function",
+             "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "18 C and sunny"},
+    ]  # fmt: skip
+    response = client.chat.completions.create(model=LLAMA, messages=messages, max_tokens=3)
+    assert response.choices[0].message.role == "assistant"
+    rendered = httpx.post(
+        f"{server.base_url}/tokenize",
+        headers=server.headers(),
+        json={"model": LLAMA, "messages": messages},
+    ).json()
+    text = httpx.post(
+        f"{server.base_url}/detokenize",
+        headers=server.headers(),
+        json={"model": LLAMA, "tokens": rendered["tokens"]},
+    ).json()["prompt"]
+    # The assistant's JSON arguments reached the template as an object, rendered back as JSON.
+    assert '"parameters": {"city": "Paris"}' in text
+    assert "get_weather" in text and "Paris" in text and "sunny" in text
