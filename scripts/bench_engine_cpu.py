@@ -1,6 +1,6 @@
 """Engine steps/s on CPU with the tiny-llama fixture (scheduler + runner + sampler + detokenizer).
 
-    .venv/bin/python scripts/bench_engine_cpu.py [--reps 3]
+    OMP_NUM_THREADS=1 .venv/bin/python scripts/bench_engine_cpu.py [--reps 3]
 
 Each case runs `LLM.generate` with greedy, ignore_eos, token-id prompts that differ per request
 (no prefix-cache hits); a step is one `EngineCore.step()`. Best of --reps runs is reported,

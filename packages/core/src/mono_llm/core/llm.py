@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Sequence as SequenceABC
 from typing import Any
 
@@ -139,12 +140,22 @@ class LLM(PoolingLLMMixin):
             from tqdm.auto import tqdm
 
             bar = tqdm(total=len(prompts), desc="Processed prompts", dynamic_ncols=True)
+        start = time.perf_counter()
+        prompt_tokens = output_tokens = 0
         try:
             while len(finished) < len(request_ids):
                 for out in engine.step():
                     if out.finished:
                         finished[out.request_id] = out
                         if bar is not None:
+                            prompt_tokens += len(out.prompt_token_ids)
+                            output_tokens += sum(len(c.token_ids) for c in out.outputs)
+                            elapsed = max(time.perf_counter() - start, 1e-9)
+                            bar.set_postfix_str(
+                                f"input {prompt_tokens / elapsed:.0f} tok/s, "
+                                f"output {output_tokens / elapsed:.0f} tok/s",
+                                refresh=False,
+                            )
                             bar.update(1)
                 if not engine.has_unfinished_requests() and len(finished) < len(request_ids):
                     raise RuntimeError("engine went idle with requests unfinished")
