@@ -26,9 +26,10 @@ from mono_llm.core.config import AsyncEngineArgs, EngineArgs, EngineConfig, Mode
 from mono_llm.core.engine_core import EngineCore
 from mono_llm.core.errors import EngineDeadError, EngineOverloadedError, InvalidRequestError
 from mono_llm.core.inputs import PromptType
+from mono_llm.core.output_processor import merge_delta_outputs
 from mono_llm.core.outputs import PoolingRequestOutput, RequestOutput, SchedulerStats
 from mono_llm.core.pooling_params import PoolingParams
-from mono_llm.core.sampling_params import SamplingParams
+from mono_llm.core.sampling_params import RequestOutputKind, SamplingParams
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +55,17 @@ class _AddCommand:
     prompt_token_ids: list[int]
     priority: int
     arrival_time: float
+
+
+def _merger(params: Any) -> Any:
+    """How to combine queued outputs of one request: DELTA concatenates, CUMULATIVE keeps
+    the newest, FINAL_ONLY (and pooling) never queues more than one."""
+    kind = getattr(params, "output_kind", None)
+    if kind == RequestOutputKind.DELTA:
+        return merge_delta_outputs
+    if kind == RequestOutputKind.CUMULATIVE:
+        return lambda older, newer: newer
+    return None
 
 
 class AsyncLLM:
@@ -169,15 +181,26 @@ class AsyncLLM:
             self._pending_adds += 1
         self._commands.put(_AddCommand(request_id, params, text, token_ids, priority, time.time()))
         finished = False
+        merge = _merger(params)
+        pending_error: BaseException | None = None
         try:
             while True:
                 item = await stream.queue.get()
                 if isinstance(item, BaseException):
                     raise item
+                # A consumer that fell behind gets what piled up as one output.
+                while merge is not None and not item.finished and not stream.queue.empty():
+                    newer = stream.queue.get_nowait()
+                    if isinstance(newer, BaseException):
+                        pending_error = newer
+                        break
+                    item = merge(item, newer)
                 finished = item.finished
                 yield item
                 if finished:
                     return
+                if pending_error is not None:
+                    raise pending_error
         finally:
             with self._streams_lock:
                 self._streams.pop(request_id, None)

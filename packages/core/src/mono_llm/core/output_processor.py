@@ -88,3 +88,32 @@ def make_request_output(request: Request, changed: set[str] | None = None) -> Re
         num_cached_tokens=max(request.sequences[0].num_cached_tokens, 0),
         metrics=metrics,
     )
+
+
+def merge_delta_outputs(first: RequestOutput, later: RequestOutput) -> RequestOutput:
+    """Fold the DELTA output `later` into `first` (same request, `first` older), in place.
+
+    A consumer that fell behind then receives one output with all the new text and tokens
+    instead of one per engine step: less work exactly when it is already slow.
+    """
+    by_index = {completion.index: completion for completion in first.outputs}
+    for completion in later.outputs:
+        earlier = by_index.get(completion.index)
+        if earlier is None:
+            by_index[completion.index] = completion
+            first.outputs.append(completion)
+            continue
+        earlier.text += completion.text
+        earlier.token_ids.extend(completion.token_ids)
+        if completion.logprobs is not None:
+            earlier.logprobs = (earlier.logprobs or []) + completion.logprobs
+        earlier.cumulative_logprob = completion.cumulative_logprob
+        earlier.finish_reason = completion.finish_reason
+        earlier.stop_reason = completion.stop_reason
+    first.outputs.sort(key=lambda completion: completion.index)
+    if first.prompt_logprobs is None:
+        first.prompt_logprobs = later.prompt_logprobs
+    first.finished = later.finished
+    first.metrics = later.metrics
+    first.num_cached_tokens = later.num_cached_tokens
+    return first
