@@ -151,6 +151,14 @@ def test_validation_error_from_first_anext(engine: AsyncLLM) -> None:
     asyncio.run(main())
     assert engine.is_running and not engine.errored
 
+    async def long_text() -> None:  # tokenized in a worker thread; same error contract
+        agen = engine.generate("many words " * 1000, SamplingParams(), "long-text")
+        with pytest.raises(PromptTooLongError) as info:
+            await agen.__anext__()
+        assert info.value.num_prompt_tokens > 256
+
+    asyncio.run(long_text())
+
 
 def test_shutdown_aborts_pending_and_refuses_new() -> None:
     engine = _engine()

@@ -34,6 +34,8 @@ from mono_llm.core.sampling_params import RequestOutputKind, SamplingParams
 logger = logging.getLogger(__name__)
 
 _STATS_LOG_INTERVAL_S = 10.0
+# Text prompts longer than this are tokenized in a worker thread (~1 ms per 4k characters).
+_TOKENIZE_IN_THREAD_CHARS = 4096
 
 
 @dataclass(slots=True)
@@ -132,7 +134,13 @@ class AsyncLLM:
         if not self.is_running:
             raise self.dead_error
         engine = self.engine
-        text, token_ids = engine.process_prompt(prompt, sampling_params)
+        if isinstance(prompt, str) and len(prompt) > _TOKENIZE_IN_THREAD_CHARS:
+            # Tokenizing a long prompt takes milliseconds: keep the event loop free meanwhile.
+            text, token_ids = await asyncio.to_thread(
+                engine.process_prompt, prompt, sampling_params
+            )
+        else:
+            text, token_ids = engine.process_prompt(prompt, sampling_params)
         engine.validate_sampling_params(sampling_params)
         # aclosing: a consumer that stops early must abort the request now, not at GC time.
         submitted = self._submit(request_id, sampling_params, text, token_ids, priority)
