@@ -218,3 +218,25 @@ def test_context_capped_by_a_small_kv_cache() -> None:
     params = SamplingParams(temperature=0, max_tokens=None, ignore_eos=True)
     out = small.generate([{"prompt_token_ids": [7] * 10}], params)[0].outputs[0]
     assert len(out.token_ids) == 22 and out.finish_reason == "length"
+
+
+def test_n_shares_prompt_blocks_without_prefix_cache() -> None:
+    prompt = {"prompt_token_ids": list(range(100, 140))}  # 40 tokens: 2 full blocks + 8
+    params = SamplingParams(n=3, temperature=1.0, seed=11, max_tokens=6, ignore_eos=True)
+    no_cache = LLM(
+        str(fixture_path("tiny-llama")),
+        max_model_len=128,
+        num_gpu_blocks_override=32,
+        enable_prefix_caching=False,
+    )
+    engine = no_cache.llm_engine
+    engine.add_request("r", prompt, params)
+    engine.step()  # the first candidate computes the prompt (3 blocks)
+    engine.step()  # the others take its 2 full prompt blocks, recompute only the last 8 tokens
+    assert engine.kv_cache.num_free_blocks == 32 - 3 - 2 * 1
+    while engine.has_unfinished_requests():
+        engine.step()
+    assert engine.kv_cache.num_free_blocks == 32
+    shared = no_cache.generate([prompt], params)[0].outputs
+    cached = _llm().generate([prompt], params)[0].outputs
+    assert [c.token_ids for c in shared] == [c.token_ids for c in cached]

@@ -236,8 +236,8 @@ class EngineCore:
                 seq.grammar = self.grammar_factory(
                     params.structured_outputs, self.tokenizer, self.vocab_size
                 )
-            if index and self.kv_cache.enable_caching:
-                seq.wait_for = sequences[0]
+            if index:
+                seq.wait_for = seq.prompt_leader = sequences[0]
             seq.prompt_logprobs = [None] if params.prompt_logprobs is not None else []
             seq.bad_words_token_ids = bad_words
             sequences.append(seq)

@@ -85,6 +85,8 @@ class Sequence:
         # n > 1: siblings wait until the first one has computed the prompt, so they find its
         # KV blocks in the prefix cache instead of recomputing them.
         self.wait_for: Sequence | None = None
+        # The sibling whose prompt blocks this one shares when the prefix cache is off.
+        self.prompt_leader: Sequence | None = None
         # Filled by the engine (sampling side); the scheduler never reads these.
         self.generator: torch.Generator | None = None
         self.cumulative_logprob = 0.0

@@ -146,6 +146,9 @@ class Scheduler:
                 blocked.append(seq)
                 continue
             cached = self.kv_cache.find_cached_prefix(seq)
+            leader = seq.prompt_leader
+            if not cached and leader is not None and leader.status == SequenceStatus.RUNNING:
+                cached = self.kv_cache.shared_prompt_blocks(leader, seq)
             num_computed = len(cached) * block_size
             num_new = seq.num_tokens - num_computed
             if not self.config.enable_chunked_prefill and num_new > budget:
@@ -157,6 +160,7 @@ class Scheduler:
             self._num_waiting -= 1
             if self.kv_cache.enable_caching and not seq.wants_prompt_logprobs:
                 self.kv_cache.record_lookup(seq.num_tokens, num_computed)
+            seq.prompt_leader = None  # shared (or not) once; a recomputation starts afresh
             seq.num_computed_tokens = num_computed
             if seq.num_cached_tokens < 0:
                 seq.num_cached_tokens = num_computed

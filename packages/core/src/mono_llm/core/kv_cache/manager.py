@@ -83,6 +83,14 @@ class KVCacheManager:
             found.append(block_id)
         return found
 
+    def shared_prompt_blocks(self, leader: Sequence, seq: Sequence) -> list[int]:
+        """The leader's full blocks inside the prompt `seq` shares with it (n > 1 without the
+        prefix cache). The leader never writes those positions again, so sharing is safe."""
+        table = self.block_tables.get(leader.seq_id)
+        if table is None or leader.num_computed_tokens < seq.num_prompt_tokens:
+            return []
+        return table[: min(seq.num_prompt_tokens, seq.num_tokens - 1) // self.block_size]
+
     def record_lookup(self, num_tokens: int, num_hit_tokens: int) -> None:
         """Count an admitted sequence's lookup (failed admissions retry and must not count)."""
         self.prefix_cache_queries += num_tokens
