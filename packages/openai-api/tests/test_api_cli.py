@@ -110,3 +110,15 @@ def test_bad_flags_and_paths_are_one_line_errors(capsys, tmp_path) -> None:
     assert "no-keys.txt" in capsys.readouterr().err
     assert main(["serve", "--enable-auto-tool-choice"]) == 2
     assert "--tool-call-parser" in capsys.readouterr().err
+
+
+def test_bench_forwards_to_the_benchmark_modules(capsys) -> None:
+    from mono_llm.openai_api.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "engine", "--help"])
+    assert exit_info.value.code == 0
+    assert "--workload" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "nonsense"])
+    assert exit_info.value.code == 2
