@@ -10,6 +10,7 @@ import ast
 import inspect
 import itertools
 import json
+import logging
 import os
 import textwrap
 from dataclasses import dataclass, fields
@@ -20,6 +21,9 @@ from typing import Any
 import torch
 
 from mono_llm.core.errors import InvalidRequestError, UnsupportedModelError
+from mono_llm.core.models.registry import resolve_model_class
+
+logger = logging.getLogger(__name__)
 
 _DTYPES = {
     "float32": torch.float32,
@@ -78,7 +82,7 @@ class EngineArgs:
     seed: int = 0
     """Seed for weights with load_format=dummy and for requests without a seed."""
     load_format: str = "auto"
-    """auto or safetensors (read the checkpoint), dummy (random weights of the right shapes)."""
+    """auto (safetensors, else PyTorch .bin), safetensors, pt (.bin only), dummy (random weights)."""
     generation_config: str = "auto"
     """auto: default sampling from the model's generation_config.json; vllm: ignore it; or a folder."""
     device: str = "auto"
@@ -98,9 +102,9 @@ class EngineArgs:
                 f"dtype must be one of auto, {', '.join(_DTYPES)}; got {self.dtype!r}.",
                 param="dtype",
             )
-        if self.load_format not in ("auto", "safetensors", "dummy"):
+        if self.load_format not in ("auto", "safetensors", "pt", "dummy"):
             raise InvalidRequestError(
-                f"load_format must be auto, safetensors or dummy; got {self.load_format!r}.",
+                f"load_format must be auto, safetensors, pt or dummy; got {self.load_format!r}.",
                 param="load_format",
             )
         if self.trust_remote_code:
@@ -135,7 +139,10 @@ class EngineArgs:
                 f"{self.model!r} is not a local HF-format model folder (no config.json). "
                 "mono-llm loads models from disk only; download the model first."
             )
-        hf_config = json.loads((model_dir / "config.json").read_text())
+        hf_config = _read_hf_config(model_dir)
+        # Fail here, at start-up, for a model we cannot run (not later inside a server's
+        # lifespan): the error names every supported architecture.
+        resolve_model_class(list(hf_config.get("architectures") or []))
         device = self.device
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -150,10 +157,12 @@ class EngineArgs:
             )
         if max_model_len is None:
             max_model_len = 2048
+        max_model_len = _cap_to_sliding_window(hf_config, max_model_len, self.max_model_len)
+        tokenizer_dir = Path(self.tokenizer).expanduser() if self.tokenizer else model_dir
         model_config = ModelConfig(
             model=str(model_dir),
             served_model_name=self.served_model_name or self.model,
-            tokenizer=self.tokenizer or str(model_dir),
+            tokenizer=str(tokenizer_dir),
             hf_config=hf_config,
             dtype=dtype,
             max_model_len=max_model_len,
@@ -257,6 +266,74 @@ class EngineConfig:
     device: str = "cpu"
     enforce_eager: bool = False
     disable_log_stats: bool = False
+
+
+def _read_hf_config(model_dir: Path) -> dict[str, Any]:
+    """config.json as a dict; a malformed file is a clear UnsupportedModelError."""
+    try:
+        config = json.loads((model_dir / "config.json").read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UnsupportedModelError(
+            f"{model_dir / 'config.json'} is not readable JSON: {exc}"
+        ) from exc
+    if not isinstance(config, dict):
+        raise UnsupportedModelError(f"{model_dir / 'config.json'} does not hold a JSON object.")
+    return config
+
+
+def sliding_window_in_use(hf_config: dict[str, Any]) -> int | None:
+    """The attention window when some layer of the model really uses one, else None.
+
+    Mistral v0.1 style configs set `sliding_window` alone; Qwen2/Qwen3 also carry
+    `use_sliding_window` (false in every released checkpoint) and, in transformers 5,
+    `layer_types`. A window at least as long as the trained context changes nothing.
+    """
+    config = hf_config.get("text_config") or hf_config
+    window = config.get("sliding_window")
+    if not isinstance(window, int) or window <= 0 or not config.get("use_sliding_window", True):
+        return None
+    layer_types = config.get("layer_types")
+    if isinstance(layer_types, list) and "sliding_attention" not in layer_types:
+        return None
+    max_window_layers = config.get("max_window_layers")
+    layers = config.get("num_hidden_layers")
+    # Qwen2/Qwen3: only layers at index >= max_window_layers use the window.
+    if (
+        "use_sliding_window" in config
+        and isinstance(max_window_layers, int)
+        and isinstance(layers, int)
+        and max_window_layers >= layers
+    ):
+        return None
+    trained = _trained_context_length(hf_config)
+    if trained is not None and window >= trained:
+        return None
+    return window
+
+
+def _cap_to_sliding_window(
+    hf_config: dict[str, Any], max_model_len: int, requested: int | None
+) -> int:
+    """The attention kernels have no sliding window. Within `window` tokens, windowed and full
+    attention are the same computation, so capping the context there keeps results exact."""
+    window = sliding_window_in_use(hf_config)
+    if window is None or max_model_len <= window:
+        return max_model_len
+    if requested is not None:
+        raise InvalidRequestError(
+            f"max_model_len={requested} is longer than this model's sliding attention window "
+            f"({window} tokens), which mono-llm does not implement; use max_model_len <= "
+            f"{window} (the default caps it there).",
+            param="max_model_len",
+        )
+    logger.warning(
+        "This model uses sliding-window attention (window %d tokens), which mono-llm does not "
+        "implement: max_model_len is capped from %d to %d so that every result stays exact.",
+        window,
+        max_model_len,
+        window,
+    )
+    return window
 
 
 def _resolve_dtype(requested: str, hf_config: dict[str, Any], device: str) -> torch.dtype:

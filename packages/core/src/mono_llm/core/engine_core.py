@@ -35,7 +35,7 @@ from mono_llm.core.request import Request, Sequence, SequenceStatus
 from mono_llm.core.sampler import Sampler, SamplerOutput, compute_logprobs
 from mono_llm.core.sampling_params import SamplingParams
 from mono_llm.core.scheduler import Scheduler, SchedulerOutput
-from mono_llm.core.tokenizer import load_tokenizer, tokenizer_info
+from mono_llm.core.tokenizer import decodable_vocab_size, load_tokenizer, tokenizer_info
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +69,9 @@ class EngineCore:
             self.pooling.attach(model_runner)
         self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(self.model_config)
         self.vocab_size: int = model_runner.vocab_size
+        # Checkpoints pad the embedding past the tokenizer (Qwen2: 151936 rows, 151665
+        # tokens); ids in the padding decode to nothing, so they are never sampled.
+        self.decodable_vocab_size = min(self.vocab_size, decodable_vocab_size(self.tokenizer))
         self.kv_cache = KVCacheManager(
             model_runner.num_blocks,
             model_runner.block_size,
@@ -95,6 +98,8 @@ class EngineCore:
                 self.model_config.max_model_len,
                 capacity,
             )
+            # What the server reports (/v1/models, length errors) is the usable context.
+            self.model_config.max_model_len = capacity
         self.requests: dict[str, Request] = {}
         self._num_waiting_requests = 0
         self.num_prompt_tokens = 0
@@ -402,6 +407,8 @@ class EngineCore:
             else:
                 rows = torch.tensor(sample_rows, device=logits.device)
                 sample_logits = logits.index_select(0, rows)
+            if self.decodable_vocab_size < sample_logits.shape[-1]:
+                sample_logits[:, self.decodable_vocab_size :] = float("-inf")
             result = self.sampler(sample_logits, sample_seqs)
             self._append_tokens(sample_seqs, result, changed)
         for seq in pooled_seqs:  # pooling requests finish after their prefill (issue 6)

@@ -2,7 +2,7 @@
 
 The module tree is constructed on the meta device (no memory, no random init) and then
 materialised directly on the target device in the target dtype; checkpoint tensors are
-streamed one at a time from (possibly sharded) safetensors files and converted while copied,
+streamed one at a time from (possibly sharded) safetensors files (or PyTorch `.bin` pickles) and converted while copied,
 so peak memory is the model plus one tensor. `load_format="dummy"` fills seeded random values
 instead, for benchmarks without a checkpoint.
 """
@@ -46,7 +46,7 @@ def build_model(model_config: ModelConfig, device: torch.device) -> nn.Module:
     if model_config.load_format == "dummy":
         fill_dummy_weights(model, model_config.seed)
     else:
-        load_safetensors(model, Path(model_config.model), device)
+        load_safetensors(model, Path(model_config.model), device, model_config.load_format)
     model.requires_grad_(False)
     return model.eval()
 
@@ -61,21 +61,35 @@ def fill_dummy_weights(model: nn.Module, seed: int) -> None:
 
 def safetensors_files(model_dir: Path) -> list[Path]:
     """The checkpoint's files: those the index names when sharded, else every *.safetensors."""
-    index = model_dir / "model.safetensors.index.json"
-    if index.is_file():
-        weight_map = json.loads(index.read_text()).get("weight_map", {})
-        files = sorted({model_dir / name for name in weight_map.values()})
-        missing = [f.name for f in files if not f.is_file()]
-        if missing:
-            raise UnsupportedModelError(
-                f"{index} names shards that are not in the folder: {', '.join(missing)}"
-            )
-        return files
-    files = sorted(model_dir.glob("*.safetensors"))
-    if not files:
+    files = _indexed_files(model_dir, "model.safetensors.index.json")
+    if files is None:
+        files = sorted(model_dir.glob("*.safetensors"))
+    return files
+
+
+def pytorch_bin_files(model_dir: Path) -> list[Path]:
+    """PyTorch pickle shards (`pytorch_model.bin`, `pytorch_model-0000N-of-0000M.bin`), which
+    older checkpoints ship instead of safetensors; training leftovers are not weights."""
+    files = _indexed_files(model_dir, "pytorch_model.bin.index.json")
+    if files is None:
+        files = sorted(f for f in model_dir.glob("*.bin") if f.name not in _NOT_WEIGHTS)
+    return files
+
+
+# Pickles that trainers leave beside the weights (vLLM skips the same ones).
+_NOT_WEIGHTS = frozenset({"training_args.bin", "optimizer.bin", "scheduler.bin", "scaler.bin"})
+
+
+def _indexed_files(model_dir: Path, index_name: str) -> list[Path] | None:
+    index = model_dir / index_name
+    if not index.is_file():
+        return None
+    weight_map = json.loads(index.read_text()).get("weight_map", {})
+    files = sorted({model_dir / name for name in weight_map.values()})
+    missing = [f.name for f in files if not f.is_file()]
+    if missing:
         raise UnsupportedModelError(
-            f"{model_dir} has no *.safetensors files (only safetensors checkpoints are loaded; "
-            "use load_format='dummy' for random weights)."
+            f"{index} names shards that are not in the folder: {', '.join(missing)}"
         )
     return files
 
@@ -89,13 +103,50 @@ def iter_safetensors(files: list[Path], device: torch.device) -> Iterator[tuple[
                 yield name, handle.get_tensor(name)
 
 
-def load_safetensors(model: nn.Module, model_dir: Path, device: torch.device) -> None:
-    files = safetensors_files(model_dir)
-    loaded = model.load_weights(iter_safetensors(files, device))
+def iter_pytorch_bin(files: list[Path]) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, tensor) from PyTorch pickles, loaded with `weights_only=True` (tensors and plain
+    containers only: a pickle that would run code is refused) and memory-mapped, so a shard
+    is paged in tensor by tensor as the model copies it."""
+    for path in files:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except Exception as exc:
+            raise UnsupportedModelError(
+                f"could not read {path} as PyTorch weights (loaded with weights_only=True, "
+                f"so pickles holding code are refused): {exc}"
+            ) from exc
+        if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+            state = state["state_dict"]
+        if not isinstance(state, dict):
+            raise UnsupportedModelError(f"{path} does not hold a state dict of tensors.")
+        for name, tensor in state.items():
+            if isinstance(tensor, torch.Tensor):
+                yield name, tensor
+        del state
+
+
+def load_safetensors(
+    model: nn.Module, model_dir: Path, device: torch.device, load_format: str = "auto"
+) -> None:
+    """Fill `model` from the folder's checkpoint: safetensors when present (preferred, as
+    vLLM), else PyTorch `.bin` pickles; load_format "safetensors" / "pt" allows one kind."""
+    files = safetensors_files(model_dir) if load_format != "pt" else []
+    if files:
+        weights = iter_safetensors(files, device)
+    else:
+        files = pytorch_bin_files(model_dir) if load_format != "safetensors" else []
+        if not files:
+            raise UnsupportedModelError(
+                f"{model_dir} has no weights that load_format={load_format!r} reads (it looks "
+                "for *.safetensors, then pytorch_model*.bin; load_format='dummy' gives random "
+                "weights)."
+            )
+        weights = iter_pytorch_bin(files)
+    loaded = model.load_weights(weights)
     missing = model.expected_weights() - loaded
     if missing:
         shown = ", ".join(sorted(missing)[:8])
         raise UnsupportedModelError(
             f"checkpoint in {model_dir} lacks {len(missing)} weights the model needs: {shown}"
         )
-    logger.info("loaded %d tensors from %d safetensors file(s)", len(loaded), len(files))
+    logger.info("loaded %d tensors from %d checkpoint file(s)", len(loaded), len(files))

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from mono_llm.core.attention import PagedAttention
+from mono_llm.core.config import sliding_window_in_use
 from mono_llm.core.errors import UnsupportedModelError
 from mono_llm.core.layers.linear import MergedLinear
 from mono_llm.core.layers.norm import RMSNorm
@@ -61,9 +62,10 @@ class LlamaSettings:
         trained = int(config.get("max_position_embeddings", 2048))
         attention_bias = bool(config.get("attention_bias", False))
         is_qwen2 = architecture == "Qwen2ForCausalLM"
-        window = config.get("sliding_window")
-        uses_window = window is not None and config.get("use_sliding_window", True)
-        if uses_window and max_model_len is not None and max_model_len > int(window):
+        window = sliding_window_in_use(config)
+        if window is not None and max_model_len is not None and max_model_len > window:
+            # EngineArgs caps max_model_len to the window; a caller that builds the model
+            # directly with a longer context gets full attention past it, so say so.
             logger.warning(
                 "%s: sliding_window=%s is not implemented; attention spans the full context, "
                 "which differs from the reference past %s tokens.",
@@ -175,6 +177,11 @@ class LlamaModel(nn.Module):
         return hidden
 
 
+# Buffers old checkpoints saved next to the weights (rope tables recomputed at load time).
+_UNUSED_BUFFERS = ("rotary_emb.inv_freq", "rotary_emb.cos_cached", "rotary_emb.sin_cached")
+# Names outside the decoder body; any other checkpoint name belongs under `model.`.
+_TOP_LEVEL_PREFIXES = ("model.", "lm_head.", "score.")
+
 # checkpoint name fragment -> (fused parameter fragment, shard)
 _FUSED_SHARDS = {
     ".q_proj.": (".qkv_proj.", "q"),
@@ -238,8 +245,11 @@ class LlamaForCausalLM(nn.Module):
         params = dict(self.named_parameters())
         loaded: set[str] = set()
         for name, tensor in weights:
-            if "rotary_emb.inv_freq" in name:  # old checkpoints saved the rope buffer
+            if any(buffer in name for buffer in _UNUSED_BUFFERS):
                 continue
+            if not name.startswith(_TOP_LEVEL_PREFIXES):
+                # Some exports store the decoder body bare (`layers.0...`, `embed_tokens...`).
+                name = f"model.{name}"
             if name == "lm_head.weight" and self.settings.tie_word_embeddings:
                 continue
             for fragment, (fused, shard) in _FUSED_SHARDS.items():
