@@ -75,6 +75,20 @@ class XGrammarBackend:
                 self._cache.popitem(last=False)
         return compiled
 
+    def _compile_structural_tag(self, source: str) -> Any:
+        """vLLM's two spellings: the legacy `{"structures": [{begin, schema, end}],
+        "triggers": [...]}` (its structured-outputs example) and xgrammar's `{"format": ...}`."""
+        tag = json.loads(source)
+        if isinstance(tag, dict) and "structures" in tag:
+            items = [
+                self._xgr.StructuralTagItem(
+                    begin=item["begin"], schema=json.dumps(item.get("schema", {})), end=item["end"]
+                )
+                for item in tag["structures"]
+            ]
+            return self._compiler.compile_structural_tag(items, list(tag.get("triggers", [])))
+        return self._compiler.compile_structural_tag(source)
+
     def _compile(self, kind: str, source: str) -> Any:
         compiler = self._compiler
         if kind == "json":
@@ -90,6 +104,8 @@ class XGrammarBackend:
                 if kind == "choice":
                     raise
                 return compiler.compile_lark(source)  # vLLM also accepts Lark grammars
+        if kind == "structural_tag":
+            return self._compile_structural_tag(source)
         raise InvalidRequestError(
             f"Structured outputs of kind {kind!r} are not supported.", param="structured_outputs"
         )

@@ -132,6 +132,39 @@ def validation_error_to_openai(exc: RequestValidationError) -> OpenAIError:
     return OpenAIError(message, 400, param=first_param)
 
 
+# OpenAI API families this server does not serve (yet): a client calling one learns that
+# the route is unsupported, not merely "Not Found".
+_UNSERVED_OPENAI_ROUTES = {
+    "/v1/responses": "the Responses API",
+    "/v1/audio": "the audio API",
+    "/v1/realtime": "the Realtime API",
+    "/v1/images": "the images API",
+    "/v1/files": "the files API",
+    "/v1/batches": "the batch API",
+    "/v1/fine_tuning": "the fine-tuning API",
+    "/v1/moderations": "the moderations API",
+    "/v1/assistants": "the Assistants API",
+    "/v1/threads": "the Assistants API",
+    "/v1/vector_stores": "the vector stores API",
+    "/v1/uploads": "the uploads API",
+    "/v1/conversations": "the conversations API",
+    "/v1/videos": "the videos API",
+}
+
+
+def routing_error_message(method: str, path: str, status: int) -> str | None:
+    """A message naming the route for a request no route matched (404) or whose method the
+    route does not take (405); None for other statuses (their detail is kept)."""
+    if status == 405:
+        return f"Method {method} is not allowed on {path}."
+    if status != 404:
+        return None
+    for prefix, family in _UNSERVED_OPENAI_ROUTES.items():
+        if path == prefix or path.startswith(prefix + "/"):
+            return f"{method} {path}: {family} is not supported by this server."
+    return f"{method} {path} is not a route of this server."
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Route every exception type to an OpenAI-shaped JSON body."""
 
@@ -142,10 +175,15 @@ def install_error_handlers(app: FastAPI) -> None:
         assert isinstance(exc, RequestValidationError)
         return validation_error_to_openai(exc).to_json_response()
 
-    async def http_error(_: Request, exc: Exception) -> JSONResponse:
+    async def http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
         headers: dict[str, Any] | None = getattr(exc, "headers", None)
-        return OpenAIError(str(exc.detail), exc.status_code, headers=headers).to_json_response()
+        message = None
+        if exc.detail in ("Not Found", "Method Not Allowed"):  # raised by routing itself
+            message = routing_error_message(request.method, request.url.path, exc.status_code)
+        return OpenAIError(
+            message or str(exc.detail), exc.status_code, headers=headers
+        ).to_json_response()
 
     app.add_exception_handler(OpenAIError, openai_error)
     app.add_exception_handler(InvalidRequestError, openai_error)

@@ -85,7 +85,9 @@ class JsonSchemaFormat(OpenAIBaseModel):
 
 
 class ResponseFormat(OpenAIBaseModel):
-    type: Literal["text", "json_object", "json_schema"]
+    # structural_tag (vLLM's): its other keys (`structures` + `triggers`, or `format`) are
+    # kept as extra fields and handed to the grammar compiler whole.
+    type: Literal["text", "json_object", "json_schema", "structural_tag"]
     json_schema: JsonSchemaFormat | None = None
 
 

@@ -52,6 +52,10 @@ def structured_outputs_of(request: SamplingExtras) -> StructuredOutputsParams | 
                 param="response_format",
             )
         kinds["json"] = fmt.json_schema.json_schema
+    elif fmt is not None and fmt.type == "structural_tag":
+        kinds["structural_tag"] = fmt.model_dump(exclude={"json_schema"}, exclude_none=True)
+    if isinstance(kinds.get("structural_tag"), dict):
+        kinds["structural_tag"] = json.dumps(kinds["structural_tag"])
     if not kinds:
         return None
     known = set(StructuredOutputsParams.__dataclass_fields__)

@@ -84,8 +84,18 @@ class ChatCompletionLogProbs(OpenAIBaseModel):
 class ChatResponseMessage(OpenAIBaseModel):
     role: str = "assistant"
     content: str | None = None
+    refusal: str | None = None  # OpenAI's field; never set here
     reasoning_content: str | None = None
     tool_calls: list[dict[str, Any]] = Field(default_factory=list)
+
+    @model_serializer(mode="wrap")
+    def _drop_empty_tool_calls(self, handler: Any) -> dict[str, Any]:
+        # As vLLM and OpenAI: a reply without calls has no `tool_calls` key (the openai
+        # client then reads None, and code testing `if message.tool_calls` works either way).
+        data = handler(self)
+        if not data.get("tool_calls"):
+            data.pop("tool_calls", None)
+        return data
 
 
 class ChatCompletionResponseChoice(OpenAIBaseModel):

@@ -93,6 +93,32 @@ class ChatServing:
             return self.tool_parser
         return None
 
+    def _check_auto_tool_choice(
+        self, request: ChatCompletionRequest, forced: ForcedToolChoice | None
+    ) -> None:
+        """vLLM's 400s for tool_choice auto: tools given (explicit "auto" or no tool_choice)
+        on a server that cannot read calls out of the reply. Answering with plain content
+        instead would let an agent loop wait forever for calls that are never parsed."""
+        if request.tools == []:
+            raise OpenAIError(
+                "`tools` must not be an empty array. Either provide at least one tool or "
+                "omit the field entirely.",
+                400,
+                param="tools",
+            )
+        if request.tool_choice == "auto" and not request.tools:
+            raise OpenAIError(
+                "When using `tool_choice`, `tools` must be set.", 400, param="tool_choice"
+            )
+        auto = forced is None and request.tools and request.tool_choice in (None, "auto")
+        if auto and self.tool_parser is None:
+            raise OpenAIError(
+                '"auto" tool choice requires --enable-auto-tool-choice and '
+                "--tool-call-parser to be set",
+                400,
+                param="tool_choice",
+            )
+
     def _cached(self, outputs: list[RequestOutput]) -> int | None:
         if not self.prompt_tokens_details:
             return None
@@ -113,6 +139,7 @@ class ChatServing:
             )
         request_id = f"chatcmpl-{base_request_id(raw_request, request.request_id)}"
         forced = forced_tool_choice(request)
+        self._check_auto_tool_choice(request, forced)
         prompt_text = render_chat_prompt(model, request)
         # The template already wrote the special tokens (BOS...): do not add them twice.
         prompt = tokenize_prompt(
