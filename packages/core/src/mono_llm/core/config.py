@@ -293,16 +293,14 @@ def sliding_window_in_use(hf_config: dict[str, Any]) -> int | None:
     if not isinstance(window, int) or window <= 0 or not config.get("use_sliding_window", True):
         return None
     layer_types = config.get("layer_types")
-    if isinstance(layer_types, list) and "sliding_attention" not in layer_types:
-        return None
-    max_window_layers = config.get("max_window_layers")
-    layers = config.get("num_hidden_layers")
-    # Qwen2/Qwen3: only layers at index >= max_window_layers use the window.
-    if (
+    if isinstance(layer_types, list):  # spelled out per layer: it decides
+        if "sliding_attention" not in layer_types:
+            return None
+    elif (  # Qwen2/Qwen3: only layers at index >= max_window_layers use the window.
         "use_sliding_window" in config
-        and isinstance(max_window_layers, int)
-        and isinstance(layers, int)
-        and max_window_layers >= layers
+        and isinstance(config.get("max_window_layers"), int)
+        and isinstance(config.get("num_hidden_layers"), int)
+        and config["max_window_layers"] >= config["num_hidden_layers"]
     ):
         return None
     trained = _trained_context_length(hf_config)
