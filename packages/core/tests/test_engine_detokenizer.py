@@ -65,7 +65,8 @@ def test_special_tokens_skip_and_spacing() -> None:
     _, skipped, _ = _stream(text, SamplingParams())
     assert skipped.output_text == "one twouserthree"
     _, kept, _ = _stream(text, SamplingParams(skip_special_tokens=False))
-    assert kept.output_text == "one two <|start_header_id|> user <|end_header_id|> three"
+    # A fast tokenizer ignores spaces_between_special_tokens (as vLLM v1): text == decode.
+    assert kept.output_text == text == _tokenizer().decode(_tokenizer().encode(text)[1:])
     _, tight, _ = _stream(
         text, SamplingParams(skip_special_tokens=False, spaces_between_special_tokens=False)
     )

@@ -4,8 +4,8 @@ Text is produced token by token by decoding a small window of recent tokens twic
 without the newest ones, and emitting the difference (the "prefix offset / read offset"
 method): byte-level BPE splits multi-byte UTF-8 characters across tokens, and a window that
 ends inside a character decodes to U+FFFD, so nothing is emitted until the character is
-complete. Added (special) tokens are decoded on their own, optionally separated by spaces
-(`spaces_between_special_tokens`, the slow HF tokenizers' behaviour), or skipped.
+complete. Added (special) tokens are decoded on their own, separated by spaces only for slow
+tokenizers (`spaces_between_special_tokens`, as vLLM), or skipped.
 
 Stop strings are searched only where new text could complete one, and streamed text holds
 back any tail that could still become a stop string, so a client never receives part of a
@@ -35,7 +35,12 @@ class IncrementalDetokenizer:
         self.info: TokenizerInfo = tokenizer_info(tokenizer)
         self.tokenizer = tokenizer
         self.skip_special_tokens = params.skip_special_tokens
-        self.spaces_between_special_tokens = params.spaces_between_special_tokens
+        # As vLLM v1: the spacing flag is a slow-tokenizer behaviour; fast tokenizers (all of
+        # transformers 5's) decode added tokens without spaces, and the text must equal
+        # `tokenizer.decode` (a Qwen `<tool_call>` marker followed by "\n{" stays intact).
+        self.spaces_between_special_tokens = params.spaces_between_special_tokens and not (
+            getattr(tokenizer, "is_fast", False)
+        )
         self.stop: list[str] = list(params.stop or [])
         self.include_stop = params.include_stop_str_in_output
         self.tokens: list[str] = self._convert(prompt_token_ids[-(_CONTEXT_TOKENS + 1) :])

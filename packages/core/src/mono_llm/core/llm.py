@@ -87,6 +87,14 @@ class LLM(PoolingLLMMixin):
             raise InvalidRequestError("messages must not be empty.", param="messages")
         conversations = [messages] if isinstance(messages[0], dict) else list(messages)
         tokenizer = self.get_tokenizer()
+        if chat_template is None and not getattr(tokenizer, "chat_template", None):
+            # As vLLM and transformers >= 4.44: no silent fallback template.
+            raise InvalidRequestError(
+                "This model's tokenizer defines no chat template (none in tokenizer_config.json, "
+                "chat_template.jinja or chat_template.json): pass chat_template=<jinja> to "
+                "LLM.chat, or use generate() with plain prompts.",
+                param="chat_template",
+            )
         prompts: list[PromptType] = []
         for conversation in conversations:
             text = tokenizer.apply_chat_template(
