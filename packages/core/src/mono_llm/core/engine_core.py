@@ -140,6 +140,17 @@ class EngineCore:
         """Check params against this model and resolve its stop tokens (returns a copy)."""
         if self.pooling is not None:
             self.pooling.reject_generation()  # a pooling model cannot generate
+        # Each candidate is a sequence the scheduler must hold at once with its siblings; a
+        # huge n would also build millions of sequences inside the engine loop, stalling
+        # every other request (n=10**6 did), so it is refused up front.
+        max_num_seqs = self.config.scheduler_config.max_num_seqs
+        if params.num_candidates > max_num_seqs:
+            name = "best_of" if (params.best_of or 0) > params.n else "n"
+            raise InvalidRequestError(
+                f"{name}={params.num_candidates} is more than the {max_num_seqs} sequences this "
+                f"engine runs at once (--max-num-seqs).",
+                param=name,
+            )
         max_logprobs = self.model_config.max_logprobs
         for name in ("logprobs", "prompt_logprobs"):
             value = getattr(params, name)

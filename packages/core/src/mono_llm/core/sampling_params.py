@@ -7,6 +7,7 @@ errors as HTTP clients; every error names the parameter it is about.
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,6 +15,18 @@ from mono_llm.core.errors import InvalidRequestError
 
 # Below this temperature sampling is treated as greedy: dividing logits by ~0 overflows.
 _GREEDY_EPSILON = 1e-5
+# Seeds are int64, as vLLM's protocol bounds them (torch generators take any 64-bit value).
+_SEED_MIN, _SEED_MAX = -(2**63), 2**63 - 1
+# Float knobs that must be finite: a NaN slips through every range comparison below and
+# turns the sampler's probabilities into NaN, which fails the whole batch's step.
+_FINITE_FIELDS = (
+    "presence_penalty",
+    "frequency_penalty",
+    "repetition_penalty",
+    "temperature",
+    "top_p",
+    "min_p",
+)
 
 
 class RequestOutputKind(enum.Enum):
@@ -115,6 +128,16 @@ class SamplingParams:
 
         if not isinstance(self.n, int) or self.n < 1:
             raise bad(f"n must be at least 1, got {self.n}.", "n")
+        for name in _FINITE_FIELDS:
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise bad(f"{name} must be a finite number, got {value!r}.", name)
+        if self.seed is not None and not _SEED_MIN <= self.seed <= _SEED_MAX:
+            raise bad(f"seed must fit in a signed 64-bit integer, got {self.seed}.", "seed")
+        if self.logit_bias and not all(
+            isinstance(v, (int, float)) and math.isfinite(v) for v in self.logit_bias.values()
+        ):
+            raise bad("logit_bias values must be finite numbers.", "logit_bias")
         if self.best_of is not None and self.best_of < self.n:
             raise bad(
                 f"best_of must be greater than or equal to n, got n={self.n} and "

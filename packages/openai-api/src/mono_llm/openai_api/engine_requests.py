@@ -56,6 +56,15 @@ def tokenize_prompt(
             )
         text = None
     if truncate_prompt_tokens is not None:
+        if truncate_prompt_tokens == 0 or truncate_prompt_tokens > model.max_model_len:
+            # 0 would keep everything (`ids[-0:]`); past the window it could never fit (vLLM
+            # refuses both too).
+            raise OpenAIError(
+                f"truncate_prompt_tokens={truncate_prompt_tokens} must be -1 (the context "
+                f"window) or between 1 and max_model_len={model.max_model_len}.",
+                400,
+                param="truncate_prompt_tokens",
+            )
         keep = model.max_model_len if truncate_prompt_tokens == -1 else truncate_prompt_tokens
         if len(token_ids) > keep:
             token_ids = token_ids[-keep:]

@@ -118,6 +118,15 @@ def from_exception(exc: BaseException) -> OpenAIError:
 def validation_error_to_openai(exc: RequestValidationError) -> OpenAIError:
     """A pydantic validation failure as a 400 naming the field (vLLM answers 400, not 422)."""
     errors = exc.errors()
+    for error in errors:
+        if error.get("type") == "json_invalid":
+            # loc is ("body", <character offset>): say what is wrong, not "1: JSON decode error".
+            loc = error.get("loc", ())
+            where = f" at character {loc[-1]}" if len(loc) > 1 else ""
+            reason = (error.get("ctx") or {}).get("error", "malformed JSON")
+            return OpenAIError(
+                f"The request body is not valid JSON{where}: {reason}.", 400, param="body"
+            )
     parts = []
     first_param: str | None = None
     for error in errors:

@@ -8,6 +8,7 @@ the order vLLM uses, so a model tuned for temperature 0.6 behaves the same on bo
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from mono_llm.core.errors import PromptTooLongError
@@ -89,6 +90,12 @@ def _logit_bias(bias: dict[str, float] | None) -> dict[int, float] | None:
             raise OpenAIError(
                 f"logit_bias keys must be token ids, got {key!r}.", 400, param="logit_bias"
             ) from exc
+        if not math.isfinite(value):  # min/max below would turn NaN into +100
+            raise OpenAIError(
+                f"logit_bias[{key!r}] must be a finite number, got {value}.",
+                400,
+                param="logit_bias",
+            )
         out[token_id] = max(-100.0, min(100.0, float(value)))
     return out
 
