@@ -219,6 +219,12 @@ class ChatTemplate:
             )
         except OpenAIError:
             raise
-        except (jinja2.TemplateError, ValueError, TypeError, KeyError) as exc:
-            raise OpenAIError(f"The chat template failed to render: {exc}", 400) from exc
+        except Exception as exc:
+            # A template is code from the model or the client: whatever it raises
+            # (raise_exception, 1/0, a missing attribute) is a bad request, not a crash.
+            raise OpenAIError(
+                f"The chat template failed to render: {exc}",
+                400,
+                param="chat_template" if request_template else "messages",
+            ) from exc
         return prompt if isinstance(prompt, str) else str(prompt)
