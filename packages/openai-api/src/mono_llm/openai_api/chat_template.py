@@ -9,6 +9,7 @@ in either shape renders correctly under either kind of template.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 from dataclasses import dataclass
@@ -59,6 +60,19 @@ def _is_content_access(node: jinja2.nodes.Node, content_vars: set[str]) -> bool:
     return False
 
 
+def select_named_template(
+    templates: dict[str, str], tools: list[dict[str, Any]] | None
+) -> str | None:
+    """From a tokenizer's named templates, the one transformers would use: "tool_use" when
+    the request has tools and the tokenizer has it, else "default" (else the only one)."""
+    if tools and "tool_use" in templates:
+        return templates["tool_use"]
+    if "default" in templates:
+        return templates["default"]
+    return next(iter(templates.values())) if len(templates) == 1 else None
+
+
+@functools.lru_cache(maxsize=64)
 def detect_content_format(template: str) -> ContentFormat:
     """ "openai" when the template treats content as a list of parts, else "string"."""
     try:
@@ -151,8 +165,8 @@ class ChatTemplate:
         cls, tokenizer: Any, override: str | None, content_format: str = "auto"
     ) -> ChatTemplate:
         own = getattr(tokenizer, "chat_template", None)
-        if isinstance(own, dict):  # several named templates: the default one
-            own = own.get("default") or next(iter(own.values()), None)
+        if isinstance(own, dict):  # several named templates: "default" sets the format
+            own = select_named_template(own, None) or next(iter(own.values()), None)
         source = override or own
         if content_format == "auto":
             resolved: ContentFormat = detect_content_format(source) if source else "string"
@@ -191,6 +205,22 @@ class ChatTemplate:
                 param="continue_final_message",
             )
         template = request_template or self.template
+        content_format = (
+            detect_content_format(request_template) if request_template else self.content_format
+        )
+        named = getattr(tokenizer, "chat_template", None)
+        if template is None and isinstance(named, dict):
+            # Named templates (tokenizer_config.json's list form): pick one here, as
+            # transformers does, so its own content format is used.
+            template = select_named_template(named, tools)
+            if template is None:
+                raise OpenAIError(
+                    f"This model has several chat templates ({', '.join(named)}) and none is "
+                    "named 'default'; pass chat_template in the request.",
+                    400,
+                    param="chat_template",
+                )
+            content_format = detect_content_format(template)
         if template is None and not self.tokenizer_has_template:
             raise OpenAIError(
                 "This model's tokenizer defines no chat template: start the server with "
@@ -198,9 +228,6 @@ class ChatTemplate:
                 400,
                 param="chat_template",
             )
-        content_format = (
-            detect_content_format(request_template) if request_template else self.content_format
-        )
         kwargs = {
             k: v
             for k, v in (chat_template_kwargs or {}).items()
