@@ -18,6 +18,7 @@ from mono_llm.openai_api.protocol import OpenAIBaseModel, UsageInfo
 
 # A string, a list of strings, a list of token ids, or a list of token-id lists.
 PoolingInput = str | list[str] | list[int] | list[list[int]]
+EmbedDtype = Literal["float32", "float16", "bfloat16", "fp8_e4m3", "fp8_e5m2"]
 
 
 def _id(prefix: str) -> str:
@@ -65,6 +66,9 @@ class _ChatInputMixin(OpenAIBaseModel):
 # ---------------------------------------------------------------- /v1/embeddings
 class EmbeddingRequest(_ChatInputMixin, _PoolingCommon):
     encoding_format: Literal["float", "base64"] = "float"
+    # vLLM's extras for base64: the element type and byte order of the encoded vector.
+    embed_dtype: EmbedDtype = "float32"
+    endianness: Literal["native", "big", "little"] = "native"
     dimensions: int | None = None
     normalize: bool | None = None
 
@@ -87,6 +91,9 @@ class EmbeddingResponse(OpenAIBaseModel):
 # ---------------------------------------------------------------- /pooling
 class PoolingRequest(_ChatInputMixin, _PoolingCommon, _ActivationMixin):
     encoding_format: Literal["float", "base64"] = "float"
+    # vLLM's extras for base64: the element type and byte order of the encoded vector.
+    embed_dtype: EmbedDtype = "float32"
+    endianness: Literal["native", "big", "little"] = "native"
     dimensions: int | None = None
     normalize: bool | None = None
 

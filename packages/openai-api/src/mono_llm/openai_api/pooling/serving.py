@@ -9,10 +9,11 @@ UnsupportedTaskError), e.g. /v1/embeddings on a generative model.
 from __future__ import annotations
 
 import base64
-import struct
 import time
 import uuid
 from typing import TYPE_CHECKING, Any
+
+import torch
 
 from mono_llm.core.errors import UnsupportedTaskError
 from mono_llm.core.inputs import PromptType, TokensPrompt
@@ -74,10 +75,26 @@ def _require(model: ServedModel, task: str) -> ModelTasks:
     return tasks
 
 
-def _encode_base64(data: Any) -> str:
-    """Little-endian float32 bytes, base64: what the openai client decodes with numpy."""
-    values = data.tolist() if hasattr(data, "tolist") else list(data)
-    return base64.b64encode(struct.pack(f"<{len(values)}f", *values)).decode("ascii")
+_EMBED_DTYPES = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "fp8_e4m3": torch.float8_e4m3fn,
+    "fp8_e5m2": torch.float8_e5m2,
+}
+_INT_OF_SIZE = {1: torch.uint8, 2: torch.int16, 4: torch.int32}
+_BYTE_ORDER = {"native": "=", "little": "<", "big": ">"}
+
+
+def _encode_base64(data: Any, embed_dtype: str = "float32", endianness: str = "native") -> str:
+    """The vector's bytes, base64. Defaults (float32, native = little-endian on the machines
+    we run on) are what the openai client decodes with numpy; vLLM's `embed_dtype` and
+    `endianness` pick another element type or byte order."""
+    tensor = torch.as_tensor(data, dtype=torch.float32).flatten().to(_EMBED_DTYPES[embed_dtype])
+    # Reinterpret as same-width integers so numpy (no bf16/fp8 types) can reorder the bytes.
+    raw = tensor.view(_INT_OF_SIZE[tensor.element_size()]).numpy()
+    ordered = raw.astype(raw.dtype.newbyteorder(_BYTE_ORDER[endianness]))
+    return base64.b64encode(ordered.tobytes()).decode("ascii")
 
 
 def _usage(outputs: list[PoolingRequestOutput]) -> UsageInfo:
@@ -202,7 +219,7 @@ class PoolingServing:
         data = [
             EmbeddingResponseData(
                 index=i,
-                embedding=_encode_base64(out.outputs.data)
+                embedding=_encode_base64(out.outputs.data, request.embed_dtype, request.endianness)
                 if request.encoding_format == "base64"
                 else out.outputs.data.tolist(),
             )
@@ -227,7 +244,7 @@ class PoolingServing:
         data = [
             PoolingResponseData(
                 index=i,
-                data=_encode_base64(out.outputs.data)
+                data=_encode_base64(out.outputs.data, request.embed_dtype, request.endianness)
                 if request.encoding_format == "base64"
                 else out.outputs.data.tolist(),
             )
