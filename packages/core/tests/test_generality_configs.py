@@ -298,3 +298,12 @@ def test_tokenizer_elsewhere_tilde_and_trailing_slash(
     assert config.served_model_name == "~/weights/"  # as given, like vLLM
     out = llm.generate("Hello world", GREEDY, use_tqdm=False)[0]
     assert out.prompt_token_ids[0] == 0 and len(out.outputs[0].token_ids) == GREEDY.max_tokens
+
+
+def test_quantized_checkpoint_is_refused_at_config_time(tmp_path: Path) -> None:
+    quantization = {"quant_method": "awq", "bits": 4, "group_size": 128}
+    folder = derive_model(
+        "tiny-llama", tmp_path / "m", config=lambda c: c.update(quantization_config=quantization)
+    )
+    with pytest.raises(UnsupportedModelError, match=r"quantized checkpoint.*awq"):
+        EngineArgs(model=str(folder)).create_engine_config()

@@ -143,6 +143,7 @@ class EngineArgs:
         # Fail here, at start-up, for a model we cannot run (not later inside a server's
         # lifespan): the error names every supported architecture.
         resolve_model_class(list(hf_config.get("architectures") or []))
+        _check_not_quantized(hf_config, model_dir)
         device = self.device
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -279,6 +280,24 @@ def _read_hf_config(model_dir: Path) -> dict[str, Any]:
     if not isinstance(config, dict):
         raise UnsupportedModelError(f"{model_dir / 'config.json'} does not hold a JSON object.")
     return config
+
+
+def _check_not_quantized(hf_config: dict[str, Any], model_dir: Path) -> None:
+    """Quantized checkpoints (AWQ, GPTQ, FP8, bitsandbytes...) store packed tensors under
+    other names; loading one would fail tensor by tensor, so refuse it up front."""
+    quantization = hf_config.get("quantization_config") or (hf_config.get("text_config") or {}).get(
+        "quantization_config"
+    )
+    if quantization:
+        method = (
+            quantization.get("quant_method", "unknown")
+            if isinstance(quantization, dict)
+            else quantization
+        )
+        raise UnsupportedModelError(
+            f"{model_dir} is a quantized checkpoint (quantization_config: {method}); mono-llm "
+            "loads unquantized float32/float16/bfloat16 weights only."
+        )
 
 
 def sliding_window_in_use(hf_config: dict[str, Any]) -> int | None:
