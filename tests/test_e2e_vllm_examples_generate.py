@@ -803,3 +803,25 @@ def test_unbuilt_routes_and_media_parts_are_clear_errors(openai_api_base) -> Non
     )
     wrong_method = httpx.get(f"{openai_api_base}/chat/completions")
     assert wrong_method.status_code == 405 and "GET" in wrong_method.json()["error"]["message"]
+
+
+def test_parallel_tool_calls_false_keeps_the_first_call(client) -> None:
+    # vLLM honours parallel_tool_calls=False by returning only the first call.
+    one = r'<tool_call>\n\{"name": "get_current_weather", "arguments": \{"city": "(Dallas|Austin)", "state": "TX", "unit": "fahrenheit"\}\}\n</tool_call>'  # fmt: skip
+    two = {"structured_outputs": {"regex": f"{one}\\n{one}"}}
+    model = client.models.list().data[0].id
+    both = client.chat.completions.create(
+        messages=TOOL_MESSAGES, model=model, tools=WEATHER_TOOLS, extra_body=two
+    )
+    assert len(both.choices[0].message.tool_calls) == 2
+    first = client.chat.completions.create(
+        messages=TOOL_MESSAGES, model=model, tools=WEATHER_TOOLS, extra_body=two,
+        parallel_tool_calls=False,
+    )  # fmt: skip
+    assert len(first.choices[0].message.tool_calls) == 1
+    stream = client.chat.completions.create(
+        messages=TOOL_MESSAGES, model=model, tools=WEATHER_TOOLS, extra_body=two,
+        parallel_tool_calls=False, stream=True,
+    )  # fmt: skip
+    streamed = [c for chunk in stream for c in (chunk.choices[0].delta.tool_calls or [])]
+    assert [c.index for c in streamed] == [0]

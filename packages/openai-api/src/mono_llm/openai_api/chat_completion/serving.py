@@ -237,6 +237,8 @@ class ChatServing:
                         role=ASSISTANT, content=parsed.content, tool_calls=parsed.tool_calls
                     )
                     finish_reason = "tool_calls" if finish_reason == "stop" else finish_reason
+            if request.parallel_tool_calls is False:
+                message.tool_calls = message.tool_calls[:1]
             choices.append(
                 ChatCompletionResponseChoice(
                     index=index,
@@ -362,6 +364,9 @@ class ChatServing:
             return usage_info(prompt_tokens, generated, self._cached(firsts))
 
         def chunk(choice: ChatCompletionResponseStreamChoice) -> str:
+            calls = choice.delta.tool_calls
+            if calls and request.parallel_tool_calls is False:  # vLLM: the first call only
+                choice.delta.tool_calls = [c for c in calls if c.get("index") == 0] or None
             body = ChatCompletionStreamResponse(id=request_id, model=model.name, choices=[choice])
             if continuous:
                 body.usage = usage()
