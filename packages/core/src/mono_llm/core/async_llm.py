@@ -24,7 +24,12 @@ from typing import Any
 
 from mono_llm.core.config import AsyncEngineArgs, EngineArgs, EngineConfig, ModelConfig
 from mono_llm.core.engine_core import EngineCore
-from mono_llm.core.errors import EngineDeadError, EngineOverloadedError, InvalidRequestError
+from mono_llm.core.errors import (
+    EngineDeadError,
+    EngineError,
+    EngineOverloadedError,
+    InvalidRequestError,
+)
 from mono_llm.core.inputs import PromptType
 from mono_llm.core.output_processor import merge_delta_outputs
 from mono_llm.core.outputs import PoolingRequestOutput, RequestOutput, SchedulerStats
@@ -181,6 +186,10 @@ class AsyncLLM:
             raise EngineOverloadedError(f"The engine has {bound} requests waiting; retry later.")
         stream = _Stream(asyncio.get_running_loop(), asyncio.Queue())
         with self._streams_lock:
+            # Checked under the lock the dying loop takes to fail every stream: a request
+            # registered after that would wait forever.
+            if self._error is not None or self._stopping:
+                raise self.dead_error
             if request_id in self._streams:
                 raise InvalidRequestError(
                     f"Request id {request_id!r} is already running.", param="request_id"
@@ -296,6 +305,11 @@ class AsyncLLM:
                 if engine.has_unfinished_requests():
                     for out in engine.step():
                         self._deliver(out.request_id, out)
+                    for request_id, exc in engine.pop_failures().items():
+                        self._deliver(
+                            request_id,
+                            EngineError(f"The request failed inside the engine: {exc!r}"),
+                        )
                 if (
                     not self.engine_config.disable_log_stats
                     and time.monotonic() - last_log > _STATS_LOG_INTERVAL_S
@@ -313,12 +327,17 @@ class AsyncLLM:
                         )
         except BaseException as exc:  # the engine is unusable: fail every stream loudly
             logger.exception("engine loop died")
-            self._error = exc
-            dead = self.dead_error
+            # Requests in flight end with a 500 (the server failed them); new ones get the
+            # dead-engine 503 from `generate`, and /health turns 503.
+            failed = EngineError(
+                f"The engine failed while this request was running ({exc!r}); it serves "
+                "no more requests."
+            )
             with self._streams_lock:
+                self._error = exc
                 streams = list(self._streams.values())
             for stream in streams:
-                stream.put(dead)
+                stream.put(failed)
             return
         # Clean shutdown: unfinished requests end with "abort".
         for out in engine.abort_request(list(engine.requests)):

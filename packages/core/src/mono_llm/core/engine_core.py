@@ -105,6 +105,10 @@ class EngineCore:
         self.num_prompt_tokens = 0
         self.num_generation_tokens = 0
         self.num_steps = 0
+        # Requests that failed inside a step for a reason of their own (a detokenizer or
+        # grammar error): removed from the engine, reported once through `pop_failures`, so
+        # one bad request fails alone instead of taking the step loop down with it.
+        self._failures: dict[str, Exception] = {}
 
     @classmethod
     def from_engine_args(cls, args: EngineArgs) -> EngineCore:
@@ -338,6 +342,22 @@ class EngineCore:
                 outputs.append(out)
         return outputs
 
+    def pop_failures(self) -> dict[str, Exception]:
+        """Requests that failed in the steps since the last call, with their errors."""
+        failures, self._failures = self._failures, {}
+        return failures
+
+    def _fail_request(self, request_id: str, exc: Exception) -> None:
+        """Drop one request whose own processing raised, freeing its blocks."""
+        logger.error("request %s failed inside the engine: %r", request_id, exc, exc_info=exc)
+        request = self.requests.pop(request_id, None)
+        if request is None:
+            return
+        if request.metrics.first_scheduled_time is None:
+            self._num_waiting_requests -= 1
+        self.scheduler.finish(request.sequences, SequenceStatus.FINISHED_ABORTED)
+        self._failures[request_id] = exc
+
     def has_unfinished_requests(self) -> bool:
         return bool(self.requests)
 
@@ -478,30 +498,47 @@ class EngineCore:
         now = time.time()
         self.num_generation_tokens += len(tokens)
         for i, (seq, token) in enumerate(zip(seqs, tokens, strict=True)):
-            params = seq.sampling_params
-            request = self.requests[seq.request_id]
-            seq.append_token(token)
-            changed[seq.seq_id] = seq
-            if request.metrics.first_token_time is None:
-                request.metrics.first_token_time = now
-            request.metrics.last_token_time = now
-            if logprob_lists is not None and (
-                params.logprobs is not None or params.num_candidates > params.n
-            ):
-                logprob, rank, top_ids, top_lps = (lst[i] for lst in logprob_lists)
-                seq.cumulative_logprob += logprob
-                if params.logprobs is not None:
-                    k = _top_n(params.logprobs, self.vocab_size)
-                    seq.logprobs.append(
-                        self._logprob_dict(token, logprob, rank, top_ids[:k], top_lps[:k])
-                    )
-            if seq.grammar is not None:
-                seq.grammar.accept_token(token)
-            status = self._check_stop(seq, token)
-            if status is not None:
-                if seq.detokenizer is not None:
-                    seq.detokenizer.flush()
-                self.scheduler.finish([seq], status)
+            if seq.request_id in self._failures:
+                continue  # a sibling candidate's failure already dropped the request
+            try:
+                self._append_token(seq, token, i, logprob_lists, now, changed)
+            except Exception as exc:  # this request's own failure; the batch goes on
+                self._fail_request(seq.request_id, exc)
+
+    def _append_token(
+        self,
+        seq: Sequence,
+        token: int,
+        i: int,
+        logprob_lists: tuple[list[Any], ...] | None,
+        now: float,
+        changed: dict[str, Sequence],
+    ) -> None:
+        """One sampled token into its sequence: logprobs, grammar, detokenize, stop checks."""
+        params = seq.sampling_params
+        request = self.requests[seq.request_id]
+        seq.append_token(token)
+        changed[seq.seq_id] = seq
+        if request.metrics.first_token_time is None:
+            request.metrics.first_token_time = now
+        request.metrics.last_token_time = now
+        if logprob_lists is not None and (
+            params.logprobs is not None or params.num_candidates > params.n
+        ):
+            logprob, rank, top_ids, top_lps = (lst[i] for lst in logprob_lists)
+            seq.cumulative_logprob += logprob
+            if params.logprobs is not None:
+                k = _top_n(params.logprobs, self.vocab_size)
+                seq.logprobs.append(
+                    self._logprob_dict(token, logprob, rank, top_ids[:k], top_lps[:k])
+                )
+        if seq.grammar is not None:
+            seq.grammar.accept_token(token)
+        status = self._check_stop(seq, token)
+        if status is not None:
+            if seq.detokenizer is not None:
+                seq.detokenizer.flush()
+            self.scheduler.finish([seq], status)
 
     def _check_stop(self, seq: Sequence, token: int) -> SequenceStatus | None:
         params = seq.sampling_params

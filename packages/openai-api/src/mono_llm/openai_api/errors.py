@@ -106,6 +106,9 @@ def from_exception(exc: BaseException) -> OpenAIError:
         )
     if isinstance(exc, EngineDeadError):
         return OpenAIError(str(exc) or "The engine has stopped.", 503)
+    if isinstance(exc, EngineError):
+        # The engine failed this request (and logged why): a 500 with its message only.
+        return OpenAIError(str(exc) or "The engine failed this request.", 500)
     if isinstance(exc, (UnsupportedModelError, NotImplementedError)):
         return OpenAIError(str(exc), 400)
     if isinstance(exc, ValueError):
