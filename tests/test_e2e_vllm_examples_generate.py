@@ -795,6 +795,13 @@ def test_unbuilt_routes_and_media_parts_are_clear_errors(openai_api_base) -> Non
                 max_tokens=2,
             )  # fmt: skip
         assert part["type"] in info.value.message and info.value.body["param"]
+    # examples/online_serving/prompt_embed_inference_with_openai_client.py (not supported)
+    with pytest.raises(openai.BadRequestError) as info:
+        client.completions.create(
+            model=MODEL, prompt=None, max_tokens=5, temperature=0.0,
+            extra_body={"prompt_embeds": "UEsDBAAACAgAAAAAAAAAAAAAAAAAAAAAAAA="},
+        )  # fmt: skip
+    assert info.value.body["param"] == "prompt_embeds" and "not supported" in info.value.message
     no_route = httpx.post(f"{openai_api_base}/no-such-route", json={})
     assert no_route.status_code == 404
     assert (

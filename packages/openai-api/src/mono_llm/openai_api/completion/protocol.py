@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from mono_llm.openai_api.protocol import OpenAIBaseModel, SamplingExtras, UsageInfo
 
@@ -20,6 +20,22 @@ class CompletionRequest(SamplingExtras):
     suffix: str | None = None
     # vLLM extras specific to completions
     add_special_tokens: bool = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_prompt_embeds(cls, data: Any) -> Any:
+        # vLLM's `prompt_embeds` (base64 torch tensors) is not supported: say so by name
+        # rather than "prompt: Field required". An OpenAIError is not a ValueError, so
+        # pydantic lets it through to the error handler as is.
+        if isinstance(data, dict) and data.get("prompt_embeds") is not None:
+            from mono_llm.openai_api.errors import OpenAIError
+
+            raise OpenAIError(
+                "prompt_embeds is not supported by mono-llm; send `prompt` as text or token ids.",
+                400,
+                param="prompt_embeds",
+            )
+        return data
 
     @field_validator("prompt")
     @classmethod
