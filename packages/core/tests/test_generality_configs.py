@@ -307,3 +307,17 @@ def test_quantized_checkpoint_is_refused_at_config_time(tmp_path: Path) -> None:
     )
     with pytest.raises(UnsupportedModelError, match=r"quantized checkpoint.*awq"):
         EngineArgs(model=str(folder)).create_engine_config()
+
+
+def test_architectures_missing_falls_back_to_model_type(
+    tmp_path: Path, base_logits: torch.Tensor
+) -> None:
+    folder = derive_model("tiny-llama", tmp_path / "m", config=lambda c: c.pop("architectures"))
+    torch.testing.assert_close(engine_logits(folder), base_logits, atol=0, rtol=0)
+    unknown = derive_model(
+        "tiny-llama",
+        tmp_path / "u",
+        config=lambda c: (c.pop("architectures"), c.update(model_type="gpt2")),
+    )
+    with pytest.raises(UnsupportedModelError, match=r"none in config\.json"):
+        EngineArgs(model=str(unknown)).create_engine_config()

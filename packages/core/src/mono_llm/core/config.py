@@ -279,7 +279,18 @@ def _read_hf_config(model_dir: Path) -> dict[str, Any]:
         ) from exc
     if not isinstance(config, dict):
         raise UnsupportedModelError(f"{model_dir / 'config.json'} does not hold a JSON object.")
+    if not config.get("architectures") and config.get("model_type") in _CAUSAL_LM_BY_MODEL_TYPE:
+        # Some converters write model_type only; transformers then picks the causal LM.
+        config["architectures"] = [_CAUSAL_LM_BY_MODEL_TYPE[config["model_type"]]]
     return config
+
+
+_CAUSAL_LM_BY_MODEL_TYPE = {
+    "llama": "LlamaForCausalLM",
+    "mistral": "MistralForCausalLM",
+    "qwen2": "Qwen2ForCausalLM",
+    "qwen3": "Qwen3ForCausalLM",
+}
 
 
 def _check_not_quantized(hf_config: dict[str, Any], model_dir: Path) -> None:
