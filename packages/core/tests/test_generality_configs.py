@@ -321,3 +321,15 @@ def test_architectures_missing_falls_back_to_model_type(
     )
     with pytest.raises(UnsupportedModelError, match=r"none in config\.json"):
         EngineArgs(model=str(unknown)).create_engine_config()
+
+
+def test_mistral_native_consolidated_file_beside_hf_weights_is_ignored(
+    tmp_path: Path, base_logits: torch.Tensor
+) -> None:
+    from safetensors.torch import save_file
+
+    folder = derive_model("tiny-llama", tmp_path / "m")
+    save_file(
+        {"layers.0.attention.wq.weight": torch.ones(2, 2)}, folder / "consolidated.safetensors"
+    )
+    torch.testing.assert_close(engine_logits(folder), base_logits, atol=0, rtol=0)

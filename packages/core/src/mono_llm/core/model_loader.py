@@ -64,6 +64,11 @@ def safetensors_files(model_dir: Path) -> list[Path]:
     files = _indexed_files(model_dir, "model.safetensors.index.json")
     if files is None:
         files = sorted(model_dir.glob("*.safetensors"))
+        # Mistral repositories also ship their native-format `consolidated.safetensors`
+        # (other tensor names) beside the HF weights: the HF files are the ones to read.
+        hf_files = [f for f in files if not f.name.startswith("consolidated")]
+        if hf_files:
+            files = hf_files
     return files
 
 
