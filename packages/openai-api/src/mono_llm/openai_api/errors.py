@@ -8,6 +8,7 @@ parameter, which becomes `param` without parsing messages.
 from __future__ import annotations
 
 import logging
+import re
 from http import HTTPStatus
 from typing import Any
 
@@ -118,6 +119,15 @@ def from_exception(exc: BaseException) -> OpenAIError:
     return OpenAIError(f"Internal server error: {type(exc).__name__}: {exc}", 500)
 
 
+# pydantic-core's tags for union members in an error location: type names, possibly
+# parametrised ("list[int]", "dict[str,any]", "function-after[...]"), or a model class name.
+_UNION_TAG = re.compile(
+    r"^(str|int|float|bool|bytes|none|list|dict|tuple|set|literal|union|tagged-union|"
+    r"function-[a-z]+|json-or-python|lax-or-strict|nullable|is-instance|chain)(\[.*\])?$"
+    r"|^[A-Z][A-Za-z0-9]*(\[.*\])?$"
+)
+
+
 def validation_error_to_openai(exc: RequestValidationError) -> OpenAIError:
     """A pydantic validation failure as a 400 naming the field (vLLM answers 400, not 422)."""
     errors = exc.errors()
@@ -135,7 +145,10 @@ def validation_error_to_openai(exc: RequestValidationError) -> OpenAIError:
     for error in errors:
         loc = [str(p) for p in error.get("loc", ()) if p != "body"]
         name = ".".join(loc) or "body"
-        first_param = first_param or name
+        # `param` names the request's field: drop the union-member tags pydantic puts in the
+        # location ("prompt.list[int].0" -> "prompt.0", "stop.str" -> "stop").
+        field_loc = [p for p in loc if not _UNION_TAG.match(p)]
+        first_param = first_param or ".".join(field_loc) or "body"
         parts.append(f"{name}: {error.get('msg', 'invalid value')}")
     count = len(errors)
     message = f"{count} validation error{'s' if count != 1 else ''} in the request: " + "; ".join(
