@@ -832,3 +832,67 @@ def test_parallel_tool_calls_false_keeps_the_first_call(client) -> None:
     )  # fmt: skip
     streamed = [c for chunk in stream for c in (chunk.choices[0].delta.tool_calls or [])]
     assert [c.index for c in streamed] == [0]
+
+
+def test_structured_outputs_docs_page(openai_api_base, close_the_json) -> None:
+    # docs/features/structured_outputs.md, "Online Serving (OpenAI API)".
+    client = OpenAI(base_url=openai_api_base, api_key="-")
+    model = client.models.list().data[0].id
+
+    completion = client.chat.completions.create(
+        model=model,
+        messages=[{"role": "user", "content": "Classify this sentiment: vLLM is wonderful!"}],
+        extra_body={"structured_outputs": {"choices": ["positive", "negative"]}},  # sic
+    )
+    print(completion.choices[0].message.content)
+    assert completion.choices[0].message.content in ("positive", "negative")
+
+    completion = client.chat.completions.create(
+        model=model,
+        messages=[{"role": "user", "content": "Generate an example email address for Alan Turing, who works in Enigma. End in .com and new line. Example result: alan.turing@enigma.com\n"}],
+        extra_body={"structured_outputs": {"regex": r"\w+@\w+\.com\n"}, "stop": ["\n"]},
+        max_tokens=64,  # added: \w+ lets a random model write for ever
+    )  # fmt: skip
+    content = completion.choices[0].message.content
+    assert re.fullmatch(r"\w+@\w+\.com", content) or completion.choices[0].finish_reason == "length"
+
+    completion = client.chat.completions.create(
+        model=model,
+        messages=[{"role": "user", "content": "Generate an SQL query to show the 'username' and 'email' from the 'users' table."}],
+        extra_body={"structured_outputs": {"grammar": SQL_GRAMMAR}},
+    )  # fmt: skip
+    assert re.fullmatch(r"SELECT col_[12]  from table_[12]  where col_[12] = [12] ",
+                        completion.choices[0].message.content)  # fmt: skip
+    # vLLM's backend options are accepted (and left to xgrammar's defaults here).
+    options = client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "Yes or no?"}],
+        extra_body={"structured_outputs": {"choice": ["yes", "no"], "disable_any_whitespace": True,
+                                           "disable_fallback": True}},
+    )  # fmt: skip
+    assert options.choices[0].message.content in ("yes", "no")
+
+
+def test_openai_parse_helper_with_a_pydantic_model(openai_api_base, close_the_json) -> None:
+    # docs/features/structured_outputs.md, "Experimental Automatic Parsing (OpenAI API)".
+    class Info(pydantic.BaseModel):
+        name: str
+        age: int
+
+    client = OpenAI(base_url=openai_api_base, api_key="dummy")
+    model = client.models.list().data[0].id
+    completion = client.beta.chat.completions.parse(
+        model=model,
+        messages=[
+            {"role": "system", "content": "You are a helpful assistant."},
+            {"role": "user", "content": "My name is Cameron, I'm 28. What's my name and age?"},
+        ],
+        response_format=Info,
+        **close_the_json,  # added: so the random-weight model closes its JSON
+    )
+
+    message = completion.choices[0].message
+    print(message)
+    assert message.parsed
+    print("Name:", message.parsed.name)
+    print("Age:", message.parsed.age)
+    assert isinstance(message.parsed, Info) and message.tool_calls is None

@@ -29,11 +29,29 @@ _OPENAI_DEFAULTS = {
 }
 
 
+# vLLM's StructuredOutputsParams options that tune its backends; accepted and ignored here
+# (xgrammar's defaults apply), so requests written for vLLM keep working.
+_BACKEND_OPTIONS = frozenset(
+    {
+        "disable_fallback",
+        "disable_any_whitespace",
+        "disable_additional_properties",
+        "whitespace_pattern",
+        "backend",
+    }
+)
+
+
 def structured_outputs_of(request: SamplingExtras) -> StructuredOutputsParams | None:
     """response_format, structured_outputs or the legacy guided_* fields, as one params object."""
     kinds: dict[str, Any] = {}
     if request.structured_outputs:
-        kinds.update(request.structured_outputs)
+        kinds.update(
+            (k, v) for k, v in request.structured_outputs.items() if k not in _BACKEND_OPTIONS
+        )
+        # vLLM's structured-outputs docs spell the choice list `choices` in their example.
+        if "choices" in kinds and "choice" not in kinds:
+            kinds["choice"] = kinds.pop("choices")
     if request.guided_json is not None:
         kinds["json"] = request.guided_json
     if request.guided_regex is not None:
