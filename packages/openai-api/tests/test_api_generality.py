@@ -139,3 +139,13 @@ def test_unsupported_architecture_is_a_one_line_cli_error(tmp_path: Path, capsys
     assert len(lines) == 1 and "Traceback" not in err
     assert "GPT2LMHeadModel" in lines[0] and "LlamaForCausalLM" in lines[0]
     assert json.loads((folder / "config.json").read_text())["architectures"] == ["GPT2LMHeadModel"]
+
+
+def test_missing_tokenizer_is_a_one_line_cli_error(tmp_path: Path, capsys) -> None:
+    tokenizer_files = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+    folder = derive_model("tiny-llama", tmp_path / "m", remove=tokenizer_files)
+    assert main(["serve", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert "has no tokenizer files" in err and "--tokenizer" in err and "Traceback" not in err
+    assert main(["serve", str(folder), "--tokenizer", str(tmp_path / "nope")]) == 2
+    assert "does not exist" in capsys.readouterr().err

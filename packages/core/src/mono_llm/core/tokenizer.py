@@ -7,7 +7,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mono_llm.core.errors import UnsupportedModelError
+from mono_llm.core.errors import InvalidRequestError, UnsupportedModelError
 
 if TYPE_CHECKING:
     from mono_llm.core.config import ModelConfig
@@ -43,6 +43,39 @@ def load_tokenizer(model_config: ModelConfig | str) -> Any:
             tokenizer.chat_template = template
     _fill_special_tokens(tokenizer, hf_config)
     return tokenizer
+
+
+# Files any tokenizer transformers can load is made of (fast, sentencepiece, BPE, WordPiece).
+_TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "vocab.json",
+    "vocab.txt",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+)
+
+
+def check_tokenizer_folder(model_config: ModelConfig) -> None:
+    """Raise a one-line error when there is no tokenizer to load, so `mono-llm serve` fails
+    before the server starts (a model runner alone needs no tokenizer, so this is not part
+    of reading the config)."""
+    folder = Path(model_config.tokenizer)
+    if not folder.is_dir():
+        raise InvalidRequestError(
+            f"tokenizer folder {str(folder)!r} does not exist.", param="tokenizer"
+        )
+    if any((folder / name).is_file() for name in _TOKENIZER_FILES) or any(
+        folder.glob("*.tiktoken")
+    ):
+        return
+    hint = "" if folder != Path(model_config.model) else " Name one with --tokenizer."
+    raise InvalidRequestError(
+        f"{folder} has no tokenizer files (tokenizer.json, tokenizer_config.json, "
+        f"tokenizer.model, vocab.json, ...).{hint}",
+        param="tokenizer",
+    )
 
 
 def _check_sentencepiece(folder: Path) -> None:

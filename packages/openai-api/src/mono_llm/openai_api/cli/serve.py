@@ -126,6 +126,7 @@ def engine_args_list(args: argparse.Namespace) -> tuple[list[Any], list[list[str
 def run_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from mono_llm.core.tokenizer import check_tokenizer_folder
     from mono_llm.openai_api.app import build_app
     from mono_llm.openai_api.server_state import ServerArgs
 
@@ -136,7 +137,7 @@ def run_serve(args: argparse.Namespace) -> int:
     try:
         engines, aliases = engine_args_list(args)
         for engine_args in engines:  # reads config.json: a wrong folder fails here, clearly
-            engine_args.create_engine_config()
+            check_tokenizer_folder(engine_args.create_engine_config().model_config)
         server_args = ServerArgs(**{name: getattr(args, name) for name in args.server_fields})
         app = build_app(engines, server_args, served_model_aliases=aliases)
     except (ValueError, OSError) as exc:  # bad flags or paths: a message, not a traceback
