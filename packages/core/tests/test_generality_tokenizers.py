@@ -240,3 +240,32 @@ def test_generation_config_sampling_defaults(tmp_path: Path) -> None:
     assert {4, 9} <= eos_token_ids(llm.llm_engine.model_config, llm.get_tokenizer())
     out = llm.generate("Hello", use_tqdm=False)[0].outputs[0]
     assert 1 <= len(out.token_ids) <= 5
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        'Hello <tool_call>\n{"a": 1}</tool_call> done',
+        "x<|my_special|> y <tool_call>z",
+        "Grüße <tool_call>日本語</tool_call>",
+    ],
+)
+@pytest.mark.parametrize("skip", [True, False])
+def test_streamed_text_with_added_tokens_equals_decode(
+    tmp_path: Path, text: str, skip: bool
+) -> None:
+    """A Hermes/Qwen `<tool_call>` marker is an added, non-special token: streaming must not
+    pad it with spaces (tool parsers and clients see exactly what `decode` gives)."""
+    from mono_llm.core.detokenizer import IncrementalDetokenizer
+
+    tokenizer = load_tokenizer(str(fixture_path("tiny-llama")))
+    tokenizer.add_tokens(["<tool_call>", "</tool_call>"])
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|my_special|>"]})
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    detok = IncrementalDetokenizer(
+        tokenizer, tokenizer.encode("Say:"), SamplingParams(skip_special_tokens=skip)
+    )
+    for token_id in ids:
+        detok.update([token_id])
+    detok.flush()
+    assert detok.output_text == tokenizer.decode(ids, skip_special_tokens=skip)
