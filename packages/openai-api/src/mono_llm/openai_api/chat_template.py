@@ -107,7 +107,8 @@ def detect_content_format(template: str) -> ContentFormat:
 def _text_of_parts(parts: list[dict[str, Any]], param: str) -> list[str]:
     texts = []
     for part in parts:
-        kind = part.get("type")
+        # vLLM infers a missing type from the part's keys ({"image_url": {...}}).
+        kind = part.get("type") or next((k for k in part if k != "type"), None)
         if kind in ("text", "input_text", "output_text"):
             texts.append(str(part.get("text", "")))
         elif kind == "refusal":
