@@ -109,14 +109,24 @@ def from_exception(exc: BaseException) -> OpenAIError:
         return OpenAIError(str(exc) or "The engine has stopped.", 503)
     if isinstance(exc, EngineError):
         # The engine failed this request (and logged why): a 500 with its message only.
-        return OpenAIError(str(exc) or "The engine failed this request.", 500)
+        return OpenAIError(_scrub(str(exc)) or "The engine failed this request.", 500)
     if isinstance(exc, (UnsupportedModelError, NotImplementedError)):
         return OpenAIError(str(exc), 400)
     if isinstance(exc, ValueError):
         # Validation errors raised by tokenizers and pydantic on user input (vLLM: 400 too).
         return OpenAIError(str(exc), 400)
     logger.exception("internal error while serving a request", exc_info=exc)
-    return OpenAIError(f"Internal server error: {type(exc).__name__}: {exc}", 500)
+    return OpenAIError(f"Internal server error: {type(exc).__name__}: {_scrub(str(exc))}", 500)
+
+
+# Source file paths (".../site-packages/x/y.py", "model.py:12") in a server error's message
+# say how the server is laid out; the client gets the message without them (the log keeps
+# everything).
+_SOURCE_PATH = re.compile(r"(?:[\w.~-]*[/\\])*[\w.-]+\.py[cd]?\b(?::\d+)?")
+
+
+def _scrub(message: str) -> str:
+    return _SOURCE_PATH.sub("<source>", message)
 
 
 # pydantic-core's tags for union members in an error location: type names, possibly

@@ -79,7 +79,9 @@ def _lone_surrogate_path(value: Any, path: list[str]) -> list[str] | None:
     else:
         return None
     for key, item in items:
-        key_path = [*path, str(key)]
+        # A key may hold the surrogate itself: escape it, or the error body could not be
+        # written as UTF-8 either.
+        key_path = [*path, str(key).encode("utf-8", "backslashreplace").decode("utf-8")]
         if isinstance(key, str) and _lone_surrogate_path(key, key_path) is not None:
             return key_path
         found = _lone_surrogate_path(item, key_path)
