@@ -333,3 +333,32 @@ def test_mistral_native_consolidated_file_beside_hf_weights_is_ignored(
         {"layers.0.attention.wq.weight": torch.ones(2, 2)}, folder / "consolidated.safetensors"
     )
     torch.testing.assert_close(engine_logits(folder), base_logits, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "scaling",
+    [{"rope_type": "longrope", "factor": 4.0}, {"type": "linear"}],
+    ids=["unknown-type", "linear-without-factor"],
+)
+def test_unsupported_rope_scaling_fails_at_config_time(
+    tmp_path: Path, scaling: dict[str, Any]
+) -> None:
+    def config(c: dict[str, Any]) -> None:
+        c.pop("rope_parameters", None)
+        c.update(rope_theta=10000.0, rope_scaling=scaling)
+
+    folder = derive_model("tiny-llama", tmp_path / "m", config=config)
+    with pytest.raises(UnsupportedModelError, match="rope_scaling"):
+        EngineArgs(model=str(folder)).create_engine_config()
+
+
+def test_yarn_without_original_length_scales_from_the_declared_context(tmp_path: Path) -> None:
+    def config(c: dict[str, Any]) -> None:
+        c.pop("rope_parameters", None)
+        c.update(rope_theta=10000.0, rope_scaling={"type": "yarn", "factor": 4.0})
+
+    folder = derive_model("tiny-llama", tmp_path / "m", config=config)
+    prompt = PROMPT * 4
+    torch.testing.assert_close(
+        engine_logits(folder, prompt), hf_logits(folder, prompt), atol=2e-4, rtol=1e-4
+    )

@@ -144,6 +144,7 @@ class EngineArgs:
         # lifespan): the error names every supported architecture.
         resolve_model_class(list(hf_config.get("architectures") or []))
         _check_not_quantized(hf_config, model_dir)
+        _check_rope_scaling(hf_config)
         device = self.device
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -291,6 +292,23 @@ _CAUSAL_LM_BY_MODEL_TYPE = {
     "qwen2": "Qwen2ForCausalLM",
     "qwen3": "Qwen3ForCausalLM",
 }
+
+
+def _check_rope_scaling(hf_config: dict[str, Any]) -> None:
+    """An unknown or incomplete rope_scaling fails here (one line at start-up), not when
+    the model's rope table is built inside a server's lifespan."""
+    from mono_llm.core.layers.rotary import rope_settings
+
+    config = hf_config.get("text_config") or hf_config
+    theta, scaling = rope_settings(config)
+    if scaling is None:
+        return
+    from mono_llm.kernels import rope_cos_sin_cache
+
+    try:
+        rope_cos_sin_cache(8, 2, theta, scaling)  # a 2-position table: validation only
+    except (ValueError, KeyError, TypeError) as exc:
+        raise UnsupportedModelError(f"rope_scaling {scaling} is not supported: {exc}") from exc
 
 
 def _check_not_quantized(hf_config: dict[str, Any], model_dir: Path) -> None:

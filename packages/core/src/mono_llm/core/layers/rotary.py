@@ -31,6 +31,11 @@ def rope_settings(config: dict[str, Any]) -> tuple[float, dict[str, Any] | None]
         return theta, None
     scaling["rope_type"] = kind
     scaling.pop("type", None)
+    if kind == "yarn" and not scaling.get("original_max_position_embeddings"):
+        # As transformers: without it, yarn scales from the declared context length.
+        trained = config.get("max_position_embeddings")
+        if isinstance(trained, int):
+            scaling["original_max_position_embeddings"] = trained
     return theta, scaling
 
 
