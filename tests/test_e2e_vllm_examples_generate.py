@@ -899,3 +899,18 @@ def test_openai_parse_helper_with_a_pydantic_model(openai_api_base, close_the_js
     print("Name:", message.parsed.name)
     print("Age:", message.parsed.age)
     assert isinstance(message.parsed, Info) and message.tool_calls is None
+
+
+def test_reasoning_effort_reaches_the_chat_template(client) -> None:
+    # vLLM hands reasoning_effort to the template, with enable_thinking false for "none"
+    # (tiny-qwen2's Qwen3-style template then writes an empty <think></think> block).
+    messages = [{"role": "user", "content": "Hello!"}]
+    plain = client.chat.completions.create(model="tiny-qwen2", messages=messages, max_tokens=1)
+    no_thinking = client.chat.completions.create(
+        model="tiny-qwen2", messages=messages, max_tokens=1, reasoning_effort="none"
+    )
+    low = client.chat.completions.create(
+        model="tiny-qwen2", messages=messages, max_tokens=1, reasoning_effort="low"
+    )
+    assert no_thinking.usage.prompt_tokens > plain.usage.prompt_tokens
+    assert low.usage.prompt_tokens == plain.usage.prompt_tokens

@@ -34,6 +34,9 @@ class ChatCompletionRequest(SamplingExtras):
     # None: OpenAI's default, "auto" when tools are given.
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = True
+    # OpenAI's reasoning knob; as vLLM, handed to the chat template (with enable_thinking
+    # false for "none" unless chat_template_kwargs sets it).
+    reasoning_effort: str | None = None
     # vLLM extras specific to chat
     echo: bool = False
     add_generation_prompt: bool = True

@@ -57,6 +57,10 @@ def _tool_finish_reason(forced: ForcedToolChoice, reason: str | None) -> str | N
 def render_chat_prompt(model: ServedModel, request: ChatCompletionRequest) -> str:
     """The prompt text the chat template makes of the request's messages."""
     messages = [m.model_dump(exclude_none=True) for m in request.messages]
+    template_kwargs = dict(request.chat_template_kwargs or {})
+    if request.reasoning_effort is not None:
+        template_kwargs.setdefault("reasoning_effort", request.reasoning_effort)
+        template_kwargs.setdefault("enable_thinking", request.reasoning_effort != "none")
     # Tools reach the template so models that describe tools in the prompt see them; with
     # tool_choice "none" OpenAI still lets the model know them, and so do we.
     return model.chat_template.render(
@@ -66,7 +70,7 @@ def render_chat_prompt(model: ServedModel, request: ChatCompletionRequest) -> st
         continue_final_message=request.continue_final_message,
         tools=request.tools,
         documents=request.documents,
-        chat_template_kwargs=request.chat_template_kwargs,
+        chat_template_kwargs=template_kwargs or None,
         request_template=request.chat_template,
     )
 
