@@ -48,8 +48,9 @@ leaves = st.one_of(
 )
 json_values = st.recursive(
     leaves,
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner,
-                                                                 max_size=4),  # fmt: skip
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4)
+    ),
     max_leaves=10,
 )
 
@@ -115,9 +116,21 @@ def test_fuzzed_chat_completions(client, overrides) -> None:
 @FUZZ
 @given(
     path=st.sampled_from(["/v1/embeddings", "/pooling", "/tokenize", "/detokenize"]),
-    overrides=_overrides(["input", "prompt", "messages", "tokens", "encoding_format",
-                          "dimensions", "truncate_prompt_tokens", "add_special_tokens",
-                          "normalize", "use_activation", "return_token_strs"]),  # fmt: skip
+    overrides=_overrides(
+        [
+            "input",
+            "prompt",
+            "messages",
+            "tokens",
+            "encoding_format",
+            "dimensions",
+            "truncate_prompt_tokens",
+            "add_special_tokens",
+            "normalize",
+            "use_activation",
+            "return_token_strs",
+        ]
+    ),
 )
 def test_fuzzed_pooling_and_tokenizer(client, path, overrides) -> None:
     base: dict[str, Any] = {"/v1/embeddings": {"model": EMB, "input": "hello"},
