@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -42,6 +43,8 @@ def test_mistral() -> None:
     parser = get_tool_parser("mistral")
     reply = parser.parse('[TOOL_CALLS] [{"name": "a", "arguments": {"z": "q"}}]')
     assert _calls(reply) == [("a", {"z": "q"})]
+    # 9 alphanumerics: what Mistral's chat templates accept back in the next turn.
+    assert re.fullmatch("[A-Za-z0-9]{9}", reply.tool_calls[0]["id"])
     with pytest.raises(ValueError):
         get_tool_parser("nonexistent")
 

@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
+import string
 from dataclasses import dataclass, field
 from typing import Any
 
 from mono_llm.openai_api.chat_completion.tool_choice import new_tool_call_id
 
 _DECODER = json.JSONDecoder()
+_ALNUM = string.ascii_letters + string.digits
 
 
 @dataclass(slots=True)
@@ -150,6 +153,9 @@ class MistralToolParser(ToolParser):
             )
             if call is None:
                 return []
+            # Mistral's chat templates refuse tool-call ids that are not 9 alphanumerics
+            # when the call comes back in the next turn (vLLM makes such ids too).
+            call["id"] = "".join(secrets.choice(_ALNUM) for _ in range(9))
             calls.append(call)
         return calls
 
