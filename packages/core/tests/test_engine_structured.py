@@ -12,8 +12,6 @@ import pytest
 from mono_llm.core import LLM, InvalidRequestError, SamplingParams, StructuredOutputsParams
 from mono_llm.core.testing import fixture_path
 
-pytest.importorskip("xgrammar")
-
 
 @functools.cache
 def _llm() -> LLM:
