@@ -120,3 +120,15 @@ def test_template_errors_become_400(tokenizer) -> None:
     with pytest.raises(OpenAIError) as info:
         template.render(tokenizer, [{"role": "user", "content": "x"}])
     assert info.value.status == 400 and "no system role" in info.value.message
+
+
+def test_explicit_content_format_wins_over_detection(tokenizer) -> None:
+    """--chat-template-content-format openai keeps list content even for a string-style
+    request template (detection would have flattened it to a string)."""
+    chat = ChatTemplate.for_tokenizer(tokenizer, None, "openai")
+    string_style = "{% for m in messages %}{{ m['content'] }}|{% endfor %}"
+    messages = [{"role": "user", "content": "hi"}]
+    rendered = chat.render(tokenizer, messages, request_template=string_style)
+    assert "'type': 'text'" in rendered
+    detected = ChatTemplate.for_tokenizer(tokenizer, None, "auto")
+    assert detected.render(tokenizer, messages, request_template=string_style) == "hi|"

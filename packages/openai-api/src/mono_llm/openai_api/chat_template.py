@@ -106,11 +106,17 @@ def detect_content_format(template: str) -> ContentFormat:
 
 def _text_of_parts(parts: list[dict[str, Any]], param: str) -> list[str]:
     texts = []
-    for part in parts:
+    for j, part in enumerate(parts):
         # vLLM infers a missing type from the part's keys ({"image_url": {...}}).
         kind = part.get("type") or next((k for k in part if k != "type"), None)
         if kind in ("text", "input_text", "output_text"):
-            texts.append(str(part.get("text", "")))
+            if not isinstance(part.get("text"), str):
+                raise OpenAIError(
+                    f"A {kind!r} content part needs a 'text' string.",
+                    400,
+                    param=f"{param}.{j}.text",
+                )
+            texts.append(part["text"])
         elif kind == "refusal":
             texts.append(str(part.get("refusal", "")))
         else:
@@ -160,6 +166,8 @@ class ChatTemplate:
     template: str | None  # the --chat-template override, or None for the tokenizer's own
     content_format: ContentFormat
     tokenizer_has_template: bool
+    # --chat-template-content-format given as string/openai: it wins over detection everywhere.
+    format_is_explicit: bool = False
 
     @classmethod
     def for_tokenizer(
@@ -178,7 +186,12 @@ class ChatTemplate:
                 f"chat template content format must be auto, string or openai; got "
                 f"{content_format!r}."
             )
-        return cls(template=override, content_format=resolved, tokenizer_has_template=bool(own))
+        return cls(
+            template=override,
+            content_format=resolved,
+            tokenizer_has_template=bool(own),
+            format_is_explicit=content_format != "auto",
+        )
 
     def render(
         self,
@@ -207,7 +220,9 @@ class ChatTemplate:
             )
         template = request_template or self.template
         content_format = (
-            detect_content_format(request_template) if request_template else self.content_format
+            detect_content_format(request_template)
+            if request_template and not self.format_is_explicit
+            else self.content_format
         )
         named = getattr(tokenizer, "chat_template", None)
         if template is None and isinstance(named, dict):
@@ -221,7 +236,8 @@ class ChatTemplate:
                     400,
                     param="chat_template",
                 )
-            content_format = detect_content_format(template)
+            if not self.format_is_explicit:
+                content_format = detect_content_format(template)
         if template is None and not self.tokenizer_has_template:
             raise OpenAIError(
                 "This model's tokenizer defines no chat template: start the server with "
