@@ -231,6 +231,7 @@ def test_openai_completion_client(openai_api_base) -> None:
             assert finished == {0, 1}  # n=2 streamed: each choice ends with its reason
             for c in chunks:
                 lp = c.choices[0].logprobs
+                assert lp is not None, c  # asked for: present on every chunk
                 assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs)
         else:
             assert [c.index for c in completion.choices] == [0, 1]
