@@ -151,7 +151,10 @@ def test_context_window_edges_as_vllm_words_them(http) -> None:
     assert f"{WINDOW} input tokens" in error["message"]
     too_many = post(http, "/v1/completions", {**COMPLETION, "prompt": [1] * 60, "max_tokens": 10})
     error = assert_error(too_many, 400, "max_tokens")
-    assert "10 > 64 - 60" in error["message"]
+    assert error["message"] == (
+        "'max_tokens' or 'max_completion_tokens' is too large: 10. This model's maximum "
+        "context length is 64 tokens and your request has 60 input tokens (10 > 64 - 60)."
+    )  # vLLM's words
     # Truncation to the window keeps the last WINDOW tokens: then the prompt fills it.
     truncated = post(http, "/v1/completions", {**COMPLETION, "prompt": [1] * 200,
                                                "truncate_prompt_tokens": 8})  # fmt: skip
@@ -162,6 +165,8 @@ CHAT = {"model": GEN, "messages": [{"role": "user", "content": "hi"}], "max_toke
 BAD_CHAT = [
     ("messages", [], "messages"), ("messages", "hi", "messages"), ("messages", [{}], None),
     ("messages", [5], "messages.0"), ("messages", [{"role": "user", "content": 5}], None),
+    ("messages", [{"role": "user", "content": [{"type": "text"}]}], "messages.0.content.0.text"),
+    ("messages", [{"role": "user", "content": [{"type": "text", "text": 5}]}], None),
     ("messages", [{"role": "user", "content": [{"type": "weird"}]}], "messages.0.content"),
     ("messages", [{"role": "user", "content": [{"type": "image_url", "image_url": {
         "url": "data:image/png;base64,AAAA"}}]}], "messages.0.content"),

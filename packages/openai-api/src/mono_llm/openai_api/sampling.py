@@ -180,7 +180,9 @@ def resolve_max_tokens(
         return min(default, room) if default else room
     if requested > room:
         raise OpenAIError(
-            f"'{param}' is too large: {requested}. This model's maximum context length is "
+            # vLLM's wording, word for word: clients and tests match on it.
+            f"'max_tokens' or 'max_completion_tokens' is too large: {requested}. "
+            "This model's maximum context length is "
             f"{max_model_len} tokens and your request has {prompt_len} input tokens "
             f"({requested} > {max_model_len} - {prompt_len}).",
             400,
