@@ -271,3 +271,18 @@ def test_cohere_rerank_client_v1_and_v2(pooling) -> None:
     assert all(isinstance(r["relevance_score"], float) for r in v2["results"])
     assert v2["meta"]["api_version"]["version"] == "2"
     assert v2["meta"]["billed_units"]["search_units"] == 1
+
+
+def test_generation_routes_on_a_pooling_model_name_the_tasks(openai_api_base) -> None:
+    import openai
+
+    client = OpenAI(api_key="EMPTY", base_url=openai_api_base)
+    for call in (
+        lambda: client.chat.completions.create(
+            model=EMBEDDER, messages=[{"role": "user", "content": "Hello!"}]
+        ),
+        lambda: client.completions.create(model=EMBEDDER, prompt="Hello"),
+    ):
+        with pytest.raises(openai.BadRequestError) as info:
+            call()
+        assert "does not support the 'generate' task; it supports: embed" in info.value.message

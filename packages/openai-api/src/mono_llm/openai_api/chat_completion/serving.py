@@ -39,6 +39,7 @@ from mono_llm.openai_api.errors import OpenAIError, from_exception
 from mono_llm.openai_api.logprobs import TokenText, chat_logprobs, prompt_logprobs_json
 from mono_llm.openai_api.metrics import ServerMetrics
 from mono_llm.openai_api.model_registry import ModelRegistry, ServedModel
+from mono_llm.openai_api.pooling.serving import model_tasks
 from mono_llm.openai_api.protocol import UsageInfo, usage_info
 from mono_llm.openai_api.sampling import build_sampling_params, resolve_max_tokens
 from mono_llm.openai_api.streaming import SSE_DONE, sse_event
@@ -141,6 +142,9 @@ class ChatServing:
                 400,
                 param="top_logprobs",
             )
+        tasks = model_tasks(model)
+        if tasks is not None:  # a pooling model: say so before its (missing) chat template
+            tasks.check("generate", model=model.name)
         request_id = f"chatcmpl-{base_request_id(raw_request, request.request_id)}"
         forced = forced_tool_choice(request)
         self._check_auto_tool_choice(request, forced)
