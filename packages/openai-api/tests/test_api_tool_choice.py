@@ -57,7 +57,7 @@ def test_required_is_a_list_of_calls_to_any_tool() -> None:
 def test_invalid_tool_choices_are_400s() -> None:
     with pytest.raises(OpenAIError) as info:
         forced_tool_choice(_request(tool_choice="required"))
-    assert info.value.param == "tool_choice"  # as vLLM
+    assert info.value.param == "tools"
     with pytest.raises(OpenAIError) as info:
         forced_tool_choice(
             _request(tools=TOOLS, tool_choice={"type": "function", "function": {"name": "zzz"}})

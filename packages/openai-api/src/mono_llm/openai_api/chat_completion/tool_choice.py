@@ -88,9 +88,7 @@ def forced_tool_choice(request: ChatCompletionRequest) -> ForcedToolChoice | Non
             _functions(request)  # validate the tools' shape either way
         return None
     if not request.tools:
-        raise OpenAIError(
-            "When using `tool_choice`, `tools` must be set.", 400, param="tool_choice"
-        )
+        raise OpenAIError("When using `tool_choice`, `tools` must be set.", 400, param="tools")
     functions = _functions(request)
     if choice == "required":
         return ForcedToolChoice(
