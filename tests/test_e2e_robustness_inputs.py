@@ -176,7 +176,7 @@ BAD_CHAT = [
     ("max_completion_tokens", 10**6, "max_completion_tokens"), ("top_logprobs", 3, None),
     ("tools", "x", "tools"), ("tools", [{}], None), ("tools", [{"type": "function"}], None),
     ("tools", [{"type": "function", "function": {}}], None), ("tool_choice", 5, None),
-    ("tool_choice", "required", "tools"), ("chat_template_kwargs", "x", "chat_template_kwargs"),
+    ("tool_choice", "required", None), ("chat_template_kwargs", "x", "chat_template_kwargs"),
     ("chat_template", "{{ raise_exception('boom from the template') }}", "chat_template"),
     ("chat_template", "{% for %}", "chat_template"), ("chat_template", "{{ 1 / 0 }}", None),
     ("chat_template", "{{ nothing.there.at_all }}", None), ("n", 10**6, "n"),
@@ -191,6 +191,13 @@ def test_bad_chat_requests_are_400s(http, field, value, param) -> None:
         error = assert_error(post(http, "/v1/chat/completions", body), 400)
         if param is not None:
             assert error["param"] == param, error
+
+
+def test_streaming_with_best_of_above_n_is_refused(http) -> None:
+    for path, body in (("/v1/completions", COMPLETION), ("/v1/chat/completions", CHAT)):
+        streamed = post(http, path, {**body, "best_of": 3, "n": 1, "stream": True})
+        assert_error(streamed, 400, "best_of")
+        assert post(http, path, {**body, "best_of": 3, "n": 1}).status_code == 200
 
 
 def test_a_raising_chat_template_reports_its_own_message(http) -> None:

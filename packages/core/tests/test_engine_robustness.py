@@ -6,7 +6,9 @@ validation that keeps hostile values (NaN, huge n, out-of-range seeds) out of th
 from __future__ import annotations
 
 import asyncio
+import json
 import math
+import time
 
 import pytest
 
@@ -119,6 +121,50 @@ def test_one_request_failing_in_its_detokenizer_does_not_kill_the_others() -> No
         assert not core.has_unfinished_requests()
         assert core.kv_cache.usage == 0 or core.config.cache_config.enable_prefix_caching
         assert asyncio.run(asyncio.wait_for(_collect(engine, "after"), TIMEOUT_S)) == "length"
+    finally:
+        engine.shutdown()
+
+
+def test_a_slow_grammar_compile_does_not_stall_other_requests() -> None:
+    """Grammars compile in a worker thread before the request reaches the step loop (a deep
+    JSON schema takes seconds in xgrammar), so other streams keep going meanwhile."""
+    from mono_llm.core.sampling_params import StructuredOutputsParams
+
+    engine = _engine()
+    core = engine.engine
+    real_factory = core.grammar_factory
+    compiled: set[str] = set()
+
+    def slow_factory(params, tokenizer, vocab_size):
+        key = json.dumps(params.json, sort_keys=True)
+        if key not in compiled:  # the first compile is slow, later ones hit the cache
+            time.sleep(1.5)
+            compiled.add(key)
+        return real_factory(params, tokenizer, vocab_size)
+
+    core.grammar_factory = slow_factory
+
+    async def main() -> tuple[float, float]:
+        start = time.monotonic()
+        schema = StructuredOutputsParams(json={"type": "object"})
+        params = SamplingParams(max_tokens=4, structured_outputs=schema)
+
+        async def constrained() -> float:
+            async for _ in engine.generate({"prompt_token_ids": [0, 5]}, params, "schema"):
+                pass
+            return time.monotonic() - start
+
+        async def plain() -> float:
+            await asyncio.sleep(0.1)  # the constrained request is compiling by now
+            await _collect(engine, "plain", max_tokens=8)
+            return time.monotonic() - start
+
+        return await asyncio.wait_for(asyncio.gather(constrained(), plain()), TIMEOUT_S)
+
+    try:
+        constrained_s, plain_s = asyncio.run(main())
+        assert constrained_s >= 1.5
+        assert plain_s < 1.2, "the plain request waited for another request's grammar"
     finally:
         engine.shutdown()
 

@@ -147,6 +147,15 @@ class AsyncLLM:
         else:
             text, token_ids = engine.process_prompt(prompt, sampling_params)
         engine.validate_sampling_params(sampling_params)
+        structured = sampling_params.structured_outputs
+        if structured is not None and not structured.is_empty and engine.grammar_factory:
+            # Compiling a grammar can take seconds (a 300-deep JSON schema: ~5 s) and xgrammar
+            # releases the GIL meanwhile: compile here, off the step loop, so the loop's own
+            # compile is a cache hit and every other request keeps streaming. An invalid
+            # schema fails here, before a stream starts.
+            await asyncio.to_thread(
+                engine.grammar_factory, structured, engine.tokenizer, engine.vocab_size
+            )
         # aclosing: a consumer that stops early must abort the request now, not at GC time.
         submitted = self._submit(request_id, sampling_params, text, token_ids, priority)
         async with contextlib.aclosing(submitted) as outputs:

@@ -149,6 +149,11 @@ class SamplingExtras(OpenAIBaseModel):
                 400,
                 param="stream_options",
             )
+        if self.stream and self.best_of is not None and self.best_of != self.n:
+            # The best n of best_of candidates are known only at the end: nothing to stream.
+            raise OpenAIError(
+                "best_of different from n is not supported with stream=true.", 400, param="best_of"
+            )
         if self.use_beam_search:
             raise OpenAIError(
                 "use_beam_search is not supported by mono-llm.", 400, param="use_beam_search"
