@@ -206,3 +206,27 @@ def test_n_beyond_max_num_seqs_is_refused_before_reaching_the_loop() -> None:
         assert engine.engine.validate_sampling_params(SamplingParams(n=4)).n == 4
     finally:
         engine.shutdown()
+
+
+def test_offline_llm_raises_when_one_of_its_requests_fails_in_the_engine() -> None:
+    from mono_llm.core import LLM
+
+    llm = LLM(model=str(fixture_path("tiny-llama")), max_model_len=128)
+    core = llm.llm_engine
+    real_check_stop = core._check_stop
+    failing = {"id": None}
+
+    def check_stop(seq, token):
+        failing["id"] = failing["id"] or seq.request_id
+        if seq.request_id == failing["id"] and seq.num_output_tokens == 2:
+            raise ValueError("simulated detokenizer error")
+        return real_check_stop(seq, token)
+
+    core._check_stop = check_stop
+    params = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
+    with pytest.raises(EngineError, match="simulated detokenizer error"):
+        llm.generate(["one", "two"], params, use_tqdm=False)
+    assert not core.has_unfinished_requests()  # the other request was aborted, blocks freed
+    core._check_stop = real_check_stop
+    outputs = llm.generate(["three"], params, use_tqdm=False)
+    assert len(outputs[0].outputs[0].token_ids) == 8

@@ -9,7 +9,7 @@ from typing import Any
 
 from mono_llm.core.config import EngineArgs
 from mono_llm.core.engine_core import EngineCore
-from mono_llm.core.errors import InvalidRequestError
+from mono_llm.core.errors import EngineError, InvalidRequestError
 from mono_llm.core.inputs import PromptType, TokensPrompt
 from mono_llm.core.outputs import RequestOutput
 from mono_llm.core.pooling.offline import PoolingLLMMixin
@@ -165,6 +165,12 @@ class LLM(PoolingLLMMixin):
                                 refresh=False,
                             )
                             bar.update(1)
+                for request_id, exc in engine.pop_failures().items():
+                    # A request whose own processing raised (e.g. its detokenizer): the call
+                    # fails with it rather than ending as "went idle" or losing it silently.
+                    raise EngineError(
+                        f"Request {request_id} failed inside the engine: {exc!r}"
+                    ) from exc
                 if not engine.has_unfinished_requests() and len(finished) < len(request_ids):
                     raise RuntimeError("engine went idle with requests unfinished")
         except BaseException:
