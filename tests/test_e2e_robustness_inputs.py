@@ -200,6 +200,14 @@ def test_streaming_with_best_of_above_n_is_refused(http) -> None:
         assert post(http, path, {**body, "best_of": 3, "n": 1}).status_code == 200
 
 
+def test_structured_output_errors_carry_the_reason_only(http) -> None:
+    body = {**COMPLETION, "structured_outputs": {"json": {"type": "no-such-type"}}}
+    error = assert_error(post(http, "/v1/completions", body), 400, "structured_outputs")
+    assert error["message"] == (
+        'Invalid json for structured outputs: Unsupported type "no-such-type"'
+    )  # no "[hh:mm:ss] /project/cpp/...cc:N:" prefix from xgrammar
+
+
 def test_a_raising_chat_template_reports_its_own_message(http) -> None:
     body = {**CHAT, "chat_template": "{{ raise_exception('roles must alternate') }}"}
     error = assert_error(post(http, "/v1/chat/completions", body), 400, "chat_template")

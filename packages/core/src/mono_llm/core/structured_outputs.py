@@ -9,6 +9,7 @@ cached by their source, so a schema that many requests share is compiled once.
 from __future__ import annotations
 
 import json
+import re
 import threading
 from collections import OrderedDict
 from typing import Any
@@ -35,6 +36,9 @@ class GrammarMatcher:
 
     def is_terminated(self) -> bool:
         return bool(self._matcher.is_terminated())
+
+
+_XGRAMMAR_PREFIX = re.compile(r"\[\d{2}:\d{2}:\d{2}\] \S+:\d+: ")
 
 
 class XGrammarBackend:
@@ -66,8 +70,10 @@ class XGrammarBackend:
         except InvalidRequestError:
             raise
         except Exception as exc:  # xgrammar reports bad schemas/regexes/grammars as RuntimeError
+            # xgrammar prefixes its messages with "[hh:mm:ss] /its/source.cc:123: ".
+            reason = _XGRAMMAR_PREFIX.sub("", str(exc)).strip()
             raise InvalidRequestError(
-                f"Invalid {key[0]} for structured outputs: {exc}", param="structured_outputs"
+                f"Invalid {key[0]} for structured outputs: {reason}", param="structured_outputs"
             ) from exc
         with self._lock:
             self._cache[key] = compiled
