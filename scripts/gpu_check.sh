@@ -23,7 +23,7 @@ step core-cuda-tests 90 python3 -m pytest -q -p no:cacheprovider packages/core/t
 step kernel-bench 80 python3 -m mono_llm.kernels.bench --only decode,bitmask --out "$OUT/kernels.json" --markdown "$OUT/kernels.md"
 step server-smoke 100 python3 scripts/gpu_server_smoke.py .bench/llama3-8b-shape
 step engine-bench 230 python3 -m mono_llm.core.bench --model .bench/llama3-8b-shape --load-format dummy --dtype bfloat16 --workload B,C,A --json "$OUT/engine.json"
-tail -3 "$OUT/kernel-tests.log" "$OUT/core-cuda-tests.log"
+tail -n 3 "$OUT/kernel-tests.log" "$OUT/core-cuda-tests.log"
 cat "$OUT/kernels.md" 2>/dev/null | tail -8
 grep -v "^20" "$OUT/server-smoke.log" | grep -E "ready|models|completion|stream|burst|exited|Error|error" | tail -12
 grep -E "^\|" "$OUT/engine-bench.log" | tail -6
