@@ -378,3 +378,25 @@ def test_conversation_with_tool_call_and_tool_result(client, server) -> None:
     # The assistant's JSON arguments reached the template as an object, rendered back as JSON.
     assert '"parameters": {"city": "Paris"}' in text
     assert "get_weather" in text and "Paris" in text and "sunny" in text
+
+
+def test_large_bodies_are_tokenized_off_the_event_loop_with_the_same_answers(client) -> None:
+    """Bodies over 64 KiB take the worker-thread path: same validation, same results."""
+    huge = "The engine reads a prompt. " * 4000  # ~108 KB, far past the 1024-token window
+    with pytest.raises(openai.BadRequestError) as err:
+        client.completions.create(model=LLAMA, prompt=huge, max_tokens=4)
+    assert "maximum context length is 1024 tokens" in err.value.message
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(
+            model=LLAMA, messages=[{"role": "user", "content": huge}], max_tokens=4
+        )
+    # Long but fitting: truncate_prompt_tokens keeps the last 64 tokens of the large prompt.
+    out = client.completions.create(
+        model=LLAMA,
+        prompt=huge,
+        max_tokens=4,
+        temperature=0,
+        extra_body={"truncate_prompt_tokens": 64},
+    )
+    assert out.usage.prompt_tokens == 64
+    assert out.usage.completion_tokens == 4

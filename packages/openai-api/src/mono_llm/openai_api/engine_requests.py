@@ -5,12 +5,13 @@ become HTTP statuses before a stream starts), and accumulating streamed deltas p
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from starlette.requests import Request
 
@@ -20,6 +21,13 @@ from mono_llm.core.sampling_params import SamplingParams
 from mono_llm.openai_api.errors import OpenAIError
 
 logger = logging.getLogger("mono_llm.openai_api.requests")
+
+_T = TypeVar("_T")
+# Bodies past this size are templated and tokenized in a worker thread: a multi-megabyte prompt
+# takes the tokenizer (and a chat template) hundreds of milliseconds or more, which on the event
+# loop would stall every other stream. Small bodies stay inline, where a thread hop would cost
+# more than the work.
+OFF_LOOP_BODY_BYTES = 64 * 1024
 
 if TYPE_CHECKING:
     from mono_llm.openai_api.metrics import ServerMetrics
@@ -74,6 +82,16 @@ def tokenize_prompt(
     if len(token_ids) >= model.max_model_len:
         raise PromptTooLongError(len(token_ids), model.max_model_len, param=param)
     return PromptInput(token_ids=token_ids, text=text)
+
+
+async def run_off_loop_if_large(
+    raw_request: Request | None, work: Callable[..., _T], *args: Any, **kwargs: Any
+) -> _T:
+    """`work(*args, **kwargs)`, in a worker thread when the request body is large."""
+    length = raw_request.headers.get("content-length") if raw_request is not None else None
+    if length is not None and length.isdigit() and int(length) > OFF_LOOP_BODY_BYTES:
+        return await asyncio.to_thread(work, *args, **kwargs)
+    return work(*args, **kwargs)
 
 
 def base_request_id(raw_request: Request | None, body_request_id: str | None) -> str:

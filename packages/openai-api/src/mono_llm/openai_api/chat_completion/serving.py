@@ -32,6 +32,7 @@ from mono_llm.openai_api.engine_requests import (
     ChoiceState,
     PromptInput,
     base_request_id,
+    run_off_loop_if_large,
     start_engine_request,
     tokenize_prompt,
 )
@@ -148,15 +149,18 @@ class ChatServing:
         request_id = f"chatcmpl-{base_request_id(raw_request, request.request_id)}"
         forced = forced_tool_choice(request)
         self._check_auto_tool_choice(request, forced)
-        prompt_text = render_chat_prompt(model, request)
-        # The template already wrote the special tokens (BOS...): do not add them twice.
-        prompt = tokenize_prompt(
-            model,
-            prompt_text,
-            add_special_tokens=request.add_special_tokens,
-            truncate_prompt_tokens=request.truncate_prompt_tokens,
-            param="messages",
-        )
+
+        def template_and_tokenize() -> PromptInput:
+            # The template already wrote the special tokens (BOS...): do not add them twice.
+            return tokenize_prompt(
+                model,
+                render_chat_prompt(model, request),
+                add_special_tokens=request.add_special_tokens,
+                truncate_prompt_tokens=request.truncate_prompt_tokens,
+                param="messages",
+            )
+
+        prompt = await run_off_loop_if_large(raw_request, template_and_tokenize)
         param = (
             "max_completion_tokens" if request.max_completion_tokens is not None else "max_tokens"
         )

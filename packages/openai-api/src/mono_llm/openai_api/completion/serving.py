@@ -27,6 +27,7 @@ from mono_llm.openai_api.engine_requests import (
     ChoiceState,
     PromptInput,
     base_request_id,
+    run_off_loop_if_large,
     start_engine_request,
     tokenize_prompt,
 )
@@ -74,15 +75,18 @@ class CompletionServing:
             )
         model = self.registry.resolve(request.model)
         request_id = f"cmpl-{base_request_id(raw_request, request.request_id)}"
-        prompts = [
-            tokenize_prompt(
-                model,
-                prompt,
-                add_special_tokens=request.add_special_tokens,
-                truncate_prompt_tokens=request.truncate_prompt_tokens,
-            )
-            for prompt in request.prompts()
-        ]
+        prompts = await run_off_loop_if_large(
+            raw_request,
+            lambda: [
+                tokenize_prompt(
+                    model,
+                    prompt,
+                    add_special_tokens=request.add_special_tokens,
+                    truncate_prompt_tokens=request.truncate_prompt_tokens,
+                )
+                for prompt in request.prompts()
+            ],
+        )
         prompt_logprobs = request.prompt_logprobs
         if request.echo and request.logprobs is not None:
             prompt_logprobs = request.logprobs
