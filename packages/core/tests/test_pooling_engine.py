@@ -128,6 +128,9 @@ def test_prompt_limits_and_truncation(minilm):
     assert len(truncated.prompt_token_ids) == 16
     assert truncated.prompt_token_ids[0] == tokenizer.cls_token_id  # [CLS] is kept
     assert truncated.prompt_token_ids[-1] == tokenizer.sep_token_id
+    with pytest.raises(InvalidRequestError) as err:  # can never fit: refused, as vLLM
+        minilm.embed(long_text, truncate_prompt_tokens=100_000)
+    assert err.value.param == "truncate_prompt_tokens"
     with pytest.raises(InvalidRequestError, match="matryoshka") as info:
         minilm.embed("hi", pooling_params=PoolingParams(dimensions=32))
     assert info.value.param == "dimensions"

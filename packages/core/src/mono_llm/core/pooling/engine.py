@@ -121,7 +121,15 @@ class PoolingEngine:
             token_ids = tokenizer.encode(encoded, add_special_tokens=True)
         truncate = params.truncate_prompt_tokens
         if truncate is not None:
-            keep = self.max_prompt_len if truncate == -1 else min(truncate, self.max_prompt_len)
+            if truncate > self.max_prompt_len:
+                # As vLLM (and the generate path): a truncation that can never fit is refused,
+                # not silently shortened to the window.
+                raise InvalidRequestError(
+                    f"truncate_prompt_tokens value ({truncate}) is greater than max_model_len "
+                    f"({self.max_prompt_len}). Please request a smaller truncation size.",
+                    param="truncate_prompt_tokens",
+                )
+            keep = self.max_prompt_len if truncate == -1 else truncate
             if len(token_ids) > keep:
                 token_ids = self._truncate(token_ids, keep, params)
         if not token_ids:
