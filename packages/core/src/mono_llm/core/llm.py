@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import itertools
-import time
 from collections.abc import Sequence as SequenceABC
 from typing import Any
 
 from mono_llm.core.config import EngineArgs
 from mono_llm.core.engine_core import EngineCore
-from mono_llm.core.errors import EngineError, InvalidRequestError
+from mono_llm.core.errors import InvalidRequestError
 from mono_llm.core.inputs import PromptType, TokensPrompt
+from mono_llm.core.offline_loop import run_until_finished
 from mono_llm.core.outputs import RequestOutput
 from mono_llm.core.pooling.offline import PoolingLLMMixin
 from mono_llm.core.sampling_params import RequestOutputKind, SamplingParams
-
-# Batches at least this long get a progress bar (short ones finish before it is useful).
-_PROGRESS_BAR_MIN_PROMPTS = 8
 
 ChatMessages = list[dict[str, Any]]
 
@@ -124,59 +121,19 @@ class LLM(PoolingLLMMixin):
             engine.process_prompt(prompt, params)
             for prompt, params in zip(prompts, params_list, strict=True)
         ]
-        request_ids: list[str] = []
-        try:
-            for i, ((text, token_ids), params) in enumerate(
-                zip(prepared, params_list, strict=True)
-            ):
-                request_id = str(next(self._request_counter))
-                engine.add_request(
-                    request_id,
-                    token_ids,
-                    params.clone(output_kind=RequestOutputKind.FINAL_ONLY),
-                    priority=priority[i] if priority is not None else 0,
-                    prompt_text=text,
-                    prompt_token_ids=token_ids,
-                )
-                request_ids.append(request_id)
-        except BaseException:
-            engine.abort_request(request_ids)
-            raise
-        finished: dict[str, RequestOutput] = {}
-        bar = None
-        if use_tqdm and len(prompts) >= _PROGRESS_BAR_MIN_PROMPTS:
-            from tqdm.auto import tqdm
 
-            bar = tqdm(total=len(prompts), desc="Processed prompts", dynamic_ncols=True)
-        start = time.perf_counter()
-        prompt_tokens = output_tokens = 0
-        try:
-            while len(finished) < len(request_ids):
-                for out in engine.step():
-                    if out.finished:
-                        finished[out.request_id] = out
-                        if bar is not None:
-                            prompt_tokens += len(out.prompt_token_ids)
-                            output_tokens += sum(len(c.token_ids) for c in out.outputs)
-                            elapsed = max(time.perf_counter() - start, 1e-9)
-                            bar.set_postfix_str(
-                                f"input {prompt_tokens / elapsed:.0f} tok/s, "
-                                f"output {output_tokens / elapsed:.0f} tok/s",
-                                refresh=False,
-                            )
-                            bar.update(1)
-                for request_id, exc in engine.pop_failures().items():
-                    # A request whose own processing raised (e.g. its detokenizer): the call
-                    # fails with it rather than ending as "went idle" or losing it silently.
-                    raise EngineError(
-                        f"Request {request_id} failed inside the engine: {exc!r}"
-                    ) from exc
-                if not engine.has_unfinished_requests() and len(finished) < len(request_ids):
-                    raise RuntimeError("engine went idle with requests unfinished")
-        except BaseException:
-            engine.abort_request([r for r in request_ids if r not in finished])
-            raise
-        finally:
-            if bar is not None:
-                bar.close()
-        return [finished[request_id] for request_id in request_ids]
+        def submit(index: int, request_id: str) -> None:
+            text, token_ids = prepared[index]
+            engine.add_request(
+                request_id,
+                token_ids,
+                params_list[index].clone(output_kind=RequestOutputKind.FINAL_ONLY),
+                priority=priority[index] if priority is not None else 0,
+                prompt_text=text,
+                prompt_token_ids=token_ids,
+            )
+
+        return run_until_finished(engine, len(prepared), submit, self._next_request_id, use_tqdm)
+
+    def _next_request_id(self) -> str:
+        return str(next(self._request_counter))

@@ -6,11 +6,12 @@ requests, which the scheduler batches under its token budget like any prompt.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from mono_llm.core.errors import InvalidRequestError
 from mono_llm.core.inputs import PromptType
+from mono_llm.core.offline_loop import run_until_finished
 from mono_llm.core.outputs import (
     ClassificationRequestOutput,
     EmbeddingRequestOutput,
@@ -26,14 +27,12 @@ from mono_llm.core.pooling.scoring import (
 )
 from mono_llm.core.pooling_params import PoolingParams
 
-_PROGRESS_BAR_MIN_PROMPTS = 8
-
 
 class PoolingLLMMixin:
-    """Pooling entry points of `LLM`; expects `self.llm_engine` and `self._request_counter`."""
+    """Pooling entry points of `LLM`; expects `self.llm_engine` and `self._next_request_id`."""
 
     llm_engine: Any
-    _request_counter: Any
+    _next_request_id: Callable[[], str]
 
     def encode(
         self,
@@ -158,36 +157,11 @@ class PoolingLLMMixin:
             engine.process_pooling_prompt(prompt, params)
             for prompt, params in zip(prompts, params_list, strict=True)
         ]
-        request_ids: list[str] = []
-        try:
-            for text, token_ids, params in prepared:
-                request_id = str(next(self._request_counter))
-                engine.add_pooling_request(
-                    request_id, token_ids, params, prompt_text=text, prompt_token_ids=token_ids
-                )
-                request_ids.append(request_id)
-        except BaseException:
-            engine.abort_request(request_ids)
-            raise
-        finished: dict[str, PoolingRequestOutput] = {}
-        bar = None
-        if use_tqdm and len(prompts) >= _PROGRESS_BAR_MIN_PROMPTS:
-            from tqdm.auto import tqdm
 
-            bar = tqdm(total=len(prompts), desc="Processed prompts", dynamic_ncols=True)
-        try:
-            while len(finished) < len(request_ids):
-                for out in engine.step():
-                    if out.finished:
-                        finished[out.request_id] = out
-                        if bar is not None:
-                            bar.update(1)
-                if not engine.has_unfinished_requests() and len(finished) < len(request_ids):
-                    raise RuntimeError("engine went idle with requests unfinished")
-        except BaseException:
-            engine.abort_request([r for r in request_ids if r not in finished])
-            raise
-        finally:
-            if bar is not None:
-                bar.close()
-        return [finished[request_id] for request_id in request_ids]
+        def submit(index: int, request_id: str) -> None:
+            text, token_ids, params = prepared[index]
+            engine.add_pooling_request(
+                request_id, token_ids, params, prompt_text=text, prompt_token_ids=token_ids
+            )
+
+        return run_until_finished(engine, len(prepared), submit, self._next_request_id, use_tqdm)
