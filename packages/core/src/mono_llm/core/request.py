@@ -96,7 +96,6 @@ class Sequence:
         self.grammar: Any = None  # structured-output matcher (see sampler.StructuredOutputGrammar)
         self.bad_words_token_ids: list[list[int]] = []  # token sequences never to complete
         self.pooled: Any = None
-        self.first_scheduled_time: float | None = None
 
     # ------------------------------------------------------------------ token counts
     @property

@@ -15,7 +15,6 @@ token budget, `max_num_seqs` and free blocks allow, and never in a step that had
 from __future__ import annotations
 
 import heapq
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -40,10 +39,6 @@ class ScheduledSequence:
 class SchedulerOutput:
     scheduled: list[ScheduledSequence] = field(default_factory=list)
     preempted: list[Sequence] = field(default_factory=list)
-
-    @property
-    def num_batched_tokens(self) -> int:
-        return sum(s.num_new_tokens for s in self.scheduled)
 
     @property
     def is_empty(self) -> bool:
@@ -164,8 +159,6 @@ class Scheduler:
             seq.num_computed_tokens = num_computed
             if seq.num_cached_tokens < 0:
                 seq.num_cached_tokens = num_computed
-            if seq.first_scheduled_time is None:
-                seq.first_scheduled_time = time.time()
             seq.status = SequenceStatus.RUNNING
             self.running.append(seq)
             out.scheduled.append(self._scheduled(seq, num_new))
