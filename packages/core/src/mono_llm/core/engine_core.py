@@ -215,20 +215,12 @@ class EngineCore:
                 prompt_text=prompt_text,
                 prompt_token_ids=prompt_token_ids,
             )
-        if request_id in self.requests:
-            raise InvalidRequestError(
-                f"Request id {request_id!r} is already running.", param="request_id"
-            )
+        self._check_new_request_id(request_id)
         params = params or SamplingParams()
         if prompt_token_ids is None:
             prompt_text, prompt_token_ids = self.process_prompt(prompt, params)
         params = self.validate_sampling_params(params)
-        bound = self.config.scheduler_config.max_waiting_requests
-        if bound is not None and self._num_waiting_requests >= bound:
-            raise EngineOverloadedError(
-                f"The engine has {self._num_waiting_requests} requests waiting (limit {bound}); "
-                "retry later."
-            )
+        self._check_waiting_bound()
         arrival_time = time.time() if arrival_time is None else arrival_time
         max_tokens = self.max_seq_len - len(prompt_token_ids)
         if params.max_tokens is not None:
@@ -272,10 +264,29 @@ class EngineCore:
             sent_text_len=[0] * num_seqs,
             sent_tokens=[0] * num_seqs,
         )
-        self.requests[request_id] = request
+        return self._enqueue(request)
+
+    def _check_new_request_id(self, request_id: str) -> None:
+        if request_id in self.requests:
+            raise InvalidRequestError(
+                f"Request id {request_id!r} is already running.", param="request_id"
+            )
+
+    def _check_waiting_bound(self) -> None:
+        """Refuse a request past --max-waiting-requests (the server answers 503)."""
+        bound = self.config.scheduler_config.max_waiting_requests
+        if bound is not None and self._num_waiting_requests >= bound:
+            raise EngineOverloadedError(
+                f"The engine has {self._num_waiting_requests} requests waiting (limit {bound}); "
+                "retry later."
+            )
+
+    def _enqueue(self, request: Request) -> Request:
+        """Register an admitted request (generation or pooling) and queue its sequences."""
+        self.requests[request.request_id] = request
         self._num_waiting_requests += 1
-        self.num_prompt_tokens += len(prompt_token_ids)
-        for seq in sequences:
+        self.num_prompt_tokens += len(request.prompt_token_ids)
+        for seq in request.sequences:
             self.scheduler.add(seq)
         return request
 
@@ -296,16 +307,22 @@ class EngineCore:
         prompt_text: str | None = None,
         prompt_token_ids: list[int] | None = None,
     ) -> Request:
-        """Queue an embed / classify / score / encode request (finishes after its prefill)."""
-        return self._pooling_engine(params).add_request(
-            self,
-            request_id,
-            prompt,
-            params,
-            arrival_time=arrival_time,
-            priority=priority,
-            prompt_text=prompt_text,
-            prompt_token_ids=prompt_token_ids,
+        """Queue an embed / classify / score / encode request (finishes after its prefill).
+        Pass prompt_token_ids with params from `process_pooling_prompt` to skip tokenizing."""
+        pooling = self._pooling_engine(params)
+        self._check_new_request_id(request_id)
+        if prompt_token_ids is None or params.task is None:
+            prompt_text, prompt_token_ids, params = pooling.prepare(self.tokenizer, prompt, params)
+        self._check_waiting_bound()
+        return self._enqueue(
+            pooling.make_request(
+                request_id,
+                params,
+                prompt_text,
+                prompt_token_ids,
+                arrival_time=time.time() if arrival_time is None else arrival_time,
+                priority=priority,
+            )
         )
 
     def _pooling_engine(self, params: PoolingParams) -> PoolingEngine:

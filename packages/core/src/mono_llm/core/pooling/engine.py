@@ -19,7 +19,6 @@ import torch
 
 from mono_llm.core.config import EngineConfig
 from mono_llm.core.errors import (
-    EngineOverloadedError,
     InvalidRequestError,
     PromptTooLongError,
     UnsupportedTaskError,
@@ -158,32 +157,18 @@ class PoolingEngine:
             params.token_type_split = max(params.token_type_split - (len(token_ids) - keep), 0)
         return token_ids[-keep:]
 
-    def add_request(
+    def make_request(
         self,
-        engine: EngineCore,
         request_id: str,
-        prompt: PromptType,
         params: PoolingParams,
-        *,
-        arrival_time: float | None,
-        priority: int,
         prompt_text: str | None,
-        prompt_token_ids: list[int] | None,
+        prompt_token_ids: list[int],
+        *,
+        arrival_time: float,
+        priority: int,
     ) -> Request:
-        """Queue a pooling request: one sequence that finishes after its prefill."""
-        if request_id in engine.requests:
-            raise InvalidRequestError(
-                f"Request id {request_id!r} is already running.", param="request_id"
-            )
-        if prompt_token_ids is None or params.task is None:
-            prompt_text, prompt_token_ids, params = self.prepare(engine.tokenizer, prompt, params)
-        bound = self.config.scheduler_config.max_waiting_requests
-        if bound is not None and engine._num_waiting_requests >= bound:
-            raise EngineOverloadedError(
-                f"The engine has {engine._num_waiting_requests} requests waiting (limit "
-                f"{bound}); retry later."
-            )
-        arrival_time = time.time() if arrival_time is None else arrival_time
+        """A pooling request of prepared tokens: one sequence that finishes after its prefill
+        (EngineCore.add_pooling_request checks and queues it like a generation request)."""
         seq = Sequence(
             request_id,
             request_id,
@@ -194,7 +179,7 @@ class PoolingEngine:
             priority=priority,
             arrival_time=arrival_time,
         )
-        request = Request(
+        return Request(
             request_id=request_id,
             prompt=prompt_text,
             prompt_token_ids=list(prompt_token_ids),
@@ -204,11 +189,6 @@ class PoolingEngine:
             pooling_params=params,
             priority=priority,
         )
-        engine.requests[request_id] = request
-        engine._num_waiting_requests += 1
-        engine.num_prompt_tokens += len(prompt_token_ids)
-        engine.scheduler.add(seq)
-        return request
 
     def reject_generation(self) -> None:
         raise UnsupportedTaskError(
