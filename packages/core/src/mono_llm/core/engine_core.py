@@ -348,12 +348,9 @@ class EngineCore:
             request_ids = [request_ids]
         outputs = []
         for request_id in request_ids:
-            request = self.requests.pop(request_id, None)
+            request = self._remove_request(request_id)
             if request is None:
                 continue
-            if request.metrics.first_scheduled_time is None:
-                self._num_waiting_requests -= 1
-            self.scheduler.finish(request.sequences, SequenceStatus.FINISHED_ABORTED)
             out = make_request_output(request)
             if out is not None:
                 outputs.append(out)
@@ -367,13 +364,19 @@ class EngineCore:
     def _fail_request(self, request_id: str, exc: Exception) -> None:
         """Drop one request whose own processing raised, freeing its blocks."""
         logger.error("request %s failed inside the engine: %r", request_id, exc, exc_info=exc)
+        if self._remove_request(request_id) is not None:
+            self._failures[request_id] = exc
+
+    def _remove_request(self, request_id: str) -> Request | None:
+        """Take a request out of the engine, its sequences finished as aborted and their
+        blocks freed; None if it is not (or no longer) here."""
         request = self.requests.pop(request_id, None)
         if request is None:
-            return
+            return None
         if request.metrics.first_scheduled_time is None:
             self._num_waiting_requests -= 1
         self.scheduler.finish(request.sequences, SequenceStatus.FINISHED_ABORTED)
-        self._failures[request_id] = exc
+        return request
 
     def has_unfinished_requests(self) -> bool:
         return bool(self.requests)
