@@ -251,7 +251,3 @@ class RerankV2Response(RerankResponse):
     """Cohere v2's shape: `results` plus `meta`; vLLM's `model` and `usage` are kept too."""
 
     meta: CohereMeta = Field(default_factory=CohereMeta)
-
-
-def dump(model: Any) -> dict[str, Any]:
-    return model.model_dump(mode="json")
