@@ -32,7 +32,7 @@ from mono_llm.core.outputs import Logprob, RequestMetrics, RequestOutput, Schedu
 from mono_llm.core.pooling.engine import PoolingEngine
 from mono_llm.core.pooling_params import PoolingParams
 from mono_llm.core.request import Request, Sequence, SequenceStatus
-from mono_llm.core.sampler import Sampler, SamplerOutput, compute_logprobs
+from mono_llm.core.sampler import Sampler, SamplerOutput, compute_logprobs, num_top_logprobs
 from mono_llm.core.sampling_params import SamplingParams
 from mono_llm.core.scheduler import Scheduler, SchedulerOutput
 from mono_llm.core.tokenizer import decodable_vocab_size, load_tokenizer, tokenizer_info
@@ -476,7 +476,8 @@ class EngineCore:
     ) -> None:
         device = logits.device
         num_top = max(
-            _top_n(seq.sampling_params.prompt_logprobs, self.vocab_size) for seq, _ in owners
+            num_top_logprobs(seq.sampling_params.prompt_logprobs, self.vocab_size)
+            for seq, _ in owners
         )
         chosen, ranks, top_ids, top_lps = compute_logprobs(
             logits.index_select(0, torch.tensor(rows, device=device)),
@@ -486,7 +487,7 @@ class EngineCore:
         chosen_l, ranks_l = chosen.tolist(), ranks.tolist()
         top_ids_l, top_lps_l = top_ids.tolist(), top_lps.tolist()
         for i, (seq, _) in enumerate(owners):
-            k = _top_n(seq.sampling_params.prompt_logprobs, self.vocab_size)
+            k = num_top_logprobs(seq.sampling_params.prompt_logprobs, self.vocab_size)
             seq.prompt_logprobs.append(
                 self._logprob_dict(
                     targets[i], chosen_l[i], ranks_l[i], top_ids_l[i][:k], top_lps_l[i][:k]
@@ -542,13 +543,11 @@ class EngineCore:
         if request.metrics.first_token_time is None:
             request.metrics.first_token_time = now
         request.metrics.last_token_time = now
-        if logprob_lists is not None and (
-            params.logprobs is not None or params.num_candidates > params.n
-        ):
+        if logprob_lists is not None and params.needs_logprobs:
             logprob, rank, top_ids, top_lps = (lst[i] for lst in logprob_lists)
             seq.cumulative_logprob += logprob
             if params.logprobs is not None:
-                k = _top_n(params.logprobs, self.vocab_size)
+                k = num_top_logprobs(params.logprobs, self.vocab_size)
                 seq.logprobs.append(
                     self._logprob_dict(token, logprob, rank, top_ids[:k], top_lps[:k])
                 )
@@ -610,9 +609,3 @@ class EngineCore:
 
     def reset_prefix_cache(self) -> bool:
         return self.kv_cache.reset_prefix_cache()
-
-
-def _top_n(requested: int | None, vocab: int) -> int:
-    if requested is None:
-        return 0
-    return vocab if requested == -1 else requested

@@ -177,7 +177,7 @@ class Sampler:
         assert all(p is not None for p in params)
         device = logits.device
         vocab = logits.shape[-1]
-        raw = logits.clone() if any(_wants_logprobs(seq) for seq in seqs) else None
+        raw = logits.clone() if any(p.needs_logprobs for p in params) else None
 
         self._apply_masks(logits, seqs)
         if any(
@@ -223,7 +223,7 @@ class Sampler:
 
         out = SamplerOutput(sampled=sampled)
         if raw is not None:
-            num_top = max(_num_logprobs(seq, vocab) for seq in seqs)
+            num_top = max(num_top_logprobs(p.logprobs, vocab) for p in params)
             out.sampled_logprob, out.sampled_rank, out.top_ids, out.top_logprobs = compute_logprobs(
                 raw, sampled, num_top
             )
@@ -290,13 +290,9 @@ class Sampler:
             ] = _NEG_INF
 
 
-def _wants_logprobs(seq: Sequence) -> bool:
-    p = seq.sampling_params
-    return p.logprobs is not None or (p.best_of or 1) > p.n
-
-
-def _num_logprobs(seq: Sequence, vocab: int) -> int:
-    requested = seq.sampling_params.logprobs
+def num_top_logprobs(requested: int | None, vocab: int) -> int:
+    """How many top alternatives a `logprobs` / `prompt_logprobs` value asks for (-1: the
+    whole vocabulary, as vLLM; None: none)."""
     if requested is None:
         return 0
     return vocab if requested == -1 else requested

@@ -207,6 +207,12 @@ class SamplingParams:
         """How many sequences to generate (best_of when it exceeds n)."""
         return max(self.n, self.best_of or self.n)
 
+    @property
+    def needs_logprobs(self) -> bool:
+        """Whether the sampler computes logprobs for this request's rows: they were asked
+        for, or best_of > n ranks the candidates by their cumulative logprob."""
+        return self.logprobs is not None or self.num_candidates > self.n
+
     def clone(self, **changes: Any) -> SamplingParams:
         """A copy with some fields changed (re-validated)."""
         values = {name: getattr(self, name) for name in self.__dataclass_fields__}
