@@ -23,6 +23,10 @@ import torch
 
 from mono_llm.core.request import Sequence
 
+# Grammar bitmasks go through the kernel package's op (Triton on CUDA, torch reference on CPU);
+# re-exported here as the sampler's name for it.
+from mono_llm.kernels import apply_token_bitmask
+
 _NEG_INF = float("-inf")
 
 
@@ -37,24 +41,6 @@ class StructuredOutputGrammar(Protocol):
 
     def is_terminated(self) -> bool:
         """True once the grammar is complete (generation should stop)."""
-
-
-def apply_token_bitmask(
-    logits: torch.Tensor, bitmask: torch.Tensor, indices: torch.Tensor | None = None
-) -> None:
-    """Mask disallowed tokens to -inf in place; the kernel from mono_llm.kernels when present."""
-    try:
-        from mono_llm.kernels import apply_token_bitmask as kernel
-    except ImportError:  # kernels package without this op yet: same semantics in torch
-        kernel = None
-    if kernel is not None:
-        kernel(logits, bitmask, indices)
-        return
-    vocab = logits.shape[-1]
-    bits = torch.arange(32, device=bitmask.device, dtype=torch.int32)
-    allowed = ((bitmask.unsqueeze(-1) >> bits) & 1).bool().flatten(1)[:, :vocab]
-    rows = indices if indices is not None else torch.arange(logits.shape[0], device=logits.device)
-    logits[rows] = logits[rows].masked_fill(~allowed, _NEG_INF)
 
 
 @dataclass(slots=True)
