@@ -11,13 +11,13 @@ from mono_llm.core.errors import InvalidRequestError, UnsupportedModelError, Uns
 from mono_llm.core.pooling.config import load_pooler_config
 from mono_llm.core.pooling.pooler import check_pooling_params, finalize_pooled, pool_sequences
 from mono_llm.core.pooling.scoring import pair_inputs, unique_sides
-from mono_llm.core.pooling.tasks import read_hf_config, resolve_model_tasks
+from mono_llm.core.pooling.tasks import resolve_model_tasks
 from mono_llm.core.pooling_params import PoolingParams
 from mono_llm.core.testing import fixture_path, minilm_path
 
 
 def _tasks(path, requested="auto"):
-    config = read_hf_config(path)
+    config = json.loads((path / "config.json").read_text())
     return resolve_model_tasks(requested, config["architectures"], path, config, model_name="m")
 
 

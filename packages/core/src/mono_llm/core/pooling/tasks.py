@@ -10,7 +10,6 @@ similarity); a classifier answers classify and encode, and score when it has one
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -182,7 +181,3 @@ def classifier_activation(hf_config: dict[str, Any], num_labels: int) -> str:
     if num_labels == 1 or hf_config.get("problem_type") == "multi_label_classification":
         return "sigmoid"
     return "softmax"
-
-
-def read_hf_config(model_dir: str | Path) -> dict[str, Any]:
-    return json.loads((Path(model_dir) / "config.json").read_text())
