@@ -170,9 +170,7 @@ class TokenizerInfo:
 
 
 @lru_cache(maxsize=16)
-def _info_cache(key: int, tokenizer: Any) -> TokenizerInfo:
-    return TokenizerInfo(tokenizer)
-
-
 def tokenizer_info(tokenizer: Any) -> TokenizerInfo:
-    return _info_cache(id(tokenizer), tokenizer)
+    """The tokenizer's `TokenizerInfo`, built once per tokenizer (keyed by identity: HF
+    tokenizers hash by id) and shared by every detokenizer and logprobs lookup."""
+    return TokenizerInfo(tokenizer)
