@@ -1,4 +1,5 @@
-"""The runner's CUDA path: Triton kernels, persistent buffers, profiling, decode CUDA graphs.
+"""The runner's CUDA path: Triton kernels, persistent buffers, profiling, decode and prefill
+CUDA graphs.
 
 Skipped without a GPU (CI); run on the lent H100 with `pytest -m gpu`.
 """
@@ -21,8 +22,9 @@ pytestmark = [
 ]
 
 
-def cuda_runner(name: str, *, dtype: str, eager: bool) -> ModelRunner:
+def cuda_runner(name: str, *, dtype: str, eager: bool, prefill_graphs: int = 0) -> ModelRunner:
     args = EngineArgs(
+        cuda_graph_max_prefill_tokens=prefill_graphs,
         model=str(fixture_path(name)),
         device="cuda",
         dtype=dtype,
@@ -109,10 +111,47 @@ def test_cuda_graph_runner_matches_hf(name: str) -> None:
         assert torch.equal(got.argmax(-1), expected.argmax(-1))
 
 
-def test_cuda_graphs_match_eager_bf16() -> None:
-    graphs = cuda_runner("tiny-llama", dtype="bfloat16", eager=False)
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-qwen3"])
+def test_prefill_cuda_graphs_match_hf(name: str) -> None:
+    """Step 0 (3 prompts, 108 tokens) replays the 128-token prefill graph with 20 padding
+    tokens; step 3 (3 decodes + 2 prompts, 14 tokens) the 16-token one; decodes their graphs."""
+    runner = cuda_runner(name, dtype="float32", eager=False, prefill_graphs=512)
+    # Capped at max_model_len (256): one sequence may hold every token of a size.
+    assert sorted(runner._prefill_graphs) == [16, 32, 64, 128, 256]
+    seqs, rows = run_session(runner)
+    assert runner.num_prefill_graph_replays == 2
+    for seq, seq_rows in zip(seqs, rows, strict=True):
+        got = torch.stack(seq_rows)
+        expected = hf_logits(name, seq)[: len(got)]
+        torch.testing.assert_close(got, expected, atol=3e-2, rtol=1e-2)
+        assert torch.equal(got.argmax(-1), expected.argmax(-1))
+
+
+def test_prefill_graph_needs_a_slot_for_its_padding() -> None:
+    """max_num_seqs is 8: 8 sequences of 2 tokens fill the 16-token graph exactly; 7 sequences
+    of 12 tokens leave a slot for the padding sequence; 8 sequences of 12 tokens leave none in
+    any graph (each has 8 slots), so that step runs eagerly."""
+    runner = cuda_runner("tiny-llama", dtype="float32", eager=False, prefill_graphs=32)
+    eager = cuda_runner("tiny-llama", dtype="float32", eager=True)
+    for lens, size in (([2] * 8, 16), ([1, 2, 2, 2, 2, 2, 1], 16), ([1, 2] * 4, None)):
+        slices = [
+            SequenceSlice(list(range(3, 3 + n)), 0, [i], LogitsWanted.ALL)
+            for i, n in enumerate(lens)
+        ]
+        assert runner._prefill_graph_size(runner._prepare(ModelBatch(slices))) == size
+        before = runner.num_prefill_graph_replays
+        got = runner.execute(ModelBatch(slices)).cpu()
+        assert runner.num_prefill_graph_replays == before + (size is not None)
+        expected = eager.execute(ModelBatch(slices)).cpu()
+        torch.testing.assert_close(got, expected, atol=3e-2, rtol=1e-2)
+
+
+@pytest.mark.parametrize("prefill_graphs", [0, 512])
+def test_cuda_graphs_match_eager_bf16(prefill_graphs: int) -> None:
+    graphs = cuda_runner("tiny-llama", dtype="bfloat16", eager=False, prefill_graphs=prefill_graphs)
     eager = cuda_runner("tiny-llama", dtype="bfloat16", eager=True)
     assert not eager._graphs and graphs._graphs
+    assert not eager._prefill_graphs and bool(graphs._prefill_graphs) == bool(prefill_graphs)
     seqs_g, rows_g = run_session(graphs)
     seqs_e, rows_e = run_session(eager)
     assert seqs_g == seqs_e

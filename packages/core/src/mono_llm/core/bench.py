@@ -255,6 +255,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gpu-memory-utilization", type=float, default=0.9)
     parser.add_argument("--kv-cache-memory-gib", type=float, default=None)
     parser.add_argument("--enforce-eager", action="store_true")
+    parser.add_argument(
+        "--cuda-graph-max-prefill-tokens",
+        type=int,
+        default=None,
+        help="EngineArgs.cuda_graph_max_prefill_tokens (default: the engine's)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--runner-timing", action="store_true", help="also time bare model steps (no engine)"
@@ -287,6 +293,11 @@ def main(argv: list[str] | None = None) -> int:
         kv_cache_memory_gib=args.kv_cache_memory_gib,
         enforce_eager=args.enforce_eager,
         seed=args.seed,
+        **(
+            {}
+            if args.cuda_graph_max_prefill_tokens is None
+            else {"cuda_graph_max_prefill_tokens": args.cuda_graph_max_prefill_tokens}
+        ),
     )
     startup = time.perf_counter() - start
     print(f"engine start-up: {startup:.1f} s", flush=True)

@@ -89,6 +89,8 @@ class EngineArgs:
     """auto (cuda if available, else cpu), cuda, cpu."""
     enforce_eager: bool = False
     """Disable CUDA graphs."""
+    cuda_graph_max_prefill_tokens: int = 0
+    """Prefill/mixed steps of up to this many tokens replay CUDA graphs (0: they run eagerly)."""
     max_logprobs: int = 20
     """Largest logprobs / prompt_logprobs a request may ask for (-1: no limit)."""
     task: str = "auto"
@@ -124,6 +126,11 @@ class EngineArgs:
             )
         if self.max_num_seqs < 1:
             raise InvalidRequestError("max_num_seqs must be at least 1.", param="max_num_seqs")
+        if self.cuda_graph_max_prefill_tokens < 0:
+            raise InvalidRequestError(
+                "cuda_graph_max_prefill_tokens must be 0 or more.",
+                param="cuda_graph_max_prefill_tokens",
+            )
         if self.device not in ("auto", "cuda", "cpu"):
             raise InvalidRequestError(
                 f"device must be auto, cuda or cpu; got {self.device!r}.", param="device"
@@ -205,6 +212,7 @@ class EngineArgs:
             scheduler_config=scheduler_config,
             device=device,
             enforce_eager=self.enforce_eager,
+            cuda_graph_max_prefill_tokens=self.cuda_graph_max_prefill_tokens,
             disable_log_stats=self.disable_log_stats,
         )
 
@@ -267,6 +275,7 @@ class EngineConfig:
     scheduler_config: SchedulerConfig
     device: str = "cpu"
     enforce_eager: bool = False
+    cuda_graph_max_prefill_tokens: int = 0
     disable_log_stats: bool = False
 
 
