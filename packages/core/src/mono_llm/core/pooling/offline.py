@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from mono_llm.core.errors import InvalidRequestError
+from mono_llm.core.errors import InvalidRequestError, UnsupportedTaskError
 from mono_llm.core.inputs import PromptType
 from mono_llm.core.offline_loop import run_until_finished
 from mono_llm.core.outputs import (
@@ -121,8 +121,6 @@ class PoolingLLMMixin:
         pooling = engine.pooling
         if pooling is None or not pooling.tasks.supports("score"):
             supported = pooling.tasks.supported_tasks if pooling is not None else ["generate"]
-            from mono_llm.core.errors import UnsupportedTaskError
-
             raise UnsupportedTaskError(
                 "score", list(supported), model=engine.model_config.served_model_name
             )
