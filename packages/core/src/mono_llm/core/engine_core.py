@@ -260,7 +260,6 @@ class EngineCore:
             sampling_params=params,
             sequences=sequences,
             metrics=RequestMetrics(arrival_time=arrival_time),
-            priority=priority,
             sent_text_len=[0] * num_seqs,
             sent_tokens=[0] * num_seqs,
         )

@@ -155,8 +155,6 @@ class Request:
     sampling_params: SamplingParams | None
     sequences: list[Sequence]
     metrics: RequestMetrics
-    pooling_params: Any = None
-    priority: int = 0
     # DELTA outputs: how much of each sequence's text/tokens/logprobs was already sent.
     sent_text_len: list[int] = field(default_factory=list)
     sent_tokens: list[int] = field(default_factory=list)

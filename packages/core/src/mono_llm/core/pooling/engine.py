@@ -186,8 +186,6 @@ class PoolingEngine:
             sampling_params=None,
             sequences=[seq],
             metrics=RequestMetrics(arrival_time=arrival_time),
-            pooling_params=params,
-            priority=priority,
         )
 
     def reject_generation(self) -> None:
