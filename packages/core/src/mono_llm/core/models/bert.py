@@ -25,6 +25,7 @@ from torch import nn
 
 from mono_llm.core.attention import get_attention_metadata
 from mono_llm.core.errors import UnsupportedModelError
+from mono_llm.core.pooling.tasks import classifier_num_labels
 
 _ACTIVATIONS = {
     "gelu": lambda x: F.gelu(x),
@@ -343,14 +344,6 @@ class _RobertaClassificationHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.out_proj(torch.tanh(self.dense(x)))
-
-
-def classifier_num_labels(config: dict[str, Any]) -> int:
-    """num_labels as HF reads it: explicit, else the size of id2label, else 2."""
-    if isinstance(config.get("num_labels"), int):
-        return int(config["num_labels"])
-    id2label = config.get("id2label")
-    return len(id2label) if isinstance(id2label, dict) and id2label else 2
 
 
 def _load_by_name(

@@ -20,6 +20,7 @@ from torch import nn
 
 from mono_llm.core.errors import UnsupportedModelError
 from mono_llm.core.models.llama import LlamaForCausalLM, LlamaModel, LlamaSettings
+from mono_llm.core.pooling.tasks import classifier_num_labels
 
 # Settings of each family member are keyed by its causal-LM architecture name.
 _CAUSAL_ARCH = {
@@ -57,11 +58,7 @@ class LlamaForSequenceClassification(LlamaForCausalLM):
     def from_hf_config(
         cls, config: dict[str, Any], architecture: str, max_model_len: int | None = None
     ) -> LlamaForSequenceClassification:
-        num_labels = config.get("num_labels")
-        if not isinstance(num_labels, int):
-            id2label = config.get("id2label")
-            num_labels = len(id2label) if isinstance(id2label, dict) and id2label else 2
-        return cls(_settings(config, architecture, max_model_len), num_labels)
+        return cls(_settings(config, architecture, max_model_len), classifier_num_labels(config))
 
     def tie_weights(self) -> None:
         pass

@@ -99,7 +99,7 @@ def resolve_model_tasks(
     # published in causal-LM form (e.g. Qwen3-Embedding): serve it for embeddings by default.
     if default == "generate" and has_sentence_transformers_config(model_dir):
         default = "embed"
-    num_labels = _num_labels(hf_config) if "classify" in runners else 0
+    num_labels = classifier_num_labels(hf_config) if "classify" in runners else 0
     if requested in ("auto", None, ""):
         runner = default
     elif requested == "score":
@@ -153,9 +153,12 @@ def _request_tasks_of_runners(runners: list[str], num_labels: int) -> list[str]:
     return tasks
 
 
-def _num_labels(hf_config: dict[str, Any]) -> int:
+def classifier_num_labels(hf_config: dict[str, Any]) -> int:
+    """num_labels as HF reads it: explicit, else the size of id2label, else 2. The one reading
+    shared by task detection (sigmoid vs softmax, score support) and the models' head sizes,
+    so the two can never disagree."""
     if isinstance(hf_config.get("num_labels"), int):
-        return hf_config["num_labels"]
+        return int(hf_config["num_labels"])
     id2label = hf_config.get("id2label")
     return len(id2label) if isinstance(id2label, dict) and id2label else 2
 
