@@ -69,10 +69,6 @@ class CompletionServing:
         request.check_combinations()
         if request.suffix is not None:
             raise OpenAIError("suffix is not supported", 400, param="suffix")
-        if request.stream and request.best_of is not None and request.best_of != request.n:
-            raise OpenAIError(
-                "best_of different from n is not supported with stream=true.", 400, param="best_of"
-            )
         model = self.registry.resolve(request.model)
         request_id = f"cmpl-{base_request_id(raw_request, request.request_id)}"
         prompts = await run_off_loop_if_large(
