@@ -49,6 +49,20 @@ class CausalLMSpec:
     extra_eos_tokens: tuple[str, ...] = ()
     config_overrides: dict[str, Any] = field(default_factory=dict)
 
+    def train_tokenizer(self, out_dir: Path) -> int:
+        """Write this family's tokenizer files into `out_dir`; returns the vocabulary size
+        (shared by the causal LMs and the decoder classifier built on tiny-qwen2)."""
+        return train_byte_level_bpe(
+            out_dir,
+            special_tokens=self.special_tokens,
+            vocab_size=VOCAB_SIZE,
+            bos_token=self.bos_token,
+            eos_token=self.eos_token,
+            pad_token=self.pad_token,
+            chat_template=self.chat_template,
+            add_bos=self.add_bos,
+        )
+
 
 SPECS: dict[str, CausalLMSpec] = {
     "tiny-llama": CausalLMSpec(
@@ -134,16 +148,7 @@ def build_causal_lm(name: str, out_dir: Path, *, seed: int = 0) -> None:
     import transformers  # heavy import, only when a fixture is built
 
     spec = SPECS[name]
-    vocab = train_byte_level_bpe(
-        out_dir,
-        special_tokens=spec.special_tokens,
-        vocab_size=VOCAB_SIZE,
-        bos_token=spec.bos_token,
-        eos_token=spec.eos_token,
-        pad_token=spec.pad_token,
-        chat_template=spec.chat_template,
-        add_bos=spec.add_bos,
-    )
+    vocab = spec.train_tokenizer(out_dir)
     token_id = {tok: i for i, tok in enumerate(spec.special_tokens)}
     eos_ids = [token_id[spec.eos_token]] + [token_id[t] for t in spec.extra_eos_tokens]
     bos_id = token_id[spec.bos_token] if spec.bos_token else None

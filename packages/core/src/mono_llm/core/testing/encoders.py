@@ -173,22 +173,12 @@ def build_decoder_classifier(name: str, out_dir: Path, *, seed: int = 0) -> None
     """Write tiny-qwen2-classifier: tiny-qwen2's shape and tokenizer, a 2-label score head."""
     import transformers
 
-    from mono_llm.core.testing.causal_lm import BASE_SHAPE, SPECS, VOCAB_SIZE
-    from mono_llm.core.testing.tokenizer_builder import train_byte_level_bpe
+    from mono_llm.core.testing.causal_lm import BASE_SHAPE, SPECS
 
     if name not in DECODER_CLASSIFIER_FIXTURES:
         raise KeyError(f"unknown decoder classifier fixture {name!r}")
     spec = SPECS["tiny-qwen2"]
-    vocab = train_byte_level_bpe(
-        out_dir,
-        special_tokens=spec.special_tokens,
-        vocab_size=VOCAB_SIZE,
-        bos_token=spec.bos_token,
-        eos_token=spec.eos_token,
-        pad_token=spec.pad_token,
-        chat_template=spec.chat_template,
-        add_bos=spec.add_bos,
-    )
+    vocab = spec.train_tokenizer(out_dir)
     pad_id = spec.special_tokens.index(spec.pad_token)
     labels = {0: "bad", 1: "good"}
     config = transformers.Qwen2Config(
