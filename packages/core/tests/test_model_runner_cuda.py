@@ -157,3 +157,58 @@ def test_cuda_graphs_match_eager_bf16(prefill_graphs: int) -> None:
     assert seqs_g == seqs_e
     for a, b in zip(rows_g, rows_e, strict=True):
         torch.testing.assert_close(torch.stack(a), torch.stack(b), atol=5e-2, rtol=2e-2)
+
+
+def overlap_llm(overlap: bool):
+    from mono_llm.core import LLM
+
+    return LLM(
+        model=str(fixture_path("tiny-llama")),
+        device="cuda",
+        dtype="float32",
+        max_num_seqs=8,
+        max_model_len=256,
+        max_num_batched_tokens=512,
+        gpu_memory_utilization=0.5,
+        cuda_graph_max_prefill_tokens=512,
+        overlap_decode_prepare=overlap,
+    )
+
+
+def test_overlapped_decode_prepare_generates_the_same_tokens() -> None:
+    """Decodes staged one step ahead give the tokens of decodes prepared in their own step,
+    across block boundaries (no speculation there), sequences finishing at different steps
+    (the batch shrinks: the staged step is dropped) and a request arriving mid-way."""
+    from mono_llm.core import SamplingParams
+
+    gen = torch.Generator().manual_seed(1)
+    prompts = [
+        {"prompt_token_ids": torch.randint(3, 1000, (n,), generator=gen).tolist()}
+        for n in (5, 30, 47, 12)
+    ]
+    params = [
+        SamplingParams(temperature=0, max_tokens=m, min_tokens=m, ignore_eos=True)
+        for m in (40, 23, 9, 31)
+    ]
+    results = {}
+    for overlap in (False, True):
+        engine = overlap_llm(overlap).llm_engine
+        for i in range(3):
+            engine.add_request(str(i), prompts[i], params[i])
+        finished = {}
+        step = 0
+        while engine.has_unfinished_requests() or step < 6:
+            if step == 5:  # arrives while the first three decode
+                engine.add_request("3", prompts[3], params[3])
+            for out in engine.step():
+                if out.finished:
+                    finished[out.request_id] = out.outputs[0].token_ids
+            step += 1
+        results[overlap] = [finished[str(i)] for i in range(4)]
+        runner = engine.model_runner
+        if overlap:
+            assert runner.num_speculated_decode_steps > 20
+        else:
+            assert runner.num_speculated_decode_steps == 0
+    assert results[True] == results[False]
+    assert [len(t) for t in results[True]] == [40, 23, 9, 31]

@@ -261,6 +261,12 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="EngineArgs.cuda_graph_max_prefill_tokens (default: the engine's)",
     )
+    parser.add_argument(
+        "--overlap-decode-prepare",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="EngineArgs.overlap_decode_prepare (default: the engine's)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--runner-timing", action="store_true", help="also time bare model steps (no engine)"
@@ -293,11 +299,11 @@ def main(argv: list[str] | None = None) -> int:
         kv_cache_memory_gib=args.kv_cache_memory_gib,
         enforce_eager=args.enforce_eager,
         seed=args.seed,
-        **(
-            {}
-            if args.cuda_graph_max_prefill_tokens is None
-            else {"cuda_graph_max_prefill_tokens": args.cuda_graph_max_prefill_tokens}
-        ),
+        **{
+            name: value
+            for name in ("cuda_graph_max_prefill_tokens", "overlap_decode_prepare")
+            if (value := getattr(args, name)) is not None
+        },
     )
     startup = time.perf_counter() - start
     print(f"engine start-up: {startup:.1f} s", flush=True)

@@ -91,6 +91,8 @@ class EngineArgs:
     """Disable CUDA graphs."""
     cuda_graph_max_prefill_tokens: int = 0
     """Prefill/mixed steps of up to this many tokens replay CUDA graphs (0: they run eagerly)."""
+    overlap_decode_prepare: bool = False
+    """Prepare the next decode step's inputs while the GPU runs this one (checked before use)."""
     max_logprobs: int = 20
     """Largest logprobs / prompt_logprobs a request may ask for (-1: no limit)."""
     task: str = "auto"
@@ -213,6 +215,7 @@ class EngineArgs:
             device=device,
             enforce_eager=self.enforce_eager,
             cuda_graph_max_prefill_tokens=self.cuda_graph_max_prefill_tokens,
+            overlap_decode_prepare=self.overlap_decode_prepare,
             disable_log_stats=self.disable_log_stats,
         )
 
@@ -276,6 +279,7 @@ class EngineConfig:
     device: str = "cpu"
     enforce_eager: bool = False
     cuda_graph_max_prefill_tokens: int = 0
+    overlap_decode_prepare: bool = False
     disable_log_stats: bool = False
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
+import operator
 import time
 from dataclasses import dataclass
 from itertools import chain
@@ -54,6 +55,22 @@ class StepInputs:
     logits_indices: np.ndarray  # [num_rows] int64: token rows whose logits are returned
     max_query_len: int
     max_seq_len: int
+
+
+@dataclass(slots=True)
+class DecodeSpeculation:
+    """The next decode step's inputs, staged while the GPU ran this one (all but token ids).
+
+    They hold if the next batch has the same sequences in the same order, each one token
+    further: block tables are append-only lists owned by the KV cache manager, so the same
+    list object at the same length has the same contents.
+    """
+
+    inputs: StepInputs
+    graph_size: int
+    tables: list[list[int]]  # each slice's block-table list (the live object)
+    table_lens: list[int]
+    computed: list[int]  # num_computed_tokens each slice must have
 
 
 def prefill_graph_sizes(limit: int, max_num_tokens: int, max_model_len: int) -> list[int]:
@@ -109,6 +126,9 @@ class ModelRunner:
         self._graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self._prefill_graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.num_prefill_graph_replays = 0  # for tests: prefill/mixed steps that replayed
+        self._overlap_decode = config.overlap_decode_prepare
+        self._speculation: DecodeSpeculation | None = None
+        self.num_speculated_decode_steps = 0  # for tests: decode steps that used it
         redirected = torch_ops_requested() & HOST_SYNCING_REFERENCES
         if self._use_cuda and redirected and not config.enforce_eager:
             logger.warning(
@@ -130,6 +150,15 @@ class ModelRunner:
     @torch.inference_mode()
     def execute(self, batch: ModelBatch) -> torch.Tensor:
         """Float32 logits [sum(batch.logits_row_counts()), vocab] on `self.device`."""
+        speculation, self._speculation = self._speculation, None
+        if speculation is not None and _speculation_holds(speculation, batch.slices):
+            # Only the token ids are new: ~0.5 ms of host preparation per decode step (H100
+            # host, batch 1) already ran while the GPU executed the previous step.
+            self._stage_token_ids(batch.slices)
+            self._graphs[speculation.graph_size].replay()
+            self.num_speculated_decode_steps += 1
+            self._speculate_decode(speculation.inputs, batch.slices, speculation.graph_size)
+            return self._graph_logits[: len(batch.slices)]
         inputs = self._prepare(batch)
         num_seqs = len(batch.slices)
         rows = len(inputs.logits_indices)
@@ -138,6 +167,8 @@ class ModelRunner:
             self._stage(inputs, pad_to=graph_size)
             self._graphs[graph_size].replay()
             if rows == num_seqs:  # one row per sequence, in order: the graph's own rows
+                if self._overlap_decode:
+                    self._speculate_decode(inputs, batch.slices, graph_size)
                 return self._graph_logits[:rows]
             return self._graph_logits[:graph_size].index_select(0, self._logits_indices[:rows])
         prefill_size = self._prefill_graph_size(inputs)
@@ -155,6 +186,7 @@ class ModelRunner:
     @torch.inference_mode()
     def execute_hidden(self, batch: ModelBatch) -> torch.Tensor:
         """Final hidden states [batch.num_tokens, hidden] of every token (for pooling)."""
+        self._speculation = None  # its staged buffers are overwritten below
         inputs = self._prepare(batch)
         hidden, _ = self._forward(inputs, inputs.max_query_len == 1)
         return hidden
@@ -331,6 +363,49 @@ class ModelRunner:
         )
         for device_buf, host_buf, count in copies:
             device_buf[:count].copy_(host_buf[:count], non_blocking=True)
+        self._staged.record()
+
+    def _speculate_decode(
+        self, inputs: StepInputs, slices: list[SequenceSlice], graph_size: int
+    ) -> None:
+        """Stage the next decode step of the same sequences, assuming each advances by one
+        token, while the GPU runs this step. Its copies are queued behind this step's graph,
+        which has read the buffers by then. Skipped when some sequence's next token needs a
+        block it does not have yet (the scheduler allocates it at the next step)."""
+        num_seqs = len(slices)
+        next_pos = inputs.seq_lens.astype(np.int64)  # [num_seqs]: each next token's position
+        tables = [s.block_table for s in slices]
+        table_lens = [len(t) for t in tables]
+        block_index = next_pos // self.block_size
+        if (block_index >= np.asarray(table_lens)).any():
+            return
+        block_tables = inputs.block_tables
+        slot_mapping = (
+            block_tables[np.arange(num_seqs), block_index].astype(np.int64) * self.block_size
+            + next_pos % self.block_size
+        )
+        upcoming = StepInputs(
+            input_ids=np.zeros(num_seqs, np.int64),  # written once known (_stage_token_ids)
+            positions=next_pos,
+            slot_mapping=slot_mapping,
+            query_start_loc=inputs.query_start_loc,
+            seq_lens=(next_pos + 1).astype(np.int32),
+            block_tables=block_tables,
+            logits_indices=inputs.logits_indices,
+            max_query_len=1,
+            max_seq_len=inputs.max_seq_len + 1,
+        )
+        self._stage(upcoming, pad_to=graph_size)
+        self._speculation = DecodeSpeculation(
+            upcoming, graph_size, tables, table_lens, next_pos.tolist()
+        )
+
+    def _stage_token_ids(self, slices: list[SequenceSlice]) -> None:
+        """The one input a speculated decode step still needs: each slice's token id."""
+        num_seqs = len(slices)
+        self._staged.synchronize()
+        self._np_input_ids[:num_seqs] = [s.token_ids[0] for s in slices]
+        self._input_ids[:num_seqs].copy_(self._host_input_ids[:num_seqs], non_blocking=True)
         self._staged.record()
 
     def _buffer_metadata(
@@ -531,6 +606,18 @@ class ModelRunner:
     def _prefill_graph_step(self, size: int) -> None:
         hidden = self.model(self._input_ids[:size], self._positions[:size])
         self._prefill_hidden[:size].copy_(hidden)
+
+
+def _speculation_holds(speculation: DecodeSpeculation, slices: list[SequenceSlice]) -> bool:
+    """Whether `slices` are exactly the step `speculation` staged (C-speed list compares)."""
+    tables = speculation.tables
+    return (
+        len(slices) == len(tables)
+        and all(map(operator.is_, [s.block_table for s in slices], tables))
+        and [s.num_computed_tokens for s in slices] == speculation.computed
+        and [len(t) for t in tables] == speculation.table_lens
+        and all(len(s.token_ids) == 1 and s.logits == LogitsWanted.LAST for s in slices)
+    )
 
 
 def _logits_indices(slices: list[SequenceSlice], query_start_loc: np.ndarray) -> np.ndarray:
