@@ -26,6 +26,12 @@ def test_hermes() -> None:
     assert parser.parse("no calls here").tool_calls == []
     broken = parser.parse("<tool_call>{not json</tool_call>")
     assert broken.tool_calls == [] and broken.content == "<tool_call>{not json</tool_call>"
+    # JSON that is not an object is no call either (it raised AttributeError: a 500).
+    for body in ("[1]", '"a"', "3"):
+        not_object = parser.parse(f"<tool_call>{body}</tool_call>")
+        assert (
+            not_object.tool_calls == [] and not_object.content == f"<tool_call>{body}</tool_call>"
+        )
 
 
 def test_llama3_json() -> None:

@@ -111,6 +111,8 @@ class HermesToolParser(ToolParser):
                 value = json.loads(body)
             except json.JSONDecodeError:
                 return []
+            if not isinstance(value, dict):  # as the other parsers: only an object is a call
+                return []
             call = _call(value.get("name"), value.get("arguments", value.get("parameters")))
             if call is None:
                 return []
