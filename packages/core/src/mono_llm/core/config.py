@@ -89,9 +89,9 @@ class EngineArgs:
     """auto (cuda if available, else cpu), cuda, cpu."""
     enforce_eager: bool = False
     """Disable CUDA graphs."""
-    cuda_graph_max_prefill_tokens: int = 0
+    cuda_graph_max_prefill_tokens: int = 512
     """Prefill/mixed steps of up to this many tokens replay CUDA graphs (0: they run eagerly)."""
-    overlap_decode_prepare: bool = False
+    overlap_decode_prepare: bool = True
     """Prepare the next decode step's inputs while the GPU runs this one (checked before use)."""
     max_logprobs: int = 20
     """Largest logprobs / prompt_logprobs a request may ask for (-1: no limit)."""
@@ -278,8 +278,8 @@ class EngineConfig:
     scheduler_config: SchedulerConfig
     device: str = "cpu"
     enforce_eager: bool = False
-    cuda_graph_max_prefill_tokens: int = 0
-    overlap_decode_prepare: bool = False
+    cuda_graph_max_prefill_tokens: int = 512
+    overlap_decode_prepare: bool = True
     disable_log_stats: bool = False
 
 
