@@ -91,8 +91,12 @@ def test_output_kinds(engine: AsyncLLM) -> None:
     delta = asyncio.run(collect(RequestOutputKind.DELTA, "delta"))
     final = asyncio.run(collect(RequestOutputKind.FINAL_ONLY, "final"))
     full = cumulative[-1].outputs[0]
-    assert len(cumulative) == 12 and len(final) == 1 and final[0].finished
-    assert [len(o.outputs[0].token_ids) for o in cumulative] == list(range(1, 13))
+    assert len(final) == 1 and final[0].finished
+    # One output per step, unless a slow consumer (a loaded machine) let outputs pile up:
+    # AsyncLLM then merges them, so counts grow strictly but may skip steps.
+    counts = [len(o.outputs[0].token_ids) for o in cumulative]
+    assert counts == sorted(set(counts)) and counts[-1] == 12 and cumulative[-1].finished
+    assert not any(o.finished for o in cumulative[:-1])
     assert "".join(o.outputs[0].text for o in delta) == full.text == final[0].outputs[0].text
     assert [t for o in delta for t in o.outputs[0].token_ids] == full.token_ids
     assert all(o.prompt_token_ids for o in delta)
