@@ -63,14 +63,20 @@ class _ChatInputMixin(OpenAIBaseModel):
         return self
 
 
-# ---------------------------------------------------------------- /v1/embeddings
-class EmbeddingRequest(_ChatInputMixin, _PoolingCommon):
+class _VectorOutputMixin(OpenAIBaseModel):
+    """How /v1/embeddings and /pooling return a vector."""
+
     encoding_format: Literal["float", "base64"] = "float"
     # vLLM's extras for base64: the element type and byte order of the encoded vector.
     embed_dtype: EmbedDtype = "float32"
     endianness: Literal["native", "big", "little"] = "native"
     dimensions: int | None = None
     normalize: bool | None = None
+
+
+# ---------------------------------------------------------------- /v1/embeddings
+class EmbeddingRequest(_ChatInputMixin, _PoolingCommon, _VectorOutputMixin):
+    pass
 
 
 class EmbeddingResponseData(OpenAIBaseModel):
@@ -89,13 +95,8 @@ class EmbeddingResponse(OpenAIBaseModel):
 
 
 # ---------------------------------------------------------------- /pooling
-class PoolingRequest(_ChatInputMixin, _PoolingCommon, _ActivationMixin):
-    encoding_format: Literal["float", "base64"] = "float"
-    # vLLM's extras for base64: the element type and byte order of the encoded vector.
-    embed_dtype: EmbedDtype = "float32"
-    endianness: Literal["native", "big", "little"] = "native"
-    dimensions: int | None = None
-    normalize: bool | None = None
+class PoolingRequest(_ChatInputMixin, _PoolingCommon, _ActivationMixin, _VectorOutputMixin):
+    pass
 
 
 class PoolingResponseData(OpenAIBaseModel):
