@@ -202,6 +202,26 @@ class PoolingServing:
             raise OpenAIError(f"Pooling of input {missing[0]} was aborted.", 503)
         return results  # type: ignore[return-value]
 
+    async def _vectors(
+        self,
+        model: ServedModel,
+        request: EmbeddingRequest | PoolingRequest,
+        params: PoolingParams,
+    ) -> tuple[list[list[float] | str], list[PoolingRequestOutput]]:
+        """Pool every input of an /v1/embeddings or /pooling request; each vector as floats
+        or, with encoding_format=base64, in the requested dtype and byte order."""
+        prompts = self._request_prompts(model, request)
+        outputs = await self._run(
+            model, prompts, [params] * len(prompts), request.request_id, request.priority
+        )
+        vectors: list[list[float] | str] = [
+            _encode_base64(out.outputs.data, request.embed_dtype, request.endianness)
+            if request.encoding_format == "base64"
+            else out.outputs.data.tolist()
+            for out in outputs
+        ]
+        return vectors, outputs
+
     # ------------------------------------------------------------------ endpoints
     async def embeddings(self, request: EmbeddingRequest) -> EmbeddingResponse:
         model = self.registry.resolve(request.model)
@@ -212,19 +232,8 @@ class PoolingServing:
             normalize=request.normalize,
             truncate_prompt_tokens=request.truncate_prompt_tokens,
         )
-        prompts = self._request_prompts(model, request)
-        outputs = await self._run(
-            model, prompts, [params] * len(prompts), request.request_id, request.priority
-        )
-        data = [
-            EmbeddingResponseData(
-                index=i,
-                embedding=_encode_base64(out.outputs.data, request.embed_dtype, request.endianness)
-                if request.encoding_format == "base64"
-                else out.outputs.data.tolist(),
-            )
-            for i, out in enumerate(outputs)
-        ]
+        vectors, outputs = await self._vectors(model, request, params)
+        data = [EmbeddingResponseData(index=i, embedding=v) for i, v in enumerate(vectors)]
         return EmbeddingResponse(model=model.name, data=data, usage=_usage(outputs))
 
     async def pooling(self, request: PoolingRequest) -> PoolingResponse:
@@ -237,19 +246,8 @@ class PoolingServing:
             use_activation=request.resolved_activation,
             truncate_prompt_tokens=request.truncate_prompt_tokens,
         )
-        prompts = self._request_prompts(model, request)
-        outputs = await self._run(
-            model, prompts, [params] * len(prompts), request.request_id, request.priority
-        )
-        data = [
-            PoolingResponseData(
-                index=i,
-                data=_encode_base64(out.outputs.data, request.embed_dtype, request.endianness)
-                if request.encoding_format == "base64"
-                else out.outputs.data.tolist(),
-            )
-            for i, out in enumerate(outputs)
-        ]
+        vectors, outputs = await self._vectors(model, request, params)
+        data = [PoolingResponseData(index=i, data=v) for i, v in enumerate(vectors)]
         return PoolingResponse(model=model.name, data=data, usage=_usage(outputs))
 
     async def classify(self, request: ClassificationRequest) -> ClassificationResponse:
