@@ -84,3 +84,24 @@ def test_paged_attention_rejects_bad_group():
             q, cache, cache, torch.zeros(1, 1, dtype=torch.int32), torch.tensor([0, 2], dtype=torch.int32),
             torch.tensor([2], dtype=torch.int32), 0.25,
         )  # fmt: skip
+
+
+def test_kernels_refuse_caches_with_different_head_strides(triton_device, paged_batch):
+    """The kernels index both caches' heads with the key cache's stride: a value cache with
+    another layout is refused on the Triton path, while the reference still handles it."""
+    b = paged_batch([3, 1], [7, 20], 4, 2, 64, 16, torch.float32, triton_device)
+    want, _ = _run(b)
+    # Same values, heads-major storage: shape unchanged, head stride differs.
+    b.value_cache = b.value_cache.permute(0, 2, 1, 3).contiguous().permute(0, 2, 1, 3)
+    assert b.value_cache.stride(2) != b.key_cache.stride(2)
+    with pytest.raises(ValueError, match="same head stride"):
+        _run(b)
+    decode = paged_batch([1, 1], [9, 33], 4, 2, 64, 16, torch.float32, triton_device)
+    decode.value_cache = decode.value_cache.permute(0, 2, 1, 3).contiguous().permute(0, 2, 1, 3)
+    with pytest.raises(ValueError, match="same head stride"):  # routed to the split-K kernel
+        _run(decode, max_query_len=1, max_seq_len=33)
+    with kernels.use_backend("torch"):
+        got = kernels.paged_attention(
+            b.query, b.key_cache, b.value_cache, b.block_tables, b.query_start_loc, b.seq_lens_t, b.scale
+        )  # fmt: skip
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)

@@ -234,6 +234,7 @@ def _launch(
     num_seqs = seq_lens.shape[0]
     if num_tokens == 0 or num_seqs == 0:
         return out
+    _check_shared_head_stride(key_cache, value_cache)
     group = num_heads // num_kv_heads
     fp32 = query.dtype == torch.float32
     cfg = dict(config or _prefill_config(head_dim, group, query.device.type == "cpu", fp32))
@@ -302,6 +303,17 @@ def reference(
 
 
 # ----------------------------------------------------------------------------- public
+
+
+def _check_shared_head_stride(key_cache: torch.Tensor, value_cache: torch.Tensor) -> None:
+    """The Triton kernels index both caches' heads with one offset (one fewer register per
+    program); refuse a value cache laid out differently rather than read the wrong rows."""
+    if key_cache.stride(2) != value_cache.stride(2):
+        raise ValueError(
+            "the Triton attention kernels need key_cache and value_cache with the same head "
+            f"stride, got {key_cache.stride(2)} and {value_cache.stride(2)}; pass both caches in "
+            "the same layout (e.g. .contiguous())"
+        )
 
 
 def _check(query: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor) -> None:

@@ -21,7 +21,7 @@ import math
 
 import torch
 
-from mono_llm.kernels.attention import _attend_tile, _check
+from mono_llm.kernels.attention import _attend_tile, _check, _check_shared_head_stride
 from mono_llm.kernels.backend import tl, triton, use_triton
 
 _LOG2E = 1.0 / math.log(2.0)
@@ -168,6 +168,7 @@ def _launch(
     num_kv_heads, block_size = key_cache.shape[2], key_cache.shape[1]
     if num_seqs == 0:
         return out
+    _check_shared_head_stride(key_cache, value_cache)
     group = num_heads // num_kv_heads
     cfg = dict(config or _decode_config(head_dim, query.device.type == "cpu"))
     block_n = cfg.pop("BLOCK_N")
