@@ -6,7 +6,7 @@ import pytest
 import torch
 import transformers
 
-from mono_llm.core.attention import AttentionMetadata, attention_metadata
+from mono_llm.core.attention import AttentionMetadata
 from mono_llm.core.config import EngineArgs
 from mono_llm.core.model_loader import build_model
 from mono_llm.core.models.bert import EncoderAttentionMetadata
@@ -132,7 +132,7 @@ def test_engine_step_metadata_gives_the_same_hidden_states():
     )
     with torch.no_grad():
         explicit = model(ids, positions, lens)
-        with attention_metadata(step):
+        with model.forward_context.use(step):
             from_step = model(ids, positions)
     torch.testing.assert_close(from_step, explicit)
 

@@ -1,10 +1,12 @@
-"""Per-step attention metadata and the paged attention layer.
+"""Per-step attention metadata, the forward context that carries it, and the paged attention layer.
 
-The runner builds one `AttentionMetadata` per step and installs it with `set_attention_metadata`;
-attention layers read it from there, so model `forward(positions, hidden)` signatures stay as
-small as the HF modules they mirror (nano-vllm's `utils/context.py` idea). Everything in it is a
-device tensor except the host-side maxima, which the kernels use to size their grids without a
-device sync.
+The runner builds one `AttentionMetadata` per step and installs it in the model's
+`ForwardContext`; attention layers read it from there, so model `forward(positions, hidden)`
+signatures stay as small as the HF modules they mirror. Each model instance owns its own
+context: several engines (a chat model and an embedding model, or two chat models) run their
+steps on different threads of one process, and a context shared between them would hand one
+engine's slot mapping to another's forward pass. Everything in the metadata is a device tensor
+except the host-side maxima, which the kernels use to size their grids without a device sync.
 """
 
 from __future__ import annotations
@@ -33,29 +35,34 @@ class AttentionMetadata:
     causal: bool = True  # False for encoder (pooling) models
 
 
-_current: AttentionMetadata | None = None
+class ForwardContext:
+    """The current step's attention metadata for one model instance.
 
+    A model creates one and hands it to every layer that reads step metadata; its runner
+    installs the metadata around each forward pass. Never module-level: that would be state
+    shared by every engine in the process.
+    """
 
-def set_attention_metadata(metadata: AttentionMetadata | None) -> None:
-    global _current
-    _current = metadata
+    __slots__ = ("_attention",)
 
+    def __init__(self) -> None:
+        self._attention: AttentionMetadata | None = None
 
-def get_attention_metadata() -> AttentionMetadata:
-    if _current is None:
-        raise RuntimeError("attention ran outside a model step (no AttentionMetadata set)")
-    return _current
+    @property
+    def attention(self) -> AttentionMetadata:
+        if self._attention is None:
+            raise RuntimeError("attention ran outside a model step (no AttentionMetadata set)")
+        return self._attention
 
-
-@contextlib.contextmanager
-def attention_metadata(metadata: AttentionMetadata) -> Iterator[AttentionMetadata]:
-    """Install `metadata` for the duration of one forward pass."""
-    previous = _current
-    set_attention_metadata(metadata)
-    try:
-        yield metadata
-    finally:
-        set_attention_metadata(previous)
+    @contextlib.contextmanager
+    def use(self, metadata: AttentionMetadata) -> Iterator[AttentionMetadata]:
+        """Install `metadata` for the duration of one forward pass (or graph capture)."""
+        previous = self._attention
+        self._attention = metadata
+        try:
+            yield metadata
+        finally:
+            self._attention = previous
 
 
 class PagedAttention(nn.Module):
@@ -65,8 +72,17 @@ class PagedAttention(nn.Module):
     head_dim] each) once it has sized the cache.
     """
 
-    def __init__(self, num_heads: int, num_kv_heads: int, head_dim: int, scale: float) -> None:
+    def __init__(
+        self,
+        num_heads: int,
+        num_kv_heads: int,
+        head_dim: int,
+        scale: float,
+        context: ForwardContext,
+    ) -> None:
         super().__init__()
+        # A tuple keeps the shared context out of nn.Module attribute handling.
+        self._context = (context,)
         if num_heads % num_kv_heads:
             raise ValueError(f"num_heads={num_heads} is not a multiple of {num_kv_heads=}")
         self.num_heads = num_heads
@@ -83,7 +99,7 @@ class PagedAttention(nn.Module):
     def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
         """query [num_tokens, num_heads, head_dim], key/value [num_tokens, num_kv_heads,
         head_dim] -> [num_tokens, num_heads, head_dim]."""
-        metadata = get_attention_metadata()
+        metadata = self._context[0].attention
         key_cache, value_cache = self.key_cache, self.value_cache
         if key_cache is None or value_cache is None:
             raise RuntimeError("PagedAttention has no KV cache bound")

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mono_llm.core.attention import AttentionMetadata, attention_metadata
+from mono_llm.core.attention import AttentionMetadata
 from mono_llm.core.batch import LogitsWanted, ModelBatch, SequenceSlice
 from mono_llm.core.config import EngineConfig
 from mono_llm.core.errors import EngineError
@@ -275,7 +275,7 @@ class ModelRunner:
             input_ids = torch.from_numpy(inputs.input_ids)
             positions = torch.from_numpy(inputs.positions)
             logits_indices = torch.from_numpy(inputs.logits_indices)
-        with attention_metadata(metadata):
+        with self.model.forward_context.use(metadata):
             hidden = self.model(input_ids, positions)
         return hidden, logits_indices
 
@@ -542,7 +542,7 @@ class ModelRunner:
         pool = self._graph_pool = torch.cuda.graph_pool_handle()
         for size in reversed(self._graph_sizes):  # largest first: smaller ones reuse its pool
             metadata = self._buffer_metadata(size, size, 1, self.max_model_len, True)
-            with attention_metadata(metadata):
+            with self.model.forward_context.use(metadata):
                 self._graph_step(size)  # warm-up (Triton autotuning, allocator)
                 torch.cuda.synchronize(self.device)
                 graph = torch.cuda.CUDAGraph()
@@ -594,7 +594,7 @@ class ModelRunner:
             self._query_start_loc[0] = 0
             self._block_tables[:slots].zero_()
             metadata = self._buffer_metadata(size, slots, size, self.max_model_len, False)
-            with attention_metadata(metadata):
+            with self.model.forward_context.use(metadata):
                 self._prefill_graph_step(size)  # warm-up (Triton compilation, allocator)
                 torch.cuda.synchronize(self.device)
                 graph = torch.cuda.CUDAGraph()

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mono_llm.core.attention import get_attention_metadata
+from mono_llm.core.attention import ForwardContext
 from mono_llm.core.errors import UnsupportedModelError
 from mono_llm.core.pooling.tasks import classifier_num_labels
 
@@ -239,6 +239,8 @@ class BertModel(nn.Module):
         if config.get("is_decoder") or config.get("add_cross_attention"):
             raise UnsupportedModelError("BERT used as a decoder is not supported.")
         self.config = config
+        # One per model instance: inside an engine step the runner installs the step's metadata.
+        self.forward_context = ForwardContext()
         offset = int(config.get("pad_token_id") or 0) + 1 if _is_roberta(config) else 0
         self.embeddings = BertEmbeddings(config, offset)
         self.encoder = BertEncoder(config)
@@ -278,7 +280,7 @@ class BertModel(nn.Module):
         if seq_lens is not None:
             meta = EncoderAttentionMetadata.build(seq_lens, input_ids.device)
         else:
-            step = get_attention_metadata()
+            step = self.forward_context.attention
             meta = EncoderAttentionMetadata.from_query_start_loc(
                 step.query_start_loc, step.max_query_len, input_ids.shape[0]
             )

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mono_llm.core.attention import PagedAttention
+from mono_llm.core.attention import ForwardContext, PagedAttention
 from mono_llm.core.config import sliding_window_in_use
 from mono_llm.core.errors import UnsupportedModelError
 from mono_llm.core.layers.linear import MergedLinear
@@ -94,7 +94,7 @@ class LlamaSettings:
 
 
 class LlamaAttention(nn.Module):
-    def __init__(self, s: LlamaSettings, rotary: RotaryEmbedding) -> None:
+    def __init__(self, s: LlamaSettings, rotary: RotaryEmbedding, context: ForwardContext) -> None:
         super().__init__()
         self.num_heads, self.num_kv_heads, self.head_dim = s.num_heads, s.num_kv_heads, s.head_dim
         self.q_size = s.num_heads * s.head_dim
@@ -109,7 +109,9 @@ class LlamaAttention(nn.Module):
         self.qk_norm = s.qk_norm
         # Shared by every layer; kept out of the module tree so it is not registered N times.
         self._rotary = (rotary,)
-        self.attn = PagedAttention(s.num_heads, s.num_kv_heads, s.head_dim, s.head_dim**-0.5)
+        self.attn = PagedAttention(
+            s.num_heads, s.num_kv_heads, s.head_dim, s.head_dim**-0.5, context
+        )
 
     def forward(self, positions: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
         qkv = self.qkv_proj(hidden)  # [num_tokens, q_size + 2 * kv_size]
@@ -137,9 +139,9 @@ class LlamaMLP(nn.Module):
 
 
 class LlamaDecoderLayer(nn.Module):
-    def __init__(self, s: LlamaSettings, rotary: RotaryEmbedding) -> None:
+    def __init__(self, s: LlamaSettings, rotary: RotaryEmbedding, context: ForwardContext) -> None:
         super().__init__()
-        self.self_attn = LlamaAttention(s, rotary)
+        self.self_attn = LlamaAttention(s, rotary, context)
         self.mlp = LlamaMLP(s)
         self.input_layernorm = RMSNorm(s.hidden_size, s.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(s.hidden_size, s.rms_norm_eps)
@@ -161,10 +163,15 @@ class LlamaDecoderLayer(nn.Module):
 class LlamaModel(nn.Module):
     def __init__(self, s: LlamaSettings) -> None:
         super().__init__()
+        # One per model instance: the runner installs each step's attention metadata here.
+        self.forward_context = ForwardContext()
         self.rotary_emb = RotaryEmbedding(s.head_dim, s.max_position, s.rope_theta, s.rope_scaling)
         self.embed_tokens = nn.Embedding(s.vocab_size, s.hidden_size)
         self.layers = nn.ModuleList(
-            [LlamaDecoderLayer(s, self.rotary_emb) for _ in range(s.num_layers)]
+            [
+                LlamaDecoderLayer(s, self.rotary_emb, self.forward_context)
+                for _ in range(s.num_layers)
+            ]
         )
         self.norm = RMSNorm(s.hidden_size, s.rms_norm_eps)
 
@@ -213,6 +220,10 @@ class LlamaForCausalLM(nn.Module):
         cls, config: dict[str, Any], architecture: str, max_model_len: int | None = None
     ) -> LlamaForCausalLM:
         return cls(LlamaSettings.from_hf(config, architecture, max_model_len))
+
+    @property
+    def forward_context(self) -> ForwardContext:
+        return self.model.forward_context
 
     @property
     def vocab_size(self) -> int:

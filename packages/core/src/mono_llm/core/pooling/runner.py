@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from mono_llm.core.attention import AttentionMetadata, attention_metadata
+from mono_llm.core.attention import AttentionMetadata
 from mono_llm.core.batch import ModelBatch
 from mono_llm.core.config import EngineConfig
 from mono_llm.core.errors import EngineError
@@ -84,7 +84,7 @@ class EncoderModelRunner(ModelRunner):
         )
         if token_type_ids is not None:
             token_type_ids = token_type_ids.to(device, non_blocking=True)
-        with attention_metadata(metadata):
+        with self.model.forward_context.use(metadata):
             return self.model(
                 to_device(inputs.input_ids),
                 to_device(inputs.positions),
