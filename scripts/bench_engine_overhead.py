@@ -14,12 +14,12 @@ import time
 
 import torch
 
-from mono_llm.core.batch import ModelBatch
 from mono_llm.core.config import EngineArgs
-from mono_llm.core.engine_core import EngineCore
+from mono_llm.core.engine.core import EngineCore
 from mono_llm.core.sampling_params import RequestOutputKind, SamplingParams
 from mono_llm.core.testing import fixture_path
 from mono_llm.core.tokenizer import load_tokenizer
+from mono_llm.core.worker.batch import ModelBatch
 
 
 class InstantRunner:

@@ -7,7 +7,7 @@ import itertools
 
 import pytest
 
-from mono_llm.core.detokenizer import IncrementalDetokenizer
+from mono_llm.core.engine.detokenizer import IncrementalDetokenizer
 from mono_llm.core.sampling_params import SamplingParams
 from mono_llm.core.testing import fixture_path
 from mono_llm.core.tokenizer import load_tokenizer

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from mono_llm.core.engine.request import Sequence
 from mono_llm.core.kv_cache import BlockPool, KVCacheManager
-from mono_llm.core.request import Sequence
 from mono_llm.core.sampling_params import SamplingParams
 
 

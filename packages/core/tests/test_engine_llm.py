@@ -14,7 +14,7 @@ from mono_llm.core import (
     PromptTooLongError,
     SamplingParams,
 )
-from mono_llm.core.engine_core import EngineCore
+from mono_llm.core.engine.core import EngineCore
 from mono_llm.core.testing import fixture_path
 
 NUM_BLOCKS = 64

@@ -7,14 +7,14 @@ import math
 import pytest
 import torch
 
-from mono_llm.core.request import Sequence
-from mono_llm.core.sampler import (
+from mono_llm.core.engine.request import Sequence
+from mono_llm.core.sampling_params import SamplingParams
+from mono_llm.core.worker.sampler import (
     Sampler,
     apply_penalties,
     apply_token_bitmask,
     apply_top_k_top_p_min_p,
 )
-from mono_llm.core.sampling_params import SamplingParams
 
 VOCAB = 50
 

@@ -3,12 +3,12 @@ preemption, priorities and aborts (no model: the test plays the model runner).""
 
 from __future__ import annotations
 
-from mono_llm.core.batch import LogitsWanted
 from mono_llm.core.config import SchedulerConfig
+from mono_llm.core.engine.request import Sequence, SequenceStatus
+from mono_llm.core.engine.scheduler import Scheduler
 from mono_llm.core.kv_cache import KVCacheManager
-from mono_llm.core.request import Sequence, SequenceStatus
 from mono_llm.core.sampling_params import SamplingParams
-from mono_llm.core.scheduler import Scheduler
+from mono_llm.core.worker.batch import LogitsWanted
 
 
 def _scheduler(budget: int = 64, seqs: int = 8, blocks: int = 32, chunked: bool = True):

@@ -14,11 +14,11 @@ import pytest
 import torch
 
 from mono_llm.core import LLM, SamplingParams
-from mono_llm.core.batch import LogitsWanted, ModelBatch, SequenceSlice
 from mono_llm.core.config import EngineArgs, sliding_window_in_use
 from mono_llm.core.errors import InvalidRequestError, UnsupportedModelError
-from mono_llm.core.model_runner import ModelRunner
 from mono_llm.core.testing.variants import StateDict, derive_model
+from mono_llm.core.worker.batch import LogitsWanted, ModelBatch, SequenceSlice
+from mono_llm.core.worker.model_runner import ModelRunner
 
 PROMPT = [0, 11, 250, 3, 999, 42, 7, 600, 5, 18, 77, 123, 64, 1000, 2, 9, 31, 400, 88, 61]
 GREEDY = SamplingParams(temperature=0, max_tokens=6, ignore_eos=True)

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from mono_llm.core import LLM, SamplingParams
+from mono_llm.core.engine.generation_config import eos_token_ids
 from mono_llm.core.errors import InvalidRequestError
-from mono_llm.core.generation_config import eos_token_ids
 from mono_llm.core.testing import fixture_path
 from mono_llm.core.testing.variants import StateDict, derive_model, train_sentencepiece
 from mono_llm.core.tokenizer import decodable_vocab_size, load_tokenizer
@@ -256,7 +256,7 @@ def test_streamed_text_with_added_tokens_equals_decode(
 ) -> None:
     """A Hermes/Qwen `<tool_call>` marker is an added, non-special token: streaming must not
     pad it with spaces (tool parsers and clients see exactly what `decode` gives)."""
-    from mono_llm.core.detokenizer import IncrementalDetokenizer
+    from mono_llm.core.engine.detokenizer import IncrementalDetokenizer
 
     tokenizer = load_tokenizer(str(fixture_path("tiny-llama")))
     tokenizer.add_tokens(["<tool_call>", "</tool_call>"])

@@ -9,8 +9,8 @@ import pytest
 
 from mono_llm.core import LLM
 from mono_llm.core.bench import Workload, format_table, main, run_workload, runner_timing
-from mono_llm.core.model_runner import decode_graph_sizes
 from mono_llm.core.testing import fixture_path
+from mono_llm.core.worker.model_runner import decode_graph_sizes
 
 
 @pytest.fixture(scope="module")

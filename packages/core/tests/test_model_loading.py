@@ -10,13 +10,13 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from mono_llm.core.batch import LogitsWanted, ModelBatch, SequenceSlice
 from mono_llm.core.config import EngineArgs
 from mono_llm.core.errors import UnsupportedModelError
 from mono_llm.core.layers.rotary import rope_settings
-from mono_llm.core.model_runner import ModelRunner
 from mono_llm.core.models import resolve_model_class, supported_architectures
 from mono_llm.core.testing import fixture_path
+from mono_llm.core.worker.batch import LogitsWanted, ModelBatch, SequenceSlice
+from mono_llm.core.worker.model_runner import ModelRunner
 
 PROMPT = [11, 250, 3, 999, 42, 7, 600, 5, 18, 77, 123, 64, 1000, 2, 9, 31, 400]
 

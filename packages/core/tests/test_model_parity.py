@@ -12,10 +12,10 @@ import random
 import pytest
 import torch
 
-from mono_llm.core.batch import LogitsWanted, ModelBatch, SequenceSlice
 from mono_llm.core.config import EngineArgs
-from mono_llm.core.model_runner import ModelRunner
 from mono_llm.core.testing import fixture_path
+from mono_llm.core.worker.batch import LogitsWanted, ModelBatch, SequenceSlice
+from mono_llm.core.worker.model_runner import ModelRunner
 
 FIXTURES = ["tiny-llama", "tiny-mistral", "tiny-qwen2", "tiny-qwen3"]
 ATOL = 2e-4

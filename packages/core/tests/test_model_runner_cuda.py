@@ -11,10 +11,10 @@ import functools
 import pytest
 import torch
 
-from mono_llm.core.batch import LogitsWanted, ModelBatch, SequenceSlice
 from mono_llm.core.config import EngineArgs
-from mono_llm.core.model_runner import ModelRunner
 from mono_llm.core.testing import fixture_path
+from mono_llm.core.worker.batch import LogitsWanted, ModelBatch, SequenceSlice
+from mono_llm.core.worker.model_runner import ModelRunner
 
 pytestmark = [
     pytest.mark.gpu,

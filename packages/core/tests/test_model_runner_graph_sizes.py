@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mono_llm.core.model_runner import decode_graph_sizes, prefill_graph_sizes
+from mono_llm.core.worker.model_runner import decode_graph_sizes, prefill_graph_sizes
 
 
 def test_decode_graph_sizes_end_at_max_num_seqs() -> None:

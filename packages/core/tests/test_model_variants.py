@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 import torch
 
-from mono_llm.core.batch import LogitsWanted, ModelBatch, SequenceSlice
 from mono_llm.core.config import EngineArgs
-from mono_llm.core.model_runner import ModelRunner
+from mono_llm.core.worker.batch import LogitsWanted, ModelBatch, SequenceSlice
+from mono_llm.core.worker.model_runner import ModelRunner
 
 SHAPE: dict[str, Any] = {
     "vocab_size": 300,

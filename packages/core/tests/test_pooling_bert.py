@@ -6,10 +6,10 @@ import pytest
 import torch
 import transformers
 
-from mono_llm.core.attention import AttentionMetadata
 from mono_llm.core.config import EngineArgs
-from mono_llm.core.model_loader import build_model
+from mono_llm.core.layers.attention import AttentionMetadata
 from mono_llm.core.models.bert import EncoderAttentionMetadata
+from mono_llm.core.models.loader import build_model
 from mono_llm.core.pooling.pooler import build_pooling_head, finalize_pooled
 from mono_llm.core.pooling.tasks import resolve_model_tasks
 from mono_llm.core.pooling_params import PoolingParams
@@ -162,8 +162,8 @@ def test_decoder_classifier_matches_transformers():
         for ids in encodings:
             reference.append(hf(torch.tensor([ids])).logits[0])
         # The decoder body uses the paged KV cache: run it as one engine step through the runner.
-        from mono_llm.core.batch import LogitsWanted, ModelBatch, SequenceSlice
-        from mono_llm.core.model_runner import ModelRunner
+        from mono_llm.core.worker.batch import LogitsWanted, ModelBatch, SequenceSlice
+        from mono_llm.core.worker.model_runner import ModelRunner
 
         config = EngineArgs(model=str(path), device="cpu", kv_cache_memory_gib=0.01)
         runner = ModelRunner(config.create_engine_config())

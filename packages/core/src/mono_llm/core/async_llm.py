@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from mono_llm.core.config import AsyncEngineArgs, EngineArgs, EngineConfig, ModelConfig
-from mono_llm.core.engine_core import EngineCore
+from mono_llm.core.engine.core import EngineCore
+from mono_llm.core.engine.output_processor import merge_delta_outputs
 from mono_llm.core.errors import (
     EngineDeadError,
     EngineError,
@@ -31,7 +32,6 @@ from mono_llm.core.errors import (
     InvalidRequestError,
 )
 from mono_llm.core.inputs import PromptType
-from mono_llm.core.output_processor import merge_delta_outputs
 from mono_llm.core.outputs import PoolingRequestOutput, RequestOutput, SchedulerStats
 from mono_llm.core.pooling_params import PoolingParams
 from mono_llm.core.sampling_params import RequestOutputKind, SamplingParams

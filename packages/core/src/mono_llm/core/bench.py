@@ -144,7 +144,7 @@ def runner_timing(runner: Any, context_len: int = 640) -> dict[str, float]:
     values). "step" is `ModelRunner.execute` plus a device sync (host preparation included);
     "graph" is the replay alone, timed with CUDA events.
     """
-    from mono_llm.core.batch import LogitsWanted, ModelBatch, SequenceSlice
+    from mono_llm.core.worker.batch import LogitsWanted, ModelBatch, SequenceSlice
 
     per_seq = -(-(context_len + 1) // runner.block_size)
     timings: dict[str, float] = {}

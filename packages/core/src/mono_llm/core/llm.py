@@ -7,10 +7,10 @@ from collections.abc import Sequence as SequenceABC
 from typing import Any
 
 from mono_llm.core.config import EngineArgs
-from mono_llm.core.engine_core import EngineCore
+from mono_llm.core.engine.core import EngineCore
+from mono_llm.core.engine.offline_loop import run_until_finished
 from mono_llm.core.errors import InvalidRequestError
 from mono_llm.core.inputs import PromptType, TokensPrompt
-from mono_llm.core.offline_loop import run_until_finished
 from mono_llm.core.outputs import RequestOutput
 from mono_llm.core.pooling.offline import PoolingLLMMixin
 from mono_llm.core.sampling_params import RequestOutputKind, SamplingParams

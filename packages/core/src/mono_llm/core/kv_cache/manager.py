@@ -11,8 +11,8 @@ from __future__ import annotations
 import hashlib
 from array import array
 
+from mono_llm.core.engine.request import Sequence
 from mono_llm.core.kv_cache.block_pool import BlockPool
-from mono_llm.core.request import Sequence
 
 _ROOT_HASH = b"mono-llm-kv-root"
 

@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mono_llm.core.attention import ForwardContext
 from mono_llm.core.errors import UnsupportedModelError
+from mono_llm.core.layers.attention import ForwardContext
 from mono_llm.core.pooling.tasks import classifier_num_labels
 
 _ACTIVATIONS = {

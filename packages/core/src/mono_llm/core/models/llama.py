@@ -17,9 +17,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from mono_llm.core.attention import ForwardContext, PagedAttention
 from mono_llm.core.config import sliding_window_in_use
 from mono_llm.core.errors import UnsupportedModelError
+from mono_llm.core.layers.attention import ForwardContext, PagedAttention
 from mono_llm.core.layers.linear import MergedLinear
 from mono_llm.core.layers.norm import RMSNorm
 from mono_llm.core.layers.ops import ops

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from mono_llm.core.config import EngineConfig
+from mono_llm.core.engine.request import Request, Sequence, SequenceStatus
 from mono_llm.core.errors import (
     InvalidRequestError,
     PromptTooLongError,
@@ -33,11 +34,10 @@ from mono_llm.core.pooling.pooler import (
 )
 from mono_llm.core.pooling.tasks import ModelTasks, resolve_model_tasks
 from mono_llm.core.pooling_params import PoolingParams
-from mono_llm.core.request import Request, Sequence, SequenceStatus
 
 if TYPE_CHECKING:
-    from mono_llm.core.engine_core import EngineCore
-    from mono_llm.core.scheduler import SchedulerOutput
+    from mono_llm.core.engine.core import EngineCore
+    from mono_llm.core.engine.scheduler import SchedulerOutput
 
 logger = logging.getLogger(__name__)
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from mono_llm.core.engine.offline_loop import run_until_finished
 from mono_llm.core.errors import InvalidRequestError, UnsupportedTaskError
 from mono_llm.core.inputs import PromptType
-from mono_llm.core.offline_loop import run_until_finished
 from mono_llm.core.outputs import (
     ClassificationRequestOutput,
     EmbeddingRequestOutput,

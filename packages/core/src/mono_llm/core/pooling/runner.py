@@ -14,12 +14,12 @@ import time
 
 import torch
 
-from mono_llm.core.attention import AttentionMetadata
-from mono_llm.core.batch import ModelBatch
 from mono_llm.core.config import EngineConfig
 from mono_llm.core.errors import EngineError
-from mono_llm.core.model_loader import build_model
-from mono_llm.core.model_runner import ModelRunner
+from mono_llm.core.layers.attention import AttentionMetadata
+from mono_llm.core.models.loader import build_model
+from mono_llm.core.worker.batch import ModelBatch
+from mono_llm.core.worker.model_runner import ModelRunner
 
 logger = logging.getLogger(__name__)
 

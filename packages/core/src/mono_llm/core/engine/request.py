@@ -20,7 +20,7 @@ from mono_llm.core.sampling_params import SamplingParams
 if TYPE_CHECKING:
     import torch
 
-    from mono_llm.core.detokenizer import IncrementalDetokenizer
+    from mono_llm.core.engine.detokenizer import IncrementalDetokenizer
 
 _arrival_counter = itertools.count()
 

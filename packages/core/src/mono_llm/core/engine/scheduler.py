@@ -18,10 +18,10 @@ import heapq
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from mono_llm.core.batch import LogitsWanted
 from mono_llm.core.config import SchedulerConfig
+from mono_llm.core.engine.request import Sequence, SequenceStatus
 from mono_llm.core.kv_cache import KVCacheManager
-from mono_llm.core.request import Sequence, SequenceStatus
+from mono_llm.core.worker.batch import LogitsWanted
 
 
 @dataclass(slots=True)

@@ -27,12 +27,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from mono_llm.core.attention import AttentionMetadata
-from mono_llm.core.batch import LogitsWanted, ModelBatch, SequenceSlice
 from mono_llm.core.config import EngineConfig
 from mono_llm.core.errors import EngineError
+from mono_llm.core.layers.attention import AttentionMetadata
 from mono_llm.core.layers.ops import HOST_SYNCING_REFERENCES, torch_ops_requested
-from mono_llm.core.model_loader import build_model
+from mono_llm.core.models.loader import build_model
+from mono_llm.core.worker.batch import LogitsWanted, ModelBatch, SequenceSlice
 
 logger = logging.getLogger(__name__)
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import time
 
+from mono_llm.core.engine.request import Request, Sequence
 from mono_llm.core.outputs import CompletionOutput, RequestOutput
-from mono_llm.core.request import Request, Sequence
 from mono_llm.core.sampling_params import RequestOutputKind
 
 

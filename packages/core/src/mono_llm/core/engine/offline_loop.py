@@ -16,7 +16,7 @@ from mono_llm.core.errors import EngineError
 from mono_llm.core.outputs import RequestOutput
 
 if TYPE_CHECKING:
-    from mono_llm.core.engine_core import EngineCore
+    from mono_llm.core.engine.core import EngineCore
 
 # Fewer prompts than this finish too fast for a progress bar to say anything.
 PROGRESS_BAR_MIN_PROMPTS = 8

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 import torch
 
-from mono_llm.core.request import Sequence
+from mono_llm.core.engine.request import Sequence
 
 # Grammar bitmasks go through the kernel package's op (Triton on CUDA, torch reference on CPU);
 # re-exported here as the sampler's name for it.

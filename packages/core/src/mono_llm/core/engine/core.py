@@ -14,9 +14,12 @@ from typing import Any
 
 import torch
 
-from mono_llm.core.batch import LogitsWanted, ModelBatch, SequenceSlice
 from mono_llm.core.config import EngineArgs, EngineConfig
-from mono_llm.core.detokenizer import IncrementalDetokenizer
+from mono_llm.core.engine.detokenizer import IncrementalDetokenizer
+from mono_llm.core.engine.generation_config import default_sampling_params, eos_token_ids
+from mono_llm.core.engine.output_processor import make_request_output
+from mono_llm.core.engine.request import Request, Sequence, SequenceStatus
+from mono_llm.core.engine.scheduler import Scheduler, SchedulerOutput
 from mono_llm.core.errors import (
     EngineError,
     EngineOverloadedError,
@@ -24,18 +27,15 @@ from mono_llm.core.errors import (
     PromptTooLongError,
     UnsupportedTaskError,
 )
-from mono_llm.core.generation_config import default_sampling_params, eos_token_ids
 from mono_llm.core.inputs import PromptType, parse_prompt
 from mono_llm.core.kv_cache import KVCacheManager
-from mono_llm.core.output_processor import make_request_output
 from mono_llm.core.outputs import Logprob, RequestMetrics, RequestOutput, SchedulerStats
 from mono_llm.core.pooling.engine import PoolingEngine
 from mono_llm.core.pooling_params import PoolingParams
-from mono_llm.core.request import Request, Sequence, SequenceStatus
-from mono_llm.core.sampler import Sampler, SamplerOutput, compute_logprobs, num_top_logprobs
 from mono_llm.core.sampling_params import SamplingParams
-from mono_llm.core.scheduler import Scheduler, SchedulerOutput
 from mono_llm.core.tokenizer import decodable_vocab_size, load_tokenizer, tokenizer_info
+from mono_llm.core.worker.batch import LogitsWanted, ModelBatch, SequenceSlice
+from mono_llm.core.worker.sampler import Sampler, SamplerOutput, compute_logprobs, num_top_logprobs
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ class EngineCore:
         if model_runner is None and self.pooling is not None:
             model_runner = self.pooling.make_runner()
         if model_runner is None:
-            from mono_llm.core.model_runner import ModelRunner
+            from mono_llm.core.worker.model_runner import ModelRunner
 
             model_runner = ModelRunner(config)
         self.model_runner = model_runner
@@ -81,7 +81,7 @@ class EngineCore:
         self.sampler = Sampler(self.vocab_size, self.model_config.seed, model_runner.device)
         self.eos_token_ids = eos_token_ids(self.model_config, self.tokenizer)
         if grammar_factory is None:
-            from mono_llm.core.structured_outputs import make_grammar_factory
+            from mono_llm.core.engine.structured_outputs import make_grammar_factory
 
             grammar_factory = make_grammar_factory(
                 self.tokenizer, self.vocab_size, self.eos_token_ids
