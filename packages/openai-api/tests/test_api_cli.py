@@ -103,7 +103,7 @@ def test_docs_cli_page_lists_exactly_the_serve_flags() -> None:
 
 def test_bad_flags_and_paths_are_one_line_errors(capsys, tmp_path) -> None:
     assert main(["serve", str(tmp_path / "missing-model")]) == 2
-    assert "not a local HF-format model folder" in capsys.readouterr().err
+    assert "neither a local folder nor a hub id" in capsys.readouterr().err
     assert main(["serve", "--dtype", "fp7"]) == 2
     assert "dtype must be one of" in capsys.readouterr().err
     assert main(["serve", "--api-key", f"@{tmp_path / 'no-keys.txt'}"]) == 2

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from mono_llm.core.errors import InvalidRequestError, UnsupportedModelError
+from mono_llm.core.hub import resolve_model_dir
 from mono_llm.core.models.registry import resolve_model_class
 
 logger = logging.getLogger(__name__)
@@ -48,13 +49,16 @@ class EngineArgs:
     """Everything that configures one engine (one served model)."""
 
     model: str | None = None
-    """Path of a local HF-format model folder (config.json, *.safetensors, tokenizer files)."""
+    """A local HF-format model folder (config.json, *.safetensors, tokenizer files), or a hub id
+    (org/name) resolved through the Hugging Face cache, downloaded when the hub is reachable."""
     served_model_name: str | None = None
     """Name clients use in the `model` field; defaults to the `model` argument."""
     tokenizer: str | None = None
-    """Folder of the tokenizer, if not the model folder."""
+    """Folder or hub id of the tokenizer, if not the model's."""
     revision: str | None = None
-    """Accepted for vLLM compatibility; local folders have no revisions."""
+    """Branch, tag or commit of a hub id (ignored for local folders)."""
+    download_dir: str | None = None
+    """Cache folder for hub downloads; default: the Hugging Face cache (HF_HUB_CACHE)."""
     trust_remote_code: bool = False
     """Never executes code from the model folder; accepted for vLLM compatibility only."""
     dtype: str = "auto"
@@ -142,11 +146,12 @@ class EngineArgs:
         """Read the model folder and resolve every 'auto' into a concrete value."""
         if not self.model:
             raise InvalidRequestError("A model folder is required.", param="model")
-        model_dir = Path(self.model).expanduser()
+        model_dir = resolve_model_dir(
+            self.model, revision=self.revision, download_dir=self.download_dir
+        )
         if not (model_dir / "config.json").is_file():
             raise UnsupportedModelError(
-                f"{self.model!r} is not a local HF-format model folder (no config.json). "
-                "mono-llm loads models from disk only; download the model first."
+                f"{self.model!r} is not an HF-format model folder (no config.json in {model_dir})."
             )
         hf_config = _read_hf_config(model_dir)
         # Fail here, at start-up, for a model we cannot run (not later inside a server's
@@ -169,7 +174,11 @@ class EngineArgs:
         if max_model_len is None:
             max_model_len = 2048
         max_model_len = _cap_to_sliding_window(hf_config, max_model_len, self.max_model_len)
-        tokenizer_dir = Path(self.tokenizer).expanduser() if self.tokenizer else model_dir
+        tokenizer_dir = model_dir
+        if self.tokenizer:
+            tokenizer_dir = resolve_model_dir(
+                self.tokenizer, download_dir=self.download_dir, what="tokenizer"
+            )
         model_config = ModelConfig(
             model=str(model_dir),
             served_model_name=self.served_model_name or self.model,

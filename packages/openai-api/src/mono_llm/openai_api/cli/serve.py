@@ -22,7 +22,7 @@ DEMO_EMBEDDING_MODEL = "all-MiniLM-L6-v2"
 logger = logging.getLogger("mono_llm.openai_api.serve")
 
 _ENGINE_HELP_OVERRIDES = {
-    "model": "Model folder; same as the positional MODEL, and may be repeated.",
+    "model": "Model folder or hub id; same as the positional MODEL, and may be repeated.",
 }
 
 
@@ -45,8 +45,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "models",
         nargs="*",
         metavar="MODEL",
-        help="Local HF-format model folder(s). Several folders serve several models, routed "
-        "by the request's `model` field.",
+        help="HF-format model folder(s) or hub id(s) (org/name, from the Hugging Face cache or "
+        "downloaded). Several serve several models, routed by the request's `model` field.",
     )
     engine = parser.add_argument_group("engine (one per model; every model gets these values)")
     parser.set_defaults(engine_fields=[], server_fields=[])
