@@ -82,6 +82,11 @@ def _register_builtin() -> None:
     for classifier_name in encoders.DECODER_CLASSIFIER_FIXTURES:
         register_fixture(classifier_name, encoders.build_decoder_classifier)
 
+    from mono_llm.core.testing.vision import VISION_FIXTURES, build_vision_fixture
+
+    for vision_name in VISION_FIXTURES:
+        register_fixture(vision_name, build_vision_fixture)
+
 
 _register_builtin()
 

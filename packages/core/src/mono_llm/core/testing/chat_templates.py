@@ -53,3 +53,45 @@ CHATML = (
     "{{- '<think>\\n\\n</think>\\n\\n' }}{%- endif %}"
     "{%- endif %}"
 )
+
+# LLaVA-1.5: "USER: <image>\n<text> ASSISTANT:" turns; each image part becomes one <image>
+# placeholder ahead of the message's text, which the processor expands to the patch count.
+# Accepts OpenAI-style "image_url" parts as well as transformers' "image" parts.
+LLAVA = (
+    "{%- for message in messages %}"
+    "{%- if message['role'] == 'system' %}"
+    "{%- set prefix = '' %}"
+    "{%- elif message['role'] == 'assistant' %}{%- set prefix = 'ASSISTANT: ' %}"
+    "{%- else %}{%- set prefix = 'USER: ' %}{%- endif %}"
+    "{{- prefix }}"
+    "{%- if message['content'] is string %}{{- message['content'] }}"
+    "{%- else %}"
+    "{%- for part in message['content'] if part['type'] in ['image', 'image_url'] %}"
+    "{{- '<image>\\n' }}{%- endfor %}"
+    "{%- for part in message['content'] if part['type'] == 'text' %}"
+    "{{- part['text'] }}{%- if not loop.last %}{{- ' ' }}{%- endif %}{%- endfor %}"
+    "{%- endif %}"
+    "{%- if message['role'] == 'assistant' %}{{- eos_token }}{%- endif %}"
+    "{{- ' ' if message['role'] != 'assistant' else '' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- 'ASSISTANT:' }}{%- endif %}"
+)
+
+# Qwen2-VL: ChatML with a default system turn; every image part, where it stands among the
+# text parts, becomes <|vision_start|><|image_pad|><|vision_end|>, and the processor expands
+# the pad token to one token per merged 2x2 patch group.
+QWEN2_VL = (
+    "{%- if messages[0]['role'] != 'system' %}"
+    "{{- '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}{%- endif %}"
+    "{%- for message in messages %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' }}"
+    "{%- if message['content'] is string %}{{- message['content'] }}"
+    "{%- else %}{%- for part in message['content'] %}"
+    "{%- if part['type'] in ['image', 'image_url'] %}"
+    "{{- '<|vision_start|><|image_pad|><|vision_end|>' }}"
+    "{%- elif part['type'] == 'text' %}{{- part['text'] }}{%- endif %}"
+    "{%- endfor %}{%- endif %}"
+    "{{- '<|im_end|>\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)

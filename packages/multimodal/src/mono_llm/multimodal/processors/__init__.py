@@ -57,12 +57,22 @@ def image_processor_from_config(
 
 
 def load_image_processor(model_dir: str | Path) -> ImageProcessor:
-    """Read `model_dir`/preprocessor_config.json (and config.json) and build its processor."""
+    """Read `model_dir`'s image-processor config (and config.json) and build its processor.
+
+    The config is preprocessor_config.json, as model folders ship it; folders saved by
+    newer transformers may instead nest it under "image_processor" in processor_config.json.
+    """
     folder = Path(model_dir)
     preprocessor_path = folder / "preprocessor_config.json"
-    if not preprocessor_path.is_file():
+    processor_path = folder / "processor_config.json"
+    if preprocessor_path.is_file():
+        preprocessor = json.loads(preprocessor_path.read_text())
+    elif processor_path.is_file() and "image_processor" in (
+        nested := json.loads(processor_path.read_text())
+    ):
+        preprocessor = nested["image_processor"]
+    else:
         raise FileNotFoundError(f"{folder} has no preprocessor_config.json")
-    preprocessor = json.loads(preprocessor_path.read_text())
     config_path = folder / "config.json"
     model = json.loads(config_path.read_text()) if config_path.is_file() else {}
     return image_processor_from_config(preprocessor, model)
