@@ -5,7 +5,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import re
+import shutil
 import socket
+import ssl
+import subprocess
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -155,11 +161,7 @@ def test_unreachable_url() -> None:
         )
 
 
-def test_read_timeout(local_server: LocalServer) -> None:
-    import threading
-    import time
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
+def test_read_timeout() -> None:
     class Slow(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             time.sleep(1.5)
@@ -210,6 +212,27 @@ def test_resolved_address_is_checked_and_used_with_host_kept(
     assert calls == ["images.test", "images.test"]
     with pytest.raises(MediaForbiddenError, match=re.escape("10.0.0.5")):
         fetch_image_bytes_sync("http://mixed.test/x.png", MediaConfig())
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://", "http:///x", "http://[::1", "https://xn--/", "http://\u2100.com/", "http://a b/"],
+)
+def test_malformed_http_urls_give_typed_errors(url: str) -> None:
+    with pytest.raises(MediaFetchError):
+        fetch_image_bytes_sync(url, MediaConfig(connect_timeout_s=1, total_timeout_s=3))
+
+
+def test_malformed_redirect_location(local_server: LocalServer) -> None:
+    local_server.routes["/bad"] = Route(status=302, headers={"Location": "http://[::1"})
+    with pytest.raises(MediaFetchError, match=r"(?i)invalid url|malformed"):
+        fetch_image_bytes_sync(local_server.url("/bad"), LOCAL)
+
+
+@pytest.mark.parametrize("host", ["0x7f000001", "2130706433", "127.1", "017700000001"])
+def test_obfuscated_loopback_forms_refused(host: str) -> None:
+    with pytest.raises(MediaForbiddenError, match="loopback"):
+        fetch_image_bytes_sync(f"http://{host}/x.png", MediaConfig(connect_timeout_s=1))
 
 
 def test_credentials_in_url_refused() -> None:
@@ -308,3 +331,85 @@ def test_sync_wrapper_refuses_inside_a_loop() -> None:
 def test_errors_are_value_errors() -> None:
     for error in (MediaFetchError, MediaForbiddenError, MediaTooLargeError):
         assert issubclass(error, ValueError)
+
+
+# ------------------------------------------------------------------ https with a pinned address
+
+
+def _self_signed(tmp_path: Path, host: str) -> tuple[Path, Path]:
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl CLI not available")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            openssl,
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-subj",
+            f"/CN={host}",
+            "-addext",
+            f"subjectAltName=DNS:{host}",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+def test_https_to_pinned_address_keeps_sni_and_verifies_the_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cert, key = _self_signed(tmp_path, "images.test")
+    server_names: list[str | None] = []
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    context.sni_callback = lambda sock, name, ctx: server_names.append(name)
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "image/png")
+            self.send_header("Content-Length", str(len(PNG)))
+            self.end_headers()
+            self.wfile.write(PNG)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+
+    async def resolve_to_loopback(host: str, port: int, **kwargs: object) -> list:
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port))]
+
+    monkeypatch.setattr(http_fetch.anyio, "getaddrinfo", resolve_to_loopback)
+    port = server.server_address[1]
+    try:
+        config = MediaConfig(allowed_media_domains=("images.test",), ca_bundle=str(cert))
+        assert fetch_image_bytes_sync(f"https://images.test:{port}/x.png", config) == PNG
+        assert server_names == ["images.test"]
+        # The certificate names images.test; another name on the same address fails to verify.
+        other = MediaConfig(allowed_media_domains=("other.test",), ca_bundle=str(cert))
+        with pytest.raises(MediaFetchError):
+            fetch_image_bytes_sync(f"https://other.test:{port}/x.png", other)
+        # Without the private CA the certificate is not trusted.
+        with pytest.raises(MediaFetchError):
+            fetch_image_bytes_sync(
+                f"https://images.test:{port}/x.png",
+                MediaConfig(allowed_media_domains=("images.test",)),
+            )
+    finally:
+        server.shutdown()
+        server.server_close()

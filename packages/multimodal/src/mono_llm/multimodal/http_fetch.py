@@ -81,7 +81,7 @@ class _CheckedBackend(httpcore.AsyncNetworkBackend):
                 infos = await anyio.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         except TimeoutError as error:
             raise MediaFetchError(f"resolving {host!r} timed out") from error
-        except OSError as error:
+        except (OSError, UnicodeError, ValueError) as error:  # IDNA errors are UnicodeErrors
             raise MediaFetchError(f"could not resolve host {host!r}: {error}") from error
         addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
         if not addresses:
@@ -113,7 +113,7 @@ class _CheckedTransport(httpx.AsyncBaseTransport):
 
     def __init__(self, config: MediaConfig) -> None:
         self._pool = httpcore.AsyncConnectionPool(
-            ssl_context=_ssl_context(),
+            ssl_context=_ssl_context(config.ca_bundle),
             max_connections=4,
             http1=True,
             http2=False,
@@ -146,22 +146,30 @@ class _CheckedTransport(httpx.AsyncBaseTransport):
         await self._pool.aclose()
 
 
-@functools.cache
-def _ssl_context() -> ssl.SSLContext:
-    # Built once: loading the CA bundle costs milliseconds, and the context is never mutated.
-    return ssl.create_default_context()
+@functools.lru_cache(maxsize=8)
+def _ssl_context(ca_bundle: str | None) -> ssl.SSLContext:
+    # Built once per CA bundle: loading certificates costs milliseconds, and a context is
+    # never mutated after this. Hostname checks stay on: SNI and the certificate name are the
+    # URL's host even though the socket goes to a pre-resolved address.
+    return ssl.create_default_context(cafile=ca_bundle)
 
 
 def check_http_url(url: httpx.URL, config: MediaConfig) -> None:
     """Refuse what can be refused before any connection: schemes, credentials, literal IPs."""
     if url.scheme not in ("http", "https"):
         raise MediaForbiddenError(f"media URL scheme {url.scheme!r} is not allowed here")
-    if not url.host:
+    # raw_host: the ASCII (punycode) form, exactly what is resolved; never decoded here.
+    host = url.raw_host.decode("ascii", errors="replace")
+    if not host:
         raise MediaFetchError(f"media URL {short_url(str(url))!r} has no host")
+    try:
+        url.host  # noqa: B018 - httpx decodes punycode for the Host header; refuse bad labels now
+    except UnicodeError as error:
+        raise MediaFetchError(f"media URL has an invalid host name: {error}") from error
     if url.userinfo:
         raise MediaForbiddenError("media URLs must not carry credentials")
-    literal = parse_ip(url.host)
-    if literal is not None and not config.host_is_allowed(url.host):
+    literal = parse_ip(host)
+    if literal is not None and not config.host_is_allowed(host):
         reason = refusal_reason(literal)
         if reason is not None:
             raise MediaForbiddenError(
@@ -214,6 +222,8 @@ async def _fetch_http(url: str, config: MediaConfig) -> bytes:
                     return await _read_body(response, config)
             except MediaError:
                 raise
+            except (httpx.InvalidURL, UnicodeError) as error:  # e.g. a malformed Location
+                raise MediaFetchError(f"malformed media URL: {error}") from error
             except httpx.TimeoutException as error:
                 raise MediaFetchError(f"fetching {short_url(str(current))!r} timed out") from error
             except (httpx.HTTPError, httpcore.ConnectError, httpcore.ConnectTimeout) as error:

@@ -33,6 +33,9 @@ class MediaConfig:
     """Deadline for the whole fetch, redirects included, so a slow drip cannot hold a request."""
     max_redirects: int = 3
     """Redirects followed; each target is re-checked like the original URL."""
+    ca_bundle: str | None = None
+    """PEM file of CA certificates that https media servers are verified against, instead of
+    the system store (for a private media server with its own CA)."""
 
     def __post_init__(self) -> None:
         if isinstance(self.allowed_media_domains, str):
@@ -48,6 +51,8 @@ class MediaConfig:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.max_redirects < 0:
             raise ValueError(f"max_redirects must be >= 0, got {self.max_redirects}")
+        if self.ca_bundle is not None and not Path(self.ca_bundle).is_file():
+            raise ValueError(f"ca_bundle {self.ca_bundle!r} is not a file")
         if self.allowed_local_media_path is not None:
             root = Path(self.allowed_local_media_path)
             if not root.is_absolute():
