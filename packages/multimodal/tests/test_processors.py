@@ -11,6 +11,7 @@ from multimodal_helpers import make_image
 
 from mono_llm.multimodal import (
     ClipImageProcessor,
+    ImageProcessingError,
     Qwen2VLImageProcessor,
     image_processor_from_config,
     llava_num_image_tokens,
@@ -159,8 +160,17 @@ def test_smart_resize_bounds_and_refusals() -> None:
         new_h, new_w = smart_resize(height, width, 28, 3136, 28 * 28 * 64)
         assert new_h % 28 == 0 and new_w % 28 == 0
         assert 3136 <= new_h * new_w <= 28 * 28 * 64
-    with pytest.raises(ValueError, match="aspect ratio"):
+    with pytest.raises(ImageProcessingError, match="aspect ratio"):
         smart_resize(10, 2001)
+    with pytest.raises(ValueError):  # a ValueError, as transformers raises
+        Qwen2VLImageProcessor(QWEN2_VL)(make_image(2010, 10))
+
+
+def test_clip_refuses_sliver_images() -> None:
+    # 1x400 would resize to 336x134400 before cropping; refused like Qwen2-VL's processor does.
+    with pytest.raises(ImageProcessingError, match="aspect ratio"):
+        ClipImageProcessor(LLAVA_15)(make_image(1, 400))
+    assert ClipImageProcessor(LLAVA_15)(make_image(2, 400)).pixel_values.shape == (3, 336, 336)
 
 
 def test_llava_token_count() -> None:

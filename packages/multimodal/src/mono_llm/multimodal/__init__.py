@@ -9,6 +9,7 @@ from mono_llm.multimodal._version import __version__
 from mono_llm.multimodal.decode import decode_image, image_content_hash, to_rgb
 from mono_llm.multimodal.errors import (
     ImageDecodeError,
+    ImageProcessingError,
     MediaError,
     MediaFetchError,
     MediaForbiddenError,
@@ -33,6 +34,7 @@ __all__ = [
     "ClipImageProcessor",
     "ImageDecodeError",
     "ImageLoader",
+    "ImageProcessingError",
     "ImageProcessor",
     "MediaConfig",
     "MediaError",

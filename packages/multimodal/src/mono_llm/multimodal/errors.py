@@ -30,6 +30,11 @@ class ImageDecodeError(MediaError):
     """The bytes were retrieved but are not a decodable JPEG, PNG, WEBP, GIF or BMP image."""
 
 
+class ImageProcessingError(MediaError):
+    """The image decoded, but the model's processor cannot take it (an aspect ratio so
+    extreme that resizing would need an enormous intermediate image)."""
+
+
 def short_url(url: str, limit: int = 80) -> str:
     """A prefix of `url` that is safe to put into an error message (data: URLs are long)."""
     return url if len(url) <= limit else url[: limit - 3] + "..."

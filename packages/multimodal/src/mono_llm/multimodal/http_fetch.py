@@ -55,7 +55,8 @@ class _CheckedBackend(httpcore.AsyncNetworkBackend):
         addresses = await self._resolve(host, port, timeout)
         if not self._config.host_is_allowed(host):
             for address in addresses:
-                reason = refusal_reason(parse_ip(address))  # type: ignore[arg-type]
+                ip = parse_ip(address)
+                reason = "an unparseable address" if ip is None else refusal_reason(ip)
                 if reason is not None:
                     raise MediaForbiddenError(
                         f"refusing to fetch media from host {host!r}: it resolves to {reason}; "

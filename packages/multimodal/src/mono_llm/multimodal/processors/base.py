@@ -11,10 +11,15 @@ import numpy as np
 import torch
 from PIL import Image
 
+from mono_llm.multimodal.errors import ImageProcessingError
+
 # The mean and standard deviation CLIP was trained with; also Qwen2-VL's defaults.
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 BICUBIC = 3  # PIL.Image.Resampling.BICUBIC, the value preprocessor_config.json files store
+# Qwen2-VL's processor refuses longer/shorter > 200; the same bound keeps CLIP's
+# shortest-edge resize from building a huge intermediate image for a sliver-shaped input.
+MAX_ASPECT_RATIO = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +80,16 @@ def rescale_and_normalize(
         std_array = np.asarray(std, dtype=out.dtype)[:, None, None]
         out = (out - mean_array) / std_array
     return np.ascontiguousarray(out, dtype=np.float32)
+
+
+def check_aspect_ratio(width: int, height: int) -> None:
+    """Refuse images whose longer side is over MAX_ASPECT_RATIO times the shorter one."""
+    ratio = max(width, height) / min(width, height)
+    if ratio > MAX_ASPECT_RATIO:
+        raise ImageProcessingError(
+            f"image aspect ratio {ratio:.0f}:1 ({width}x{height}) is over {MAX_ASPECT_RATIO}:1, "
+            "which this model's image processor does not accept"
+        )
 
 
 def channel_values(value: Any, default: tuple[float, ...]) -> tuple[float, ...]:

@@ -21,6 +21,7 @@ from mono_llm.multimodal.processors.base import (
     OPENAI_CLIP_STD,
     ProcessedImage,
     channel_values,
+    check_aspect_ratio,
     fingerprint,
     rescale_and_normalize,
 )
@@ -114,6 +115,8 @@ class ClipImageProcessor:
         if self.resize_to is not None:
             return self.resize_to
         assert self.shortest_edge is not None
+        # A 1x4000 image would resize to 336x1344000 before the crop: refuse such shapes.
+        check_aspect_ratio(width, height)
         short, long = (width, height) if width <= height else (height, width)
         # int() truncation, as torchvision's and transformers' size rule.
         new_short, new_long = self.shortest_edge, int(self.shortest_edge * long / short)

@@ -23,11 +23,10 @@ from mono_llm.multimodal.processors.base import (
     OPENAI_CLIP_STD,
     ProcessedImage,
     channel_values,
+    check_aspect_ratio,
     fingerprint,
     rescale_and_normalize,
 )
-
-MAX_ASPECT_RATIO = 200
 
 
 def smart_resize(
@@ -39,11 +38,7 @@ def smart_resize(
 ) -> tuple[int, int]:
     """(height, width) rounded to multiples of `factor`, area within [min_pixels, max_pixels],
     aspect ratio kept as closely as the rounding allows."""
-    if max(height, width) / min(height, width) > MAX_ASPECT_RATIO:
-        raise ValueError(
-            f"image aspect ratio {max(height, width) / min(height, width):.0f}:1 is over "
-            f"{MAX_ASPECT_RATIO}:1, which this model's processor does not accept"
-        )
+    check_aspect_ratio(width, height)
     new_h = round(height / factor) * factor
     new_w = round(width / factor) * factor
     if new_h * new_w > max_pixels:
