@@ -14,6 +14,7 @@ from mono_llm.multimodal import (
     ImageLoader,
     MediaConfig,
     MediaForbiddenError,
+    MediaTooLargeError,
     ProcessedImage,
     ProcessedImageCache,
     Qwen2VLImageProcessor,
@@ -70,6 +71,21 @@ def test_async_load_concurrently() -> None:
 
     results = asyncio.run(main())
     assert [r.content_hash for r in results] == [image_content_hash(d) for d in images]
+
+
+def test_image_content_type_with_a_non_image_body(local_server: LocalServer) -> None:
+    local_server.routes["/fake.png"] = Route(
+        body=b"<html>login page</html>", headers={"Content-Type": "image/png"}
+    )
+    loader = ImageLoader(QWEN, MediaConfig(allowed_media_domains=("127.0.0.1",)))
+    with pytest.raises(ImageDecodeError, match="not a JPEG, PNG"):
+        loader.load_sync(local_server.url("/fake.png"))
+
+
+def test_pixel_limit_applies_through_the_loader() -> None:
+    loader = ImageLoader(QWEN, MediaConfig(max_image_pixels=50 * 50))
+    with pytest.raises(MediaTooLargeError, match="pixels"):
+        loader.load_sync(data_url(encode(make_image(60, 50))))
 
 
 def test_loader_errors_are_typed() -> None:
