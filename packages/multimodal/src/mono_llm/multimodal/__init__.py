@@ -19,6 +19,7 @@ from mono_llm.multimodal.image_cache import ProcessedImageCache
 from mono_llm.multimodal.image_loader import ImageLoader
 from mono_llm.multimodal.media_config import MediaConfig
 from mono_llm.multimodal.media_url import fetch_image_bytes, fetch_image_bytes_sync
+from mono_llm.multimodal.placeholders import PlaceholderRange, expand_image_placeholders
 from mono_llm.multimodal.processors import (
     ClipImageProcessor,
     ImageProcessor,
@@ -41,11 +42,13 @@ __all__ = [
     "MediaFetchError",
     "MediaForbiddenError",
     "MediaTooLargeError",
+    "PlaceholderRange",
     "ProcessedImage",
     "ProcessedImageCache",
     "Qwen2VLImageProcessor",
     "__version__",
     "decode_image",
+    "expand_image_placeholders",
     "fetch_image_bytes",
     "fetch_image_bytes_sync",
     "image_content_hash",
