@@ -36,8 +36,6 @@ _ACTIVATIONS = {
     "silu": F.silu,
     "swish": F.silu,
 }
-# Checkpoint prefixes of the encoder body, by architecture family; stripped on load.
-_BODY_PREFIXES = ("bert.", "roberta.", "model.")
 
 
 @dataclass(slots=True)
@@ -302,7 +300,7 @@ class BertModel(nn.Module):
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         """Copy checkpoint tensors in by name; return the names of parameters loaded."""
-        return _load_by_name(self, weights, body_prefixes=_BODY_PREFIXES)
+        return _load_by_name(self, weights)
 
 
 class BertForSequenceClassification(BertModel):
@@ -348,36 +346,17 @@ class _RobertaClassificationHead(nn.Module):
         return self.out_proj(torch.tanh(self.dense(x)))
 
 
-def _load_by_name(
-    module: nn.Module,
-    weights: Iterable[tuple[str, torch.Tensor]],
-    *,
-    body_prefixes: tuple[str, ...],
-) -> set[str]:
+def _load_by_name(module: nn.Module, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
     """Copy checkpoint tensors into `module`'s parameters, matching HF names.
 
-    The encoder body's tensors come as `embeddings.*` / `encoder.*` / `pooler.*`, optionally
-    under `bert.` / `roberta.`.
-    Heads we do not use (masked-LM `cls.*`, `lm_head.*`) and HF's `position_ids` buffers are
-    skipped. Every parameter must be found: a silently random layer would give plausible-
-    looking but wrong vectors.
+    Names arrive mapped by the registry's `WeightNaming`: the `bert.` / `roberta.` wrapper
+    stripped, masked-LM heads and HF buffers dropped, TF-era gamma/beta renamed. Every
+    parameter must be found: a silently random layer would give plausible-looking but wrong
+    vectors.
     """
     params = dict(module.named_parameters())
     loaded: set[str] = set()
     for name, tensor in weights:
-        for prefix in body_prefixes:
-            if name.startswith(prefix):
-                name = name[len(prefix) :]
-                break
-        # HF buffers (position_ids, token_type_ids) and unused heads are not parameters here.
-        if name.endswith(("position_ids", "token_type_ids")) or name.startswith(
-            ("cls.", "lm_head.")
-        ):
-            continue
-        # Old TF-converted checkpoints name LayerNorm parameters gamma/beta.
-        name = name.replace("LayerNorm.gamma", "LayerNorm.weight").replace(
-            "LayerNorm.beta", "LayerNorm.bias"
-        )
         target = name
         param = params.get(target)
         if param is None:

@@ -184,11 +184,6 @@ class LlamaModel(nn.Module):
         return hidden
 
 
-# Buffers old checkpoints saved next to the weights (rope tables recomputed at load time).
-_UNUSED_BUFFERS = ("rotary_emb.inv_freq", "rotary_emb.cos_cached", "rotary_emb.sin_cached")
-# Names outside the decoder body; any other checkpoint name belongs under `model.`.
-_TOP_LEVEL_PREFIXES = ("model.", "lm_head.", "score.")
-
 # checkpoint name fragment -> (fused parameter fragment, shard)
 _FUSED_SHARDS = {
     ".q_proj.": (".qkv_proj.", "q"),
@@ -248,19 +243,16 @@ class LlamaForCausalLM(nn.Module):
         return [self.model.rotary_emb]
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
-        """Copy checkpoint tensors (HF names) into the parameters; returns the names loaded.
+        """Copy checkpoint tensors into the parameters; returns the names loaded.
 
-        Tensors may arrive on any device and in any dtype: each is converted while copied,
-        so only one checkpoint tensor at a time exists outside the model.
+        Names arrive mapped by the registry's `WeightNaming` (HF names of this module tree,
+        rope buffers dropped); the separate q/k/v and gate/up tensors are fused here. Tensors
+        may arrive on any device and in any dtype: each is converted while copied, so only
+        one checkpoint tensor at a time exists outside the model.
         """
         params = dict(self.named_parameters())
         loaded: set[str] = set()
         for name, tensor in weights:
-            if any(buffer in name for buffer in _UNUSED_BUFFERS):
-                continue
-            if not name.startswith(_TOP_LEVEL_PREFIXES):
-                # Some exports store the decoder body bare (`layers.0...`, `embed_tokens...`).
-                name = f"model.{name}"
             if name == "lm_head.weight" and self.settings.tie_word_embeddings:
                 continue
             for fragment, (fused, shard) in _FUSED_SHARDS.items():
