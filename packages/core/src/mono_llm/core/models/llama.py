@@ -175,8 +175,17 @@ class LlamaModel(nn.Module):
         )
         self.norm = RMSNorm(s.hidden_size, s.rms_norm_eps)
 
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        hidden = self.embed_tokens(input_ids)  # [num_tokens, hidden]
+    def forward(
+        self,
+        input_ids: torch.Tensor | None,
+        positions: torch.Tensor,
+        inputs_embeds: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        if inputs_embeds is None:
+            assert input_ids is not None
+            hidden = self.embed_tokens(input_ids)  # [num_tokens, hidden]
+        else:
+            hidden = inputs_embeds  # [num_tokens, hidden]
         residual = None
         for layer in self.layers:
             hidden, residual = layer(positions, hidden, residual)
@@ -195,7 +204,10 @@ _FUSED_SHARDS = {
 
 
 class LlamaForCausalLM(nn.Module):
-    """Decoder-only LM: `forward` gives final hidden states, `compute_logits` the vocab scores."""
+    """Decoder-only LM: `forward` gives final hidden states, `compute_logits` the vocab scores.
+
+    Implements the engine's model interface (models/interface.py `EngineModel`).
+    """
 
     def __init__(self, settings: LlamaSettings) -> None:
         super().__init__()
@@ -228,9 +240,19 @@ class LlamaForCausalLM(nn.Module):
     def hidden_size(self) -> int:
         return self.settings.hidden_size
 
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """input_ids, positions [num_tokens] -> final hidden states [num_tokens, hidden]."""
-        return self.model(input_ids, positions)
+    def embed_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """input_ids [num_tokens] -> the embeddings `forward` feeds its first layer."""
+        return self.model.embed_tokens(input_ids)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None,
+        positions: torch.Tensor,
+        inputs_embeds: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """input_ids (or inputs_embeds [num_tokens, hidden]), positions [num_tokens] ->
+        final hidden states [num_tokens, hidden]."""
+        return self.model(input_ids, positions, inputs_embeds)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """[rows, hidden] -> float32 logits [rows, vocab]."""

@@ -185,7 +185,9 @@ def _bert_family() -> list[ModelSpec]:
     return specs
 
 
-_SPECS: dict[str, ModelSpec] = {spec.architecture: spec for spec in _llama_family() + _bert_family()}
+_SPECS: dict[str, ModelSpec] = {
+    spec.architecture: spec for spec in _llama_family() + _bert_family()
+}
 
 
 # ---------------------------------------------------------------------------- lookups
