@@ -77,14 +77,14 @@ def _stream_events(base: str, path: str, body: dict, started: threading.Event | 
 def test_a_request_failing_in_the_engine_fails_alone(served) -> None:
     base, victim, _ = served
     core = victim.engine
-    real_check_stop = core._check_stop
+    real_check_stop = core.generation_step.check_stop
 
     def check_stop(seq, token):
         if "poison" in seq.request_id and seq.num_output_tokens == 2:
             raise UnicodeDecodeError("utf-8", b"\xff", 0, 1, "simulated detokenizer error")
         return real_check_stop(seq, token)
 
-    core._check_stop = check_stop
+    core.generation_step.check_stop = check_stop
     try:
         results: dict = {}
         healthy = threading.Thread(
@@ -109,7 +109,7 @@ def test_a_request_failing_in_the_engine_fails_alone(served) -> None:
         assert status == 200 and events[-1] == "[DONE]"
         assert events[-2]["choices"][0]["finish_reason"] == "length"
     finally:
-        core._check_stop = real_check_stop
+        core.generation_step.check_stop = real_check_stop
     assert httpx.get(f"{base}/health").status_code == 200
     again = httpx.post(f"{base}/v1/completions", json=_body(VICTIM, False), timeout=TIMEOUT)
     assert again.status_code == 200 and again.json()["usage"]["completion_tokens"] == 60

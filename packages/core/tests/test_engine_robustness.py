@@ -97,14 +97,14 @@ def test_submit_racing_with_the_dying_loop_never_waits_forever() -> None:
 def test_one_request_failing_in_its_detokenizer_does_not_kill_the_others() -> None:
     engine = _engine()
     core = engine.engine
-    real_check_stop = core._check_stop
+    real_check_stop = core.generation_step.check_stop
 
     def check_stop(seq, token):
         if seq.request_id == "poisoned" and seq.num_output_tokens == 3:
             raise UnicodeDecodeError("utf-8", b"\xff", 0, 1, "simulated detokenizer error")
         return real_check_stop(seq, token)
 
-    core._check_stop = check_stop
+    core.generation_step.check_stop = check_stop
 
     async def main() -> list[BaseException | str]:
         tasks = [_collect(engine, "healthy-1"), _collect(engine, "poisoned"),
@@ -213,7 +213,7 @@ def test_offline_llm_raises_when_one_of_its_requests_fails_in_the_engine() -> No
 
     llm = LLM(model=str(fixture_path("tiny-llama")), max_model_len=128)
     core = llm.llm_engine
-    real_check_stop = core._check_stop
+    real_check_stop = core.generation_step.check_stop
     failing = {"id": None}
 
     def check_stop(seq, token):
@@ -222,11 +222,11 @@ def test_offline_llm_raises_when_one_of_its_requests_fails_in_the_engine() -> No
             raise ValueError("simulated detokenizer error")
         return real_check_stop(seq, token)
 
-    core._check_stop = check_stop
+    core.generation_step.check_stop = check_stop
     params = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
     with pytest.raises(EngineError, match="simulated detokenizer error"):
         llm.generate(["one", "two"], params, use_tqdm=False)
     assert not core.has_unfinished_requests()  # the other request was aborted, blocks freed
-    core._check_stop = real_check_stop
+    core.generation_step.check_stop = real_check_stop
     outputs = llm.generate(["three"], params, use_tqdm=False)
     assert len(outputs[0].outputs[0].token_ids) == 8

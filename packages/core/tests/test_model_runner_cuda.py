@@ -101,7 +101,7 @@ def run_session(runner: ModelRunner, num_steps: int = 6) -> list[list[torch.Tens
 @pytest.mark.parametrize("name", ["tiny-llama", "tiny-qwen3"])
 def test_cuda_graph_runner_matches_hf(name: str) -> None:
     runner = cuda_runner(name, dtype="float32", eager=False)
-    assert sorted(runner._graphs) == [1, 2, 4, 8]
+    assert sorted(runner.decode_graphs) == [1, 2, 4, 8]
     seqs, rows = run_session(runner)
     for seq, seq_rows in zip(seqs, rows, strict=True):
         got = torch.stack(seq_rows)
@@ -117,7 +117,7 @@ def test_prefill_cuda_graphs_match_hf(name: str) -> None:
     tokens; step 3 (3 decodes + 2 prompts, 14 tokens) the 16-token one; decodes their graphs."""
     runner = cuda_runner(name, dtype="float32", eager=False, prefill_graphs=512)
     # Capped at max_model_len (256): one sequence may hold every token of a size.
-    assert sorted(runner._prefill_graphs) == [16, 32, 64, 128, 256]
+    assert sorted(runner.prefill_graphs) == [16, 32, 64, 128, 256]
     seqs, rows = run_session(runner)
     assert runner.num_prefill_graph_replays == 2
     for seq, seq_rows in zip(seqs, rows, strict=True):
@@ -138,7 +138,7 @@ def test_prefill_graph_needs_a_slot_for_its_padding() -> None:
             SequenceSlice(list(range(3, 3 + n)), 0, [i], LogitsWanted.ALL)
             for i, n in enumerate(lens)
         ]
-        assert runner._prefill_graph_size(runner._prepare(ModelBatch(slices))) == size
+        assert runner.graphs.prefill_size(runner.prepare(ModelBatch(slices))) == size
         before = runner.num_prefill_graph_replays
         got = runner.execute(ModelBatch(slices)).cpu()
         assert runner.num_prefill_graph_replays == before + (size is not None)
@@ -150,8 +150,8 @@ def test_prefill_graph_needs_a_slot_for_its_padding() -> None:
 def test_cuda_graphs_match_eager_bf16(prefill_graphs: int) -> None:
     graphs = cuda_runner("tiny-llama", dtype="bfloat16", eager=False, prefill_graphs=prefill_graphs)
     eager = cuda_runner("tiny-llama", dtype="bfloat16", eager=True)
-    assert not eager._graphs and graphs._graphs
-    assert not eager._prefill_graphs and bool(graphs._prefill_graphs) == bool(prefill_graphs)
+    assert not eager.decode_graphs and graphs.decode_graphs
+    assert not eager.prefill_graphs and bool(graphs.prefill_graphs) == bool(prefill_graphs)
     seqs_g, rows_g = run_session(graphs)
     seqs_e, rows_e = run_session(eager)
     assert seqs_g == seqs_e

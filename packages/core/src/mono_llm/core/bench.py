@@ -171,7 +171,7 @@ def runner_timing(runner: Any, context_len: int = 640) -> dict[str, float]:
             ]
         )
         timings[f"decode_bs{size}_step_ms"] = timed(batch, 30)
-        graphs = getattr(runner, "_graphs", {})
+        graphs = runner.decode_graphs
         if size in graphs and torch.cuda.is_available():
             start_event = torch.cuda.Event(enable_timing=True)
             end_event = torch.cuda.Event(enable_timing=True)

@@ -12,30 +12,30 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-import torch
-
 from mono_llm.core.config import EngineArgs, EngineConfig
 from mono_llm.core.engine.detokenizer import IncrementalDetokenizer
 from mono_llm.core.engine.generation_config import default_sampling_params, eos_token_ids
+from mono_llm.core.engine.generation_step import GenerationStep
+from mono_llm.core.engine.input_processor import InputProcessor
 from mono_llm.core.engine.output_processor import make_request_output
 from mono_llm.core.engine.request import Request, Sequence, SequenceStatus
-from mono_llm.core.engine.scheduler import Scheduler, SchedulerOutput
+from mono_llm.core.engine.scheduler import Scheduler
+from mono_llm.core.engine.step import StepProcessor
 from mono_llm.core.errors import (
     EngineError,
     EngineOverloadedError,
     InvalidRequestError,
-    PromptTooLongError,
     UnsupportedTaskError,
 )
-from mono_llm.core.inputs import PromptType, parse_prompt
+from mono_llm.core.inputs import PromptType
 from mono_llm.core.kv_cache import KVCacheManager
-from mono_llm.core.outputs import Logprob, RequestMetrics, RequestOutput, SchedulerStats
+from mono_llm.core.outputs import RequestMetrics, RequestOutput, SchedulerStats
 from mono_llm.core.pooling.engine import PoolingEngine
 from mono_llm.core.pooling_params import PoolingParams
 from mono_llm.core.sampling_params import SamplingParams
-from mono_llm.core.tokenizer import decodable_vocab_size, load_tokenizer, tokenizer_info
-from mono_llm.core.worker.batch import LogitsWanted, ModelBatch, SequenceSlice
-from mono_llm.core.worker.sampler import Sampler, SamplerOutput, compute_logprobs, num_top_logprobs
+from mono_llm.core.tokenizer import decodable_vocab_size, load_tokenizer
+from mono_llm.core.worker.batch import ModelBatch, SequenceSlice
+from mono_llm.core.worker.sampler import Sampler
 
 logger = logging.getLogger(__name__)
 
@@ -69,8 +69,6 @@ class EngineCore:
             self.pooling.attach(model_runner)
         self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(self.model_config)
         self.vocab_size: int = model_runner.vocab_size
-        # Checkpoints pad the embedding past the tokenizer (Qwen2: 151936 rows, 151665
-        # tokens); ids in the padding decode to nothing, so they are never sampled.
         self.decodable_vocab_size = min(self.vocab_size, decodable_vocab_size(self.tokenizer))
         self.kv_cache = KVCacheManager(
             model_runner.num_blocks,
@@ -78,6 +76,8 @@ class EngineCore:
             enable_caching=config.cache_config.enable_prefix_caching,
         )
         self.scheduler = Scheduler(config.scheduler_config, self.kv_cache)
+        if self.pooling is not None:
+            self.pooling.bind_scheduler(self.scheduler)
         self.sampler = Sampler(self.vocab_size, self.model_config.seed, model_runner.device)
         self.eos_token_ids = eos_token_ids(self.model_config, self.tokenizer)
         if grammar_factory is None:
@@ -103,12 +103,36 @@ class EngineCore:
         self.requests: dict[str, Request] = {}
         self._num_waiting_requests = 0
         self.num_prompt_tokens = 0
-        self.num_generation_tokens = 0
         self.num_steps = 0
         # Requests that failed inside a step for a reason of their own (a detokenizer or
         # grammar error): removed from the engine, reported once through `pop_failures`, so
         # one bad request fails alone instead of taking the step loop down with it.
         self._failures: dict[str, Exception] = {}
+        self.input_processor = InputProcessor(
+            self.tokenizer,
+            vocab_size=self.vocab_size,
+            max_seq_len=self.max_seq_len,
+            max_num_seqs=config.scheduler_config.max_num_seqs,
+            max_logprobs=self.model_config.max_logprobs,
+            eos_token_ids=self.eos_token_ids,
+            structured_outputs_available=self.grammar_factory is not None,
+            pooling=self.pooling,
+        )
+        self.generation_step = GenerationStep(
+            model_runner,
+            self.scheduler,
+            self.sampler,
+            self.requests,
+            self.tokenizer,
+            vocab_size=self.vocab_size,
+            decodable_vocab_size=self.decodable_vocab_size,
+            eos_token_ids=self.eos_token_ids,
+            on_failure=self._fail_request,
+        )
+        # Generation and pooling steps behind one interface (engine/step.py).
+        self.step_processor: StepProcessor = (
+            self.generation_step if self.pooling is None else self.pooling
+        )
 
     @classmethod
     def from_engine_args(cls, args: EngineArgs) -> EngineCore:
@@ -122,75 +146,11 @@ class EngineCore:
         self, prompt: PromptType, params: SamplingParams | None
     ) -> tuple[str | None, list[int]]:
         """Tokenize and validate a prompt (thread-safe: touches no engine state)."""
-        text, token_ids = parse_prompt(prompt)
-        if token_ids is None:
-            token_ids = self.tokenizer.encode(text, add_special_tokens=True)
-        if params is not None and params.truncate_prompt_tokens is not None:
-            token_ids = token_ids[-params.truncate_prompt_tokens :]
-        if not token_ids:
-            raise InvalidRequestError("The prompt must not be empty.", param="prompt")
-        max_model_len = self.max_seq_len
-        limit = max_model_len - 1 if params is not None else max_model_len
-        if len(token_ids) > limit:
-            raise PromptTooLongError(len(token_ids), max_model_len)
-        if max(token_ids) >= self.vocab_size or min(token_ids) < 0:
-            raise InvalidRequestError(
-                f"Token id {max(token_ids)} is out of vocabulary (size {self.vocab_size}).",
-                param="prompt_token_ids",
-            )
-        return text, token_ids
+        return self.input_processor.process_prompt(prompt, params)
 
     def validate_sampling_params(self, params: SamplingParams) -> SamplingParams:
         """Check params against this model and resolve its stop tokens (returns a copy)."""
-        if self.pooling is not None:
-            self.pooling.reject_generation()  # a pooling model cannot generate
-        # Each candidate is a sequence the scheduler must hold at once with its siblings; a
-        # huge n would also build millions of sequences inside the engine loop, stalling
-        # every other request (n=10**6 did), so it is refused up front.
-        max_num_seqs = self.config.scheduler_config.max_num_seqs
-        if params.num_candidates > max_num_seqs:
-            name = "best_of" if (params.best_of or 0) > params.n else "n"
-            raise InvalidRequestError(
-                f"{name}={params.num_candidates} is more than the {max_num_seqs} sequences this "
-                f"engine runs at once (--max-num-seqs).",
-                param=name,
-            )
-        max_logprobs = self.model_config.max_logprobs
-        for name in ("logprobs", "prompt_logprobs"):
-            value = getattr(params, name)
-            if value is not None and max_logprobs != -1 and (value == -1 or value > max_logprobs):
-                raise InvalidRequestError(
-                    f"Requested {name}={value}, more than the maximum allowed {max_logprobs}.",
-                    param=name,
-                )
-        for name, ids in (
-            ("logit_bias", list((params.logit_bias or {}).keys())),
-            ("allowed_token_ids", params.allowed_token_ids or []),
-            ("stop_token_ids", params.stop_token_ids or []),
-        ):
-            bad = [t for t in ids if not 0 <= int(t) < self.vocab_size]
-            if bad:
-                raise InvalidRequestError(
-                    f"{name} contains token ids out of vocabulary: {bad[:5]}.", param=name
-                )
-        if params.allowed_token_ids is not None and not params.allowed_token_ids:
-            raise InvalidRequestError(
-                "allowed_token_ids must not be empty.", param="allowed_token_ids"
-            )
-        structured = params.structured_outputs
-        if structured is not None and not structured.is_empty and self.grammar_factory is None:
-            raise InvalidRequestError(
-                "Structured outputs are not available on this engine.", param="structured_outputs"
-            )
-        stop_ids = set(params.stop_token_ids or [])
-        if not params.ignore_eos:
-            stop_ids |= self.eos_token_ids
-        return params.clone(
-            logit_bias={int(k): float(v) for k, v in params.logit_bias.items()}
-            if params.logit_bias
-            else None,
-            all_stop_token_ids=stop_ids,
-        )
+        return self.input_processor.validate_sampling_params(params)
 
     def add_request(
         self,
@@ -226,7 +186,7 @@ class EngineCore:
         if params.max_tokens is not None:
             max_tokens = min(max_tokens, params.max_tokens)
         num_seqs = params.num_candidates
-        bad_words = self._bad_words_token_ids(params.bad_words)
+        bad_words = self.input_processor.bad_words_token_ids(params.bad_words)
         sequences = []
         for index in range(num_seqs):
             seq = Sequence(
@@ -293,7 +253,8 @@ class EngineCore:
         self, prompt: PromptType, params: PoolingParams
     ) -> tuple[str | None, list[int], PoolingParams]:
         """Tokenize and validate a pooling prompt; returns the params with the task resolved."""
-        return self._pooling_engine(params).prepare(self.tokenizer, prompt, params)
+        self._pooling_engine(params)
+        return self.input_processor.process_pooling_prompt(prompt, params)
 
     def add_pooling_request(
         self,
@@ -311,7 +272,9 @@ class EngineCore:
         pooling = self._pooling_engine(params)
         self._check_new_request_id(request_id)
         if prompt_token_ids is None or params.task is None:
-            prompt_text, prompt_token_ids, params = pooling.prepare(self.tokenizer, prompt, params)
+            prompt_text, prompt_token_ids, params = self.input_processor.process_pooling_prompt(
+                prompt, params
+            )
         self._check_waiting_bound()
         return self._enqueue(
             pooling.make_request(
@@ -330,16 +293,6 @@ class EngineCore:
                 params.task or "embed", ["generate"], model=self.model_config.served_model_name
             )
         return self.pooling
-
-    def _bad_words_token_ids(self, words: list[str] | None) -> list[list[int]]:
-        """Token sequences of each bad word, alone and after a space (as vLLM tokenizes them)."""
-        sequences: list[list[int]] = []
-        for word in words or []:
-            for variant in (word, " " + word.lstrip()):
-                ids = self.tokenizer.encode(variant, add_special_tokens=False)
-                if ids and ids not in sequences and max(ids) < self.vocab_size:
-                    sequences.append(ids)
-        return sequences
 
     def abort_request(self, request_ids: str | Iterable[str]) -> list[RequestOutput]:
         """Finish requests with "abort", free their blocks; returns their final outputs."""
@@ -377,6 +330,15 @@ class EngineCore:
         self.scheduler.finish(request.sequences, SequenceStatus.FINISHED_ABORTED)
         return request
 
+    @property
+    def num_waiting_requests(self) -> int:
+        """Admitted requests not scheduled yet (what --max-waiting-requests bounds)."""
+        return self._num_waiting_requests
+
+    @property
+    def num_generation_tokens(self) -> int:
+        return self.generation_step.num_generation_tokens
+
     def has_unfinished_requests(self) -> bool:
         return bool(self.requests)
 
@@ -412,172 +374,7 @@ class EngineCore:
                 for item in sched.scheduled
             ]
         )
-        if self.pooling is not None:
-            return self.pooling.run_step(self, sched, batch)
-        logits = self.model_runner.execute(batch)  # [rows, vocab] float32
-        self.scheduler.update(sched)
-        return self._process(sched, batch, logits)
-
-    @torch.inference_mode()
-    def _process(
-        self, sched: SchedulerOutput, batch: ModelBatch, logits: torch.Tensor
-    ) -> list[RequestOutput]:
-        sample_rows: list[int] = []
-        sample_seqs: list[Sequence] = []
-        pooled_seqs: list[Sequence] = []
-        prompt_rows: list[int] = []
-        prompt_targets: list[int] = []
-        prompt_owners: list[tuple[Sequence, int]] = []  # (seq, position of the target token)
-        row = 0
-        for item, count in zip(sched.scheduled, batch.logits_row_counts(), strict=True):
-            seq = item.seq
-            if item.logits == LogitsWanted.ALL:
-                # Row j predicts token start+j+1; keep the prompt positions still missing
-                # (a recomputation after preemption already has the earlier ones).
-                first_missing = len(seq.prompt_logprobs)
-                for offset in range(count):
-                    target = item.start + offset + 1
-                    if first_missing <= target < seq.num_prompt_tokens:
-                        prompt_rows.append(row + offset)
-                        prompt_targets.append(seq.token_ids[target])
-                        prompt_owners.append((seq, target))
-            if item.samples:
-                if seq.is_pooling:
-                    pooled_seqs.append(seq)
-                elif count:
-                    sample_rows.append(row + count - 1)
-                    sample_seqs.append(seq)
-            row += count
-        if prompt_rows:
-            self._record_prompt_logprobs(logits, prompt_rows, prompt_targets, prompt_owners)
-        changed: dict[str, Sequence] = {}
-        if sample_seqs:
-            if len(sample_rows) == logits.shape[0]:  # every row samples (e.g. pure decode)
-                sample_logits = logits
-            else:
-                rows = torch.tensor(sample_rows, device=logits.device)
-                sample_logits = logits.index_select(0, rows)
-            if self.decodable_vocab_size < sample_logits.shape[-1]:
-                sample_logits[:, self.decodable_vocab_size :] = float("-inf")
-            result = self.sampler(sample_logits, sample_seqs)
-            self._append_tokens(sample_seqs, result, changed)
-        for seq in pooled_seqs:  # pooling requests finish after their prefill (issue 6)
-            self.scheduler.finish([seq], SequenceStatus.FINISHED_STOPPED)
-            changed[seq.seq_id] = seq
-        return self._collect_outputs(changed)
-
-    def _record_prompt_logprobs(
-        self,
-        logits: torch.Tensor,
-        rows: list[int],
-        targets: list[int],
-        owners: list[tuple[Sequence, int]],
-    ) -> None:
-        device = logits.device
-        num_top = max(
-            num_top_logprobs(seq.sampling_params.prompt_logprobs, self.vocab_size)
-            for seq, _ in owners
-        )
-        chosen, ranks, top_ids, top_lps = compute_logprobs(
-            logits.index_select(0, torch.tensor(rows, device=device)),
-            torch.tensor(targets, device=device),
-            num_top,
-        )
-        chosen_l, ranks_l = chosen.tolist(), ranks.tolist()
-        top_ids_l, top_lps_l = top_ids.tolist(), top_lps.tolist()
-        for i, (seq, _) in enumerate(owners):
-            k = num_top_logprobs(seq.sampling_params.prompt_logprobs, self.vocab_size)
-            seq.prompt_logprobs.append(
-                self._logprob_dict(
-                    targets[i], chosen_l[i], ranks_l[i], top_ids_l[i][:k], top_lps_l[i][:k]
-                )
-            )
-
-    def _logprob_dict(
-        self, token: int, logprob: float, rank: int, top_ids: list[int], top_lps: list[float]
-    ) -> dict[int, Logprob]:
-        info = tokenizer_info(self.tokenizer)
-        entry = {token: Logprob(logprob, rank, info.decode_token(token))}
-        for position, (tid, lp) in enumerate(zip(top_ids, top_lps, strict=True), start=1):
-            if tid not in entry:
-                entry[tid] = Logprob(lp, position, info.decode_token(tid))
-        return entry
-
-    def _append_tokens(
-        self, seqs: list[Sequence], result: SamplerOutput, changed: dict[str, Sequence]
-    ) -> None:
-        tokens = result.sampled.tolist()  # the step's one host sync
-        logprob_lists = None
-        if result.sampled_logprob is not None:
-            logprob_lists = (
-                result.sampled_logprob.tolist(),
-                result.sampled_rank.tolist(),
-                result.top_ids.tolist(),
-                result.top_logprobs.tolist(),
-            )
-        now = time.time()
-        self.num_generation_tokens += len(tokens)
-        for i, (seq, token) in enumerate(zip(seqs, tokens, strict=True)):
-            if seq.request_id in self._failures:
-                continue  # a sibling candidate's failure already dropped the request
-            try:
-                self._append_token(seq, token, i, logprob_lists, now, changed)
-            except Exception as exc:  # this request's own failure; the batch goes on
-                self._fail_request(seq.request_id, exc)
-
-    def _append_token(
-        self,
-        seq: Sequence,
-        token: int,
-        i: int,
-        logprob_lists: tuple[list[Any], ...] | None,
-        now: float,
-        changed: dict[str, Sequence],
-    ) -> None:
-        """One sampled token into its sequence: logprobs, grammar, detokenize, stop checks."""
-        params = seq.sampling_params
-        request = self.requests[seq.request_id]
-        seq.append_token(token)
-        changed[seq.seq_id] = seq
-        if request.metrics.first_token_time is None:
-            request.metrics.first_token_time = now
-        request.metrics.last_token_time = now
-        if logprob_lists is not None and params.needs_logprobs:
-            logprob, rank, top_ids, top_lps = (lst[i] for lst in logprob_lists)
-            seq.cumulative_logprob += logprob
-            if params.logprobs is not None:
-                k = num_top_logprobs(params.logprobs, self.vocab_size)
-                seq.logprobs.append(
-                    self._logprob_dict(token, logprob, rank, top_ids[:k], top_lps[:k])
-                )
-        if seq.grammar is not None:
-            seq.grammar.accept_token(token)
-        status = self._check_stop(seq, token)
-        if status is not None:
-            if seq.detokenizer is not None:
-                seq.detokenizer.flush()
-            self.scheduler.finish([seq], status)
-
-    def _check_stop(self, seq: Sequence, token: int) -> SequenceStatus | None:
-        params = seq.sampling_params
-        past_min = seq.num_output_tokens > params.min_tokens
-        reached_min = seq.num_output_tokens >= params.min_tokens
-        if seq.detokenizer is not None:
-            stop_str = seq.detokenizer.update([token])
-            if stop_str is not None and past_min:
-                seq.stop_reason = stop_str
-                return SequenceStatus.FINISHED_STOPPED
-        if reached_min:
-            if not params.ignore_eos and token in self.eos_token_ids:
-                return SequenceStatus.FINISHED_STOPPED
-            if token in (params.stop_token_ids or ()):
-                seq.stop_reason = token
-                return SequenceStatus.FINISHED_STOPPED
-        if seq.grammar is not None and seq.grammar.is_terminated():
-            return SequenceStatus.FINISHED_STOPPED
-        if seq.num_output_tokens >= seq.max_tokens:
-            return SequenceStatus.FINISHED_LENGTH
-        return None
+        return self._collect_outputs(self.step_processor.run(sched, batch))
 
     def _collect_outputs(self, changed: dict[str, Sequence]) -> list[RequestOutput]:
         outputs = []

@@ -1,11 +1,17 @@
-"""Building vLLM-shaped `RequestOutput`s from sequence state (CUMULATIVE, DELTA, FINAL_ONLY)."""
+"""Building vLLM-shaped outputs from request state: `RequestOutput`s (CUMULATIVE, DELTA,
+FINAL_ONLY) for generation, `PoolingRequestOutput`s for pooling."""
 
 from __future__ import annotations
 
 import time
 
 from mono_llm.core.engine.request import Request, Sequence
-from mono_llm.core.outputs import CompletionOutput, RequestOutput
+from mono_llm.core.outputs import (
+    CompletionOutput,
+    PoolingOutput,
+    PoolingRequestOutput,
+    RequestOutput,
+)
 from mono_llm.core.sampling_params import RequestOutputKind
 
 
@@ -44,9 +50,7 @@ def make_request_output(request: Request, changed: set[str] | None = None) -> Re
     requests only report once finished: ranking needs the complete candidates.
     """
     params = request.sampling_params
-    if params is None:  # a pooling request (issue 6)
-        from mono_llm.core.pooling.engine import make_pooling_output
-
+    if params is None:  # a pooling request
         return make_pooling_output(request)
     finished = request.is_finished
     kind = params.output_kind
@@ -87,6 +91,28 @@ def make_request_output(request: Request, changed: set[str] | None = None) -> Re
         finished=finished,
         num_cached_tokens=max(request.sequences[0].num_cached_tokens, 0),
         metrics=metrics,
+    )
+
+
+def make_pooling_output(request: Request) -> PoolingRequestOutput | None:
+    """The PoolingRequestOutput of a finished pooling request (None while it runs).
+
+    An aborted request has no pooled data: its output carries `outputs.data = None`.
+    """
+    if not request.is_finished:
+        return None
+    metrics = request.metrics
+    if metrics.finished_time is None:
+        metrics.finished_time = time.time()
+    seq = request.sequences[0]
+    return PoolingRequestOutput(
+        request_id=request.request_id,
+        outputs=PoolingOutput(data=seq.pooled),
+        prompt_token_ids=request.prompt_token_ids,
+        finished=True,
+        num_cached_tokens=0,
+        metrics=metrics,
+        prompt=request.prompt,
     )
 
 

@@ -36,8 +36,6 @@ _ACTIVATIONS = {
     "silu": F.silu,
     "swish": F.silu,
 }
-# Checkpoint prefixes of the encoder body, by architecture family; stripped on load.
-_BODY_PREFIXES = ("bert.", "roberta.", "model.")
 
 
 @dataclass(slots=True)
@@ -106,13 +104,15 @@ class BertEmbeddings(nn.Module):
 
     def forward(
         self,
-        input_ids: torch.Tensor,  # [num_tokens]
+        input_ids: torch.Tensor | None,  # [num_tokens]
         positions: torch.Tensor,  # [num_tokens], 0-based within each sequence
         token_type_ids: torch.Tensor | None,
+        inputs_embeds: torch.Tensor | None = None,  # [num_tokens, hidden]: word embeddings
     ) -> torch.Tensor:
-        x = self.word_embeddings(input_ids) + self.position_embeddings(
-            positions + self.position_offset
-        )
+        if inputs_embeds is None:
+            assert input_ids is not None
+            inputs_embeds = self.word_embeddings(input_ids)
+        x = inputs_embeds + self.position_embeddings(positions + self.position_offset)
         if token_type_ids is None:
             x = x + self.token_type_embeddings.weight[0]
         else:
@@ -265,12 +265,19 @@ class BertModel(nn.Module):
         """Longest sequence the position table allows (RoBERTa loses its offset rows)."""
         return int(self.config["max_position_embeddings"]) - self.embeddings.position_offset
 
+    def embed_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """input_ids [num_tokens] -> word embeddings [num_tokens, hidden] (position and
+        token-type embeddings are added inside `forward`, from inputs_embeds as from ids)."""
+        return self.embeddings.word_embeddings(input_ids)
+
     def forward(
         self,
-        input_ids: torch.Tensor,  # [num_tokens]
+        input_ids: torch.Tensor | None,  # [num_tokens]
         positions: torch.Tensor,  # [num_tokens]
         seq_lens: Sequence[int] | None = None,
         token_type_ids: torch.Tensor | None = None,
+        *,
+        inputs_embeds: torch.Tensor | None = None,  # [num_tokens, hidden]
     ) -> torch.Tensor:
         """Token hidden states [num_tokens, hidden] of a ragged batch of whole sequences.
 
@@ -278,16 +285,20 @@ class BertModel(nn.Module):
         the step's AttentionMetadata (every slice must be a whole prompt: no KV cache).
         """
         if seq_lens is not None:
-            meta = EncoderAttentionMetadata.build(seq_lens, input_ids.device)
+            meta = EncoderAttentionMetadata.build(seq_lens, positions.device)
         else:
             step = self.forward_context.attention
             meta = EncoderAttentionMetadata.from_query_start_loc(
-                step.query_start_loc, step.max_query_len, input_ids.shape[0]
+                step.query_start_loc, step.max_query_len, positions.shape[0]
             )
-        x = self.embeddings(input_ids, positions, token_type_ids)
+        x = self.embeddings(input_ids, positions, token_type_ids, inputs_embeds)
         return self.encoder(x, meta)  # [num_tokens, hidden]
 
-    # The engine's model interface (see models/llama.py): no KV cache, no rope, nothing tied.
+    # The engine's model interface (models/interface.py): no KV cache, no rope, nothing tied.
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """No LM head: the hidden states themselves (pooling reads them, never samples)."""
+        return hidden.float()
+
     def attention_layers(self) -> list[nn.Module]:
         return []
 
@@ -302,7 +313,7 @@ class BertModel(nn.Module):
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         """Copy checkpoint tensors in by name; return the names of parameters loaded."""
-        return _load_by_name(self, weights, body_prefixes=_BODY_PREFIXES)
+        return _load_by_name(self, weights)
 
 
 class BertForSequenceClassification(BertModel):
@@ -348,36 +359,17 @@ class _RobertaClassificationHead(nn.Module):
         return self.out_proj(torch.tanh(self.dense(x)))
 
 
-def _load_by_name(
-    module: nn.Module,
-    weights: Iterable[tuple[str, torch.Tensor]],
-    *,
-    body_prefixes: tuple[str, ...],
-) -> set[str]:
+def _load_by_name(module: nn.Module, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
     """Copy checkpoint tensors into `module`'s parameters, matching HF names.
 
-    The encoder body's tensors come as `embeddings.*` / `encoder.*` / `pooler.*`, optionally
-    under `bert.` / `roberta.`.
-    Heads we do not use (masked-LM `cls.*`, `lm_head.*`) and HF's `position_ids` buffers are
-    skipped. Every parameter must be found: a silently random layer would give plausible-
-    looking but wrong vectors.
+    Names arrive mapped by the registry's `WeightNaming`: the `bert.` / `roberta.` wrapper
+    stripped, masked-LM heads and HF buffers dropped, TF-era gamma/beta renamed. Every
+    parameter must be found: a silently random layer would give plausible-looking but wrong
+    vectors.
     """
     params = dict(module.named_parameters())
     loaded: set[str] = set()
     for name, tensor in weights:
-        for prefix in body_prefixes:
-            if name.startswith(prefix):
-                name = name[len(prefix) :]
-                break
-        # HF buffers (position_ids, token_type_ids) and unused heads are not parameters here.
-        if name.endswith(("position_ids", "token_type_ids")) or name.startswith(
-            ("cls.", "lm_head.")
-        ):
-            continue
-        # Old TF-converted checkpoints name LayerNorm parameters gamma/beta.
-        name = name.replace("LayerNorm.gamma", "LayerNorm.weight").replace(
-            "LayerNorm.beta", "LayerNorm.bias"
-        )
         target = name
         param = params.get(target)
         if param is None:

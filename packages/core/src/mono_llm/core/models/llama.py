@@ -175,19 +175,23 @@ class LlamaModel(nn.Module):
         )
         self.norm = RMSNorm(s.hidden_size, s.rms_norm_eps)
 
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        hidden = self.embed_tokens(input_ids)  # [num_tokens, hidden]
+    def forward(
+        self,
+        input_ids: torch.Tensor | None,
+        positions: torch.Tensor,
+        inputs_embeds: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        if inputs_embeds is None:
+            assert input_ids is not None
+            hidden = self.embed_tokens(input_ids)  # [num_tokens, hidden]
+        else:
+            hidden = inputs_embeds  # [num_tokens, hidden]
         residual = None
         for layer in self.layers:
             hidden, residual = layer(positions, hidden, residual)
         hidden, _ = self.norm(hidden, residual)
         return hidden
 
-
-# Buffers old checkpoints saved next to the weights (rope tables recomputed at load time).
-_UNUSED_BUFFERS = ("rotary_emb.inv_freq", "rotary_emb.cos_cached", "rotary_emb.sin_cached")
-# Names outside the decoder body; any other checkpoint name belongs under `model.`.
-_TOP_LEVEL_PREFIXES = ("model.", "lm_head.", "score.")
 
 # checkpoint name fragment -> (fused parameter fragment, shard)
 _FUSED_SHARDS = {
@@ -200,7 +204,10 @@ _FUSED_SHARDS = {
 
 
 class LlamaForCausalLM(nn.Module):
-    """Decoder-only LM: `forward` gives final hidden states, `compute_logits` the vocab scores."""
+    """Decoder-only LM: `forward` gives final hidden states, `compute_logits` the vocab scores.
+
+    Implements the engine's model interface (models/interface.py `EngineModel`).
+    """
 
     def __init__(self, settings: LlamaSettings) -> None:
         super().__init__()
@@ -233,9 +240,19 @@ class LlamaForCausalLM(nn.Module):
     def hidden_size(self) -> int:
         return self.settings.hidden_size
 
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """input_ids, positions [num_tokens] -> final hidden states [num_tokens, hidden]."""
-        return self.model(input_ids, positions)
+    def embed_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """input_ids [num_tokens] -> the embeddings `forward` feeds its first layer."""
+        return self.model.embed_tokens(input_ids)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None,
+        positions: torch.Tensor,
+        inputs_embeds: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """input_ids (or inputs_embeds [num_tokens, hidden]), positions [num_tokens] ->
+        final hidden states [num_tokens, hidden]."""
+        return self.model(input_ids, positions, inputs_embeds)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """[rows, hidden] -> float32 logits [rows, vocab]."""
@@ -248,19 +265,16 @@ class LlamaForCausalLM(nn.Module):
         return [self.model.rotary_emb]
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
-        """Copy checkpoint tensors (HF names) into the parameters; returns the names loaded.
+        """Copy checkpoint tensors into the parameters; returns the names loaded.
 
-        Tensors may arrive on any device and in any dtype: each is converted while copied,
-        so only one checkpoint tensor at a time exists outside the model.
+        Names arrive mapped by the registry's `WeightNaming` (HF names of this module tree,
+        rope buffers dropped); the separate q/k/v and gate/up tensors are fused here. Tensors
+        may arrive on any device and in any dtype: each is converted while copied, so only
+        one checkpoint tensor at a time exists outside the model.
         """
         params = dict(self.named_parameters())
         loaded: set[str] = set()
         for name, tensor in weights:
-            if any(buffer in name for buffer in _UNUSED_BUFFERS):
-                continue
-            if not name.startswith(_TOP_LEVEL_PREFIXES):
-                # Some exports store the decoder body bare (`layers.0...`, `embed_tokens...`).
-                name = f"model.{name}"
             if name == "lm_head.weight" and self.settings.tie_word_embeddings:
                 continue
             for fragment, (fused, shard) in _FUSED_SHARDS.items():

@@ -4,7 +4,8 @@
 e.g. reward models and Qwen rerankers) is the decoder of models/llama.py with a `score`
 projection instead of the LM head, read on each prompt's last token. `LlamaBareModel` serves
 checkpoints published without an LM head (LlamaModel / MistralModel / Qwen2Model, e.g.
-e5-mistral) for last-token embeddings; their tensor names lack the `model.` prefix.
+e5-mistral) for last-token embeddings; their tensor names lack the `model.` prefix, which
+the registry's weight naming adds (and drops any LM head a checkpoint carries).
 
 Both reuse the decoder body, fused-weight loading and KV-cache plumbing of
 `LlamaForCausalLM`; only the head differs.
@@ -12,36 +13,13 @@ Both reuse the decoder body, fused-weight loading and KV-cache plumbing of
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 
 import torch
 from torch import nn
 
-from mono_llm.core.errors import UnsupportedModelError
 from mono_llm.core.models.llama import LlamaForCausalLM, LlamaModel, LlamaSettings
 from mono_llm.core.pooling.tasks import classifier_num_labels
-
-# Settings of each family member are keyed by its causal-LM architecture name.
-_CAUSAL_ARCH = {
-    "LlamaForSequenceClassification": "LlamaForCausalLM",
-    "MistralForSequenceClassification": "MistralForCausalLM",
-    "Qwen2ForSequenceClassification": "Qwen2ForCausalLM",
-    "Qwen3ForSequenceClassification": "Qwen3ForCausalLM",
-    "LlamaModel": "LlamaForCausalLM",
-    "MistralModel": "MistralForCausalLM",
-    "Qwen2Model": "Qwen2ForCausalLM",
-    "Qwen3Model": "Qwen3ForCausalLM",
-}
-
-
-def _settings(
-    config: dict[str, Any], architecture: str, max_model_len: int | None
-) -> LlamaSettings:
-    causal = _CAUSAL_ARCH.get(architecture)
-    if causal is None:
-        raise UnsupportedModelError(f"{architecture} is not a Llama-family pooling architecture.")
-    return LlamaSettings.from_hf(config, causal, max_model_len)
 
 
 class LlamaForSequenceClassification(LlamaForCausalLM):
@@ -58,7 +36,8 @@ class LlamaForSequenceClassification(LlamaForCausalLM):
     def from_hf_config(
         cls, config: dict[str, Any], architecture: str, max_model_len: int | None = None
     ) -> LlamaForSequenceClassification:
-        return cls(_settings(config, architecture, max_model_len), classifier_num_labels(config))
+        settings = LlamaSettings.from_hf(config, architecture, max_model_len)
+        return cls(settings, classifier_num_labels(config))
 
     def tie_weights(self) -> None:
         pass
@@ -71,10 +50,6 @@ class LlamaForSequenceClassification(LlamaForCausalLM):
     def classify(self, last_hidden: torch.Tensor) -> torch.Tensor:
         """[num_seqs, hidden] hidden state of each prompt's last token -> float32 logits."""
         return self.score(last_hidden).float()
-
-    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
-        # lm_head never exists here; a checkpoint that carries one is still a classifier.
-        return super().load_weights((n, t) for n, t in weights if not n.startswith("lm_head."))
 
 
 class LlamaBareModel(LlamaForCausalLM):
@@ -89,7 +64,7 @@ class LlamaBareModel(LlamaForCausalLM):
     def from_hf_config(
         cls, config: dict[str, Any], architecture: str, max_model_len: int | None = None
     ) -> LlamaBareModel:
-        return cls(_settings(config, architecture, max_model_len))
+        return cls(LlamaSettings.from_hf(config, architecture, max_model_len))
 
     def tie_weights(self) -> None:
         pass
@@ -97,12 +72,3 @@ class LlamaBareModel(LlamaForCausalLM):
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """No LM head: the hidden states themselves (only the runner's memory profile asks)."""
         return hidden.float()
-
-    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
-        def prefixed() -> Iterable[tuple[str, torch.Tensor]]:
-            for name, tensor in weights:
-                if name.startswith("lm_head."):
-                    continue
-                yield (name if name.startswith("model.") else f"model.{name}"), tensor
-
-        return super().load_weights(prefixed())

@@ -20,7 +20,7 @@ from torch import nn
 
 from mono_llm.core.config import ModelConfig
 from mono_llm.core.errors import UnsupportedModelError
-from mono_llm.core.models.registry import resolve_model_class
+from mono_llm.core.models.registry import WeightNaming, resolve_spec
 
 logger = logging.getLogger(__name__)
 
@@ -30,13 +30,20 @@ _DUMMY_RANGE = 0.02
 
 
 def build_model(model_config: ModelConfig, device: torch.device) -> nn.Module:
-    """The model for `model_config` on `device` in `model_config.dtype`, weights loaded."""
-    cls, arch = resolve_model_class(model_config.architectures)
+    """The model for `model_config` on `device` in `model_config.dtype`, weights loaded.
+
+    What to build and how to read its checkpoint comes from the architecture's `ModelSpec`.
+    """
+    spec = resolve_spec(model_config.architectures)
+    cls = spec.load_class()
+    hf_config = model_config.text_config if spec.config_view == "text" else model_config.hf_config
     previous_dtype = torch.get_default_dtype()
     torch.set_default_dtype(model_config.dtype)
     try:
         with torch.device("meta"):
-            model = cls.from_hf_config(model_config.text_config, arch, model_config.max_model_len)
+            model = cls.from_hf_config(
+                hf_config, spec.settings_architecture, model_config.max_model_len
+            )
     finally:
         torch.set_default_dtype(previous_dtype)
     model = model.to_empty(device=device)
@@ -46,7 +53,9 @@ def build_model(model_config: ModelConfig, device: torch.device) -> nn.Module:
     if model_config.load_format == "dummy":
         fill_dummy_weights(model, model_config.seed)
     else:
-        load_safetensors(model, Path(model_config.model), device, model_config.load_format)
+        load_safetensors(
+            model, Path(model_config.model), device, model_config.load_format, spec.weights
+        )
     model.requires_grad_(False)
     return model.eval()
 
@@ -130,11 +139,26 @@ def iter_pytorch_bin(files: list[Path]) -> Iterator[tuple[str, torch.Tensor]]:
         del state
 
 
+def mapped_weights(
+    weights: Iterator[tuple[str, torch.Tensor]], naming: WeightNaming
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """(model-side name, tensor), skipping the tensors `naming` says the model does not use."""
+    for name, tensor in weights:
+        target = naming.map(name)
+        if target is not None:
+            yield target, tensor
+
+
 def load_safetensors(
-    model: nn.Module, model_dir: Path, device: torch.device, load_format: str = "auto"
+    model: nn.Module,
+    model_dir: Path,
+    device: torch.device,
+    load_format: str = "auto",
+    naming: WeightNaming | None = None,
 ) -> None:
     """Fill `model` from the folder's checkpoint: safetensors when present (preferred, as
-    vLLM), else PyTorch `.bin` pickles; load_format "safetensors" / "pt" allows one kind."""
+    vLLM), else PyTorch `.bin` pickles; load_format "safetensors" / "pt" allows one kind.
+    `naming` (the architecture's `ModelSpec.weights`) maps checkpoint names to parameters."""
     files = safetensors_files(model_dir) if load_format != "pt" else []
     if files:
         weights = iter_safetensors(files, device)
@@ -147,7 +171,7 @@ def load_safetensors(
                 "weights)."
             )
         weights = iter_pytorch_bin(files)
-    loaded = model.load_weights(weights)
+    loaded = model.load_weights(mapped_weights(weights, naming or WeightNaming()))
     missing = model.expected_weights() - loaded
     if missing:
         shown = ", ".join(sorted(missing)[:8])

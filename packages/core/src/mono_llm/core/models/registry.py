@@ -1,57 +1,230 @@
-"""HF architecture name (config.json `architectures`) -> the class that implements it.
+"""The one table of supported architectures: a `ModelSpec` per HF architecture name.
 
-Entries name a module and class so importing the registry stays cheap; another model family
-(e.g. BERT for pooling) adds one line here.
+Everything that depends on the architecture reads it from here: the loader (which class,
+which part of config.json, how checkpoint names map onto parameters), task detection in
+pooling/tasks.py (what a model can be served for, whether it is an encoder) and the request
+side (which input modalities a model accepts). Adding an architecture is one module under
+`mono_llm.core.models` plus one `ModelSpec` entry in `_SPECS` below (docs/adding-a-model.md).
+
+Entries name a module and class rather than importing them, so importing the registry (done
+at start-up to validate config.json) stays cheap.
 """
 
 from __future__ import annotations
 
+import enum
 import importlib
+from dataclasses import dataclass, field
+from typing import Literal
 
 from mono_llm.core.errors import UnsupportedModelError
 
-# architecture -> (module under mono_llm.core.models, class name)
-_MODELS: dict[str, tuple[str, str]] = {
-    "LlamaForCausalLM": ("llama", "LlamaForCausalLM"),
-    "MistralForCausalLM": ("llama", "LlamaForCausalLM"),
-    "Qwen2ForCausalLM": ("llama", "LlamaForCausalLM"),
-    "Qwen3ForCausalLM": ("llama", "LlamaForCausalLM"),
-    # Pooling models (issue 6): BERT-style encoders, decoder classifiers and bare decoders.
-    "BertModel": ("bert", "BertModel"),
-    "RobertaModel": ("bert", "BertModel"),
-    "XLMRobertaModel": ("bert", "BertModel"),
-    "BertForSequenceClassification": ("bert", "BertForSequenceClassification"),
-    "RobertaForSequenceClassification": ("bert", "BertForSequenceClassification"),
-    "XLMRobertaForSequenceClassification": ("bert", "BertForSequenceClassification"),
-    "LlamaForSequenceClassification": ("llama_pooling", "LlamaForSequenceClassification"),
-    "MistralForSequenceClassification": ("llama_pooling", "LlamaForSequenceClassification"),
-    "Qwen2ForSequenceClassification": ("llama_pooling", "LlamaForSequenceClassification"),
-    "Qwen3ForSequenceClassification": ("llama_pooling", "LlamaForSequenceClassification"),
-    "LlamaModel": ("llama_pooling", "LlamaBareModel"),
-    "MistralModel": ("llama_pooling", "LlamaBareModel"),
-    "Qwen2Model": ("llama_pooling", "LlamaBareModel"),
-    "Qwen3Model": ("llama_pooling", "LlamaBareModel"),
+Runner = Literal["generate", "embed", "classify"]
+
+
+class ModelKind(enum.Enum):
+    """How attention runs, which decides the runner and the KV cache a model gets."""
+
+    DECODER_ONLY = "decoder-only"  # causal self-attention over the paged KV cache
+    ENCODER_ONLY = "encoder-only"  # bidirectional, whole prompts in one pass, no KV cache
+    ENCODER_DECODER = "encoder-decoder"  # encoder once per request, decoder with cross-attention
+
+
+@dataclass(frozen=True, slots=True)
+class WeightNaming:
+    """How a checkpoint's tensor names become the model's parameter names.
+
+    Applied by the loader to every (name, tensor) before `model.load_weights` sees it, so a
+    model's `load_weights` deals only with names of its own module tree (and with fusing,
+    e.g. q/k/v into qkv_proj). Rules run in order: skip, strip, add, rename.
+    """
+
+    # Tensors the model has no use for (masked-LM heads, rope tables, HF buffers).
+    skip_prefixes: tuple[str, ...] = ()
+    skip_substrings: tuple[str, ...] = ()
+    skip_suffixes: tuple[str, ...] = ()
+    # Wrappers some exports put around the body (`bert.`, `roberta.`); the first match goes.
+    strip_prefixes: tuple[str, ...] = ()
+    # Prepended to names that start with none of `top_level` (bare `layers.0...` exports).
+    add_prefix: str = ""
+    top_level: tuple[str, ...] = ()
+    # (old, new) substring renames, e.g. TF-era `LayerNorm.gamma` -> `LayerNorm.weight`.
+    renames: tuple[tuple[str, str], ...] = ()
+
+    def map(self, name: str) -> str | None:
+        """The model-side name of checkpoint tensor `name`, or None to skip it."""
+        if name.startswith(self.skip_prefixes) or name.endswith(self.skip_suffixes):
+            return None
+        if any(s in name for s in self.skip_substrings):
+            return None
+        for prefix in self.strip_prefixes:
+            if name.startswith(prefix):
+                name = name[len(prefix) :]
+                break
+        if self.add_prefix and not name.startswith((self.add_prefix, *self.top_level)):
+            name = self.add_prefix + name
+        for old, new in self.renames:
+            name = name.replace(old, new)
+        if name.startswith(self.skip_prefixes):  # e.g. `model.lm_head` after stripping
+            return None
+        return name
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSpec:
+    """Everything the engine needs to know about one HF architecture name."""
+
+    architecture: str  # as in config.json `architectures`
+    module: str  # module under mono_llm.core.models
+    class_name: str
+    # Runners it can be served with, the default first ("generate": sample with a KV cache;
+    # "embed" / "classify": one forward pass per prompt, then pool).
+    runners: tuple[Runner, ...]
+    kind: ModelKind = ModelKind.DECODER_ONLY
+    # Input modalities a request may carry for it ("text", "image", "audio").
+    modalities: frozenset[str] = frozenset({"text"})
+    weights: WeightNaming = field(default_factory=WeightNaming)
+    # Which part of config.json the class is built from: "text" = `text_config` when nested
+    # (a language model inside a multimodal folder), "full" = the whole config.
+    config_view: Literal["text", "full"] = "text"
+    # The family member whose switches apply, when it differs from `architecture`
+    # (Qwen2ForSequenceClassification is built with Qwen2ForCausalLM's settings).
+    family_architecture: str | None = None
+
+    @property
+    def is_encoder_only(self) -> bool:
+        return self.kind is ModelKind.ENCODER_ONLY
+
+    @property
+    def settings_architecture(self) -> str:
+        return self.family_architecture or self.architecture
+
+    def load_class(self) -> type:
+        """The implementing class (imports its module on first use)."""
+        module = importlib.import_module(f"mono_llm.core.models.{self.module}")
+        return getattr(module, self.class_name)
+
+
+# ---------------------------------------------------------------------------- the table
+
+_LLAMA_WEIGHTS = WeightNaming(
+    # Old checkpoints saved the rope tables beside the weights; they are recomputed at load.
+    skip_substrings=("rotary_emb.inv_freq", "rotary_emb.cos_cached", "rotary_emb.sin_cached"),
+    # Some exports store the decoder body bare (`layers.0...`, `embed_tokens...`).
+    add_prefix="model.",
+    top_level=("lm_head.", "score."),
+)
+# Pooling heads over the Llama body: an LM head in the checkpoint is not used.
+_LLAMA_POOLING_WEIGHTS = WeightNaming(
+    skip_prefixes=("lm_head.",),
+    skip_substrings=_LLAMA_WEIGHTS.skip_substrings,
+    add_prefix="model.",
+    top_level=("score.",),
+)
+_BERT_WEIGHTS = WeightNaming(
+    # Masked-LM heads and HF's position_ids / token_type_ids buffers are not parameters here.
+    skip_prefixes=("cls.", "lm_head."),
+    skip_suffixes=("position_ids", "token_type_ids"),
+    strip_prefixes=("bert.", "roberta.", "model."),
+    renames=(("LayerNorm.gamma", "LayerNorm.weight"), ("LayerNorm.beta", "LayerNorm.bias")),
+)
+
+
+def _llama_family() -> list[ModelSpec]:
+    specs: list[ModelSpec] = []
+    for family in ("Llama", "Mistral", "Qwen2", "Qwen3"):
+        causal = f"{family}ForCausalLM"
+        specs += [
+            # Any generative decoder can also serve last-token embeddings (vLLM's --task embed).
+            ModelSpec(
+                causal, "llama", "LlamaForCausalLM", ("generate", "embed"), weights=_LLAMA_WEIGHTS
+            ),
+            # Reward models, Qwen rerankers: the decoder with a `score` head on the last token.
+            ModelSpec(
+                f"{family}ForSequenceClassification",
+                "llama_pooling",
+                "LlamaForSequenceClassification",
+                ("classify",),
+                weights=_LLAMA_POOLING_WEIGHTS,
+                family_architecture=causal,
+            ),
+            # Bare decoder bodies (no LM head) are published for embeddings (e5-mistral).
+            ModelSpec(
+                f"{family}Model",
+                "llama_pooling",
+                "LlamaBareModel",
+                ("embed",),
+                weights=_LLAMA_POOLING_WEIGHTS,
+                family_architecture=causal,
+            ),
+        ]
+    return specs
+
+
+def _bert_family() -> list[ModelSpec]:
+    specs: list[ModelSpec] = []
+    for family in ("Bert", "Roberta", "XLMRoberta"):
+        specs += [
+            ModelSpec(
+                f"{family}Model",
+                "bert",
+                "BertModel",
+                ("embed",),
+                kind=ModelKind.ENCODER_ONLY,
+                weights=_BERT_WEIGHTS,
+            ),
+            ModelSpec(
+                f"{family}ForSequenceClassification",
+                "bert",
+                "BertForSequenceClassification",
+                ("classify",),
+                kind=ModelKind.ENCODER_ONLY,
+                weights=_BERT_WEIGHTS,
+            ),
+        ]
+    return specs
+
+
+_SPECS: dict[str, ModelSpec] = {
+    spec.architecture: spec for spec in _llama_family() + _bert_family()
 }
 
 
-def register_model(architecture: str, module: str, class_name: str) -> None:
-    """Map `architecture` to `mono_llm.core.models.<module>.<class_name>`."""
-    _MODELS[architecture] = (module, class_name)
+# ---------------------------------------------------------------------------- lookups
+
+
+def register_model(spec: ModelSpec) -> None:
+    """Add (or replace) an architecture at run time, e.g. a model class outside this package
+    whose module is importable as `mono_llm.core.models.<spec.module>`."""
+    _SPECS[spec.architecture] = spec
 
 
 def supported_architectures() -> list[str]:
-    return sorted(_MODELS)
+    return sorted(_SPECS)
+
+
+def find_spec(architectures: list[str]) -> ModelSpec | None:
+    """The spec of the first supported entry of config.json `architectures`, if any."""
+    for arch in architectures:
+        spec = _SPECS.get(arch)
+        if spec is not None:
+            return spec
+    return None
+
+
+def resolve_spec(architectures: list[str]) -> ModelSpec:
+    """Like `find_spec`, but an unsupported model raises, naming every supported one."""
+    spec = find_spec(architectures)
+    if spec is None:
+        named = ", ".join(architectures) if architectures else "(none in config.json)"
+        raise UnsupportedModelError(
+            f"Model architecture {named} is not supported. Supported architectures: "
+            f"{', '.join(supported_architectures())}."
+        )
+    return spec
 
 
 def resolve_model_class(architectures: list[str]) -> tuple[type, str]:
     """(implementing class, the architecture it was chosen for): the first supported entry."""
-    for arch in architectures:
-        if arch in _MODELS:
-            module, class_name = _MODELS[arch]
-            cls = getattr(importlib.import_module(f"mono_llm.core.models.{module}"), class_name)
-            return cls, arch
-    named = ", ".join(architectures) if architectures else "(none in config.json)"
-    raise UnsupportedModelError(
-        f"Model architecture {named} is not supported. Supported architectures: "
-        f"{', '.join(supported_architectures())}."
-    )
+    spec = resolve_spec(architectures)
+    return spec.load_class(), spec.architecture

@@ -12,7 +12,6 @@ KV cache to continue from, and mean/CLS pooling needs all of a prompt's hidden s
 from __future__ import annotations
 
 import logging
-import time
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -25,7 +24,7 @@ from mono_llm.core.errors import (
     UnsupportedTaskError,
 )
 from mono_llm.core.inputs import PromptType, parse_prompt
-from mono_llm.core.outputs import PoolingOutput, PoolingRequestOutput, RequestMetrics
+from mono_llm.core.outputs import RequestMetrics
 from mono_llm.core.pooling.pooler import (
     PoolingHead,
     build_pooling_head,
@@ -36,8 +35,8 @@ from mono_llm.core.pooling.tasks import ModelTasks, resolve_model_tasks
 from mono_llm.core.pooling_params import PoolingParams
 
 if TYPE_CHECKING:
-    from mono_llm.core.engine.core import EngineCore
-    from mono_llm.core.engine.scheduler import SchedulerOutput
+    from mono_llm.core.engine.scheduler import Scheduler, SchedulerOutput
+    from mono_llm.core.worker.batch import ModelBatch
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +72,8 @@ class PoolingEngine:
         self.do_lower_case = bool(pooler and pooler.do_lower_case)
         self.head: PoolingHead | None = None
         self.output_size = 0
+        self.model_runner: Any = None
+        self.scheduler: Scheduler | None = None
 
     @classmethod
     def for_config(cls, config: EngineConfig) -> PoolingEngine | None:
@@ -91,6 +92,8 @@ class PoolingEngine:
         return EncoderModelRunner(self.config)
 
     def attach(self, model_runner: Any) -> None:
+        """Bind the runner whose model this engine pools (and size the head from it)."""
+        self.model_runner = model_runner
         self.head = build_pooling_head(
             model_runner.model, self.tasks, model_runner.device, model_runner.dtype
         )
@@ -101,6 +104,9 @@ class PoolingEngine:
         if isinstance(positions, int) and self.tasks.is_encoder:
             self.max_prompt_len = min(self.max_prompt_len, positions)
 
+    def bind_scheduler(self, scheduler: Scheduler) -> None:
+        self.scheduler = scheduler
+
     # ------------------------------------------------------------------ admission
     def default_task(self) -> str:
         return "classify" if self.tasks.runner == "classify" else "embed"
@@ -108,7 +114,8 @@ class PoolingEngine:
     def prepare(
         self, tokenizer: Any, prompt: PromptType, params: PoolingParams
     ) -> tuple[str | None, list[int], PoolingParams]:
-        """Tokenize, truncate and validate a pooling prompt (thread-safe: no engine state)."""
+        """Tokenize, truncate and check a pooling prompt (thread-safe: no engine state). Called
+        by the engine's InputProcessor, which then checks the ids against the vocabulary."""
         params = params.clone()
         if params.task is None:
             params.task = self.default_task()
@@ -135,12 +142,7 @@ class PoolingEngine:
             raise InvalidRequestError("The input must not be empty.", param="input")
         if len(token_ids) > self.max_prompt_len:
             raise PromptTooLongError(len(token_ids), self.max_prompt_len, param="input")
-        vocab = self.config.model_config.text_config.get("vocab_size")
-        if isinstance(vocab, int) and (max(token_ids) >= vocab or min(token_ids) < 0):
-            raise InvalidRequestError(
-                f"Token id {max(token_ids)} is out of vocabulary (size {vocab}).",
-                param="input",
-            )
+        # The vocabulary check is the InputProcessor's, shared with generation prompts.
         if params.token_type_split is not None and params.token_type_split > len(token_ids):
             raise InvalidRequestError("token_type_split is past the end of the prompt.")
         return text, list(token_ids), params
@@ -194,28 +196,27 @@ class PoolingEngine:
         )
 
     # ------------------------------------------------------------------ the step
-    def run_step(
-        self, engine: EngineCore, sched: SchedulerOutput, batch: Any
-    ) -> list[PoolingRequestOutput]:
-        """Forward the batch, pool every sequence (all are whole prompts), finish them."""
-        assert self.head is not None
-        runner = engine.model_runner
+    def run(self, sched: SchedulerOutput, batch: ModelBatch) -> dict[str, Sequence]:
+        """Forward the batch, pool every sequence (all are whole prompts), finish them; the
+        engine's `StepProcessor` for pooling models (engine/step.py)."""
+        assert self.head is not None and self.scheduler is not None
+        runner = self.model_runner
         lens = [item.num_new_tokens for item in sched.scheduled]
         if self.tasks.is_encoder:
             hidden = runner.execute_hidden(batch, token_type_ids=self._token_types(sched, lens))
         else:
             hidden = runner.execute_hidden(batch)
-        engine.scheduler.update(sched)
+        self.scheduler.update(sched)
         pooled = self.head(hidden, lens).cpu()  # [num_seqs, size] float32: one host sync
-        changed = {}
+        changed: dict[str, Sequence] = {}
         for row, item in zip(pooled, sched.scheduled, strict=True):
             seq = item.seq
             if not item.samples:  # cannot happen without chunked prefill; kept as a guard
                 continue
             seq.pooled = finalize_pooled(row, seq.pooling_params, self.tasks)
-            engine.scheduler.finish([seq], SequenceStatus.FINISHED_STOPPED)
+            self.scheduler.finish([seq], SequenceStatus.FINISHED_STOPPED)
             changed[seq.seq_id] = seq
-        return engine._collect_outputs(changed)
+        return changed
 
     @staticmethod
     def _token_types(sched: SchedulerOutput, lens: list[int]) -> torch.Tensor | None:
@@ -229,25 +230,3 @@ class PoolingEngine:
                 types[split:] = 1
             parts.append(types)
         return torch.cat(parts)
-
-
-def make_pooling_output(request: Request) -> PoolingRequestOutput | None:
-    """The PoolingRequestOutput of a finished pooling request (None while it runs).
-
-    An aborted request has no pooled data: its output carries `outputs.data = None`.
-    """
-    if not request.is_finished:
-        return None
-    metrics = request.metrics
-    if metrics.finished_time is None:
-        metrics.finished_time = time.time()
-    seq = request.sequences[0]
-    return PoolingRequestOutput(
-        request_id=request.request_id,
-        outputs=PoolingOutput(data=seq.pooled),
-        prompt_token_ids=request.prompt_token_ids,
-        finished=True,
-        num_cached_tokens=0,
-        metrics=metrics,
-        prompt=request.prompt,
-    )

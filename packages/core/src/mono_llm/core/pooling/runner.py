@@ -1,9 +1,9 @@
 """Model runner for encoder-only pooling models (BERT & co): the same ragged batches, no KV cache.
 
-It reuses `ModelRunner`'s batch flattening, so the scheduler, its token budget and block
-accounting work unchanged: the scheduler still hands out block ids, but for an encoder they
-are only bookkeeping (no memory behind them), because every prompt runs whole in one step
-and nothing is kept for later tokens.
+It flattens batches with the shared `prepare_step_inputs`, so the scheduler, its token budget
+and block accounting work unchanged: the scheduler still hands out block ids, but for an
+encoder they are only bookkeeping (no memory behind them), because every prompt runs whole in
+one step and nothing is kept for later tokens.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import logging
 import math
 import time
 
+import numpy as np
 import torch
 
 from mono_llm.core.config import EngineConfig
@@ -19,20 +20,19 @@ from mono_llm.core.errors import EngineError
 from mono_llm.core.layers.attention import AttentionMetadata
 from mono_llm.core.models.loader import build_model
 from mono_llm.core.worker.batch import ModelBatch
-from mono_llm.core.worker.model_runner import ModelRunner
+from mono_llm.core.worker.model_runner import embed_with_overrides, runner_device
+from mono_llm.core.worker.step_inputs import prepare_step_inputs
 
 logger = logging.getLogger(__name__)
 
 
-class EncoderModelRunner(ModelRunner):
+class EncoderModelRunner:
     """Runs encoder steps; `execute_hidden` returns every token's final hidden state."""
 
-    def __init__(self, config: EngineConfig) -> None:  # no super().__init__: no KV cache
+    def __init__(self, config: EngineConfig) -> None:
         self.config = config
         sched = config.scheduler_config
-        self.device = torch.device(config.device)
-        if self.device.type == "cuda" and self.device.index is None:
-            self.device = torch.device("cuda", torch.cuda.current_device())
+        self.device = runner_device(config)
         self.dtype = config.model_config.dtype
         self.block_size = config.cache_config.block_size
         self.max_model_len = sched.max_model_len
@@ -43,9 +43,6 @@ class EncoderModelRunner(ModelRunner):
         self.model = build_model(config.model_config, self.device)
         self.vocab_size: int = self.model.vocab_size
         self.hidden_size: int = self.model.hidden_size
-        self._attention_layers = []
-        self._use_cuda = False  # inputs are moved per step; there are no decode graphs to feed
-        self._graphs = {}
         # Nominal blocks: enough for every sequence at full length, so block accounting never
         # limits an encoder; the token budget and max_num_seqs do.
         self.num_blocks = self.max_num_seqs * self.max_blocks_per_seq
@@ -67,10 +64,10 @@ class EncoderModelRunner(ModelRunner):
         for s in batch.slices:
             if s.num_computed_tokens:
                 raise EngineError("encoder slices must start at position 0 (no KV cache)")
-        inputs = self._prepare(batch)
+        inputs = prepare_step_inputs(batch, self.block_size, self.max_num_tokens, self.max_num_seqs)
         device = self.device
 
-        def to_device(array) -> torch.Tensor:
+        def to_device(array: np.ndarray) -> torch.Tensor:
             return torch.from_numpy(array).to(device, non_blocking=True)
 
         metadata = AttentionMetadata(
@@ -84,9 +81,14 @@ class EncoderModelRunner(ModelRunner):
         )
         if token_type_ids is not None:
             token_type_ids = token_type_ids.to(device, non_blocking=True)
+        input_ids = to_device(inputs.input_ids)
+        embeds = None
+        if inputs.embeds_overrides:
+            embeds = embed_with_overrides(self.model, input_ids, inputs.embeds_overrides)
         with self.model.forward_context.use(metadata):
             return self.model(
-                to_device(inputs.input_ids),
+                input_ids,
                 to_device(inputs.positions),
                 token_type_ids=token_type_ids,
+                inputs_embeds=embeds,
             )

@@ -15,32 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from mono_llm.core.errors import UnsupportedTaskError
+from mono_llm.core.models.registry import find_spec
 from mono_llm.core.pooling.config import (
     PoolerConfig,
     has_sentence_transformers_config,
     load_pooler_config,
 )
-
-ENCODER_EMBEDDING_ARCHS = frozenset({"BertModel", "RobertaModel", "XLMRobertaModel"})
-ENCODER_CLASSIFIER_ARCHS = frozenset(
-    {
-        "BertForSequenceClassification",
-        "RobertaForSequenceClassification",
-        "XLMRobertaForSequenceClassification",
-    }
-)
-DECODER_CLASSIFIER_ARCHS = frozenset(
-    {
-        "LlamaForSequenceClassification",
-        "MistralForSequenceClassification",
-        "Qwen2ForSequenceClassification",
-        "Qwen3ForSequenceClassification",
-    }
-)
-# Bare decoder bodies (no LM head) are published for embeddings, e.g. e5-mistral (MistralModel).
-DECODER_EMBEDDING_ARCHS = frozenset({"LlamaModel", "MistralModel", "Qwen2Model", "Qwen3Model"})
-ENCODER_ARCHS = ENCODER_EMBEDDING_ARCHS | ENCODER_CLASSIFIER_ARCHS
-CLASSIFIER_ARCHS = ENCODER_CLASSIFIER_ARCHS | DECODER_CLASSIFIER_ARCHS
 
 RUNNERS = ("generate", "embed", "classify")
 
@@ -68,20 +48,15 @@ class ModelTasks:
 
 
 def is_encoder_architecture(architectures: list[str]) -> bool:
-    return any(arch in ENCODER_ARCHS for arch in architectures)
+    spec = find_spec(architectures)
+    return spec is not None and spec.is_encoder_only
 
 
 def capable_runners(architectures: list[str]) -> list[str]:
-    """Runners a model of these architectures can be served with, its default first."""
-    archs = set(architectures)
-    if archs & ENCODER_EMBEDDING_ARCHS:
-        return ["embed"]
-    if archs & CLASSIFIER_ARCHS:
-        return ["classify"]
-    if archs & DECODER_EMBEDDING_ARCHS:
-        return ["embed"]
-    # Any generative decoder can also serve last-token embeddings (as vLLM's --task embed).
-    return ["generate", "embed"]
+    """Runners a model of these architectures can be served with, its default first (read
+    from the model registry; an unknown architecture is treated as a generative decoder)."""
+    spec = find_spec(architectures)
+    return list(spec.runners) if spec is not None else ["generate", "embed"]
 
 
 def resolve_model_tasks(

@@ -10,12 +10,29 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 
 class LogitsWanted(enum.IntEnum):
     NONE = 0  # a prefill chunk that is not the last one: nothing to sample yet
     LAST = 1  # sample the next token from the slice's last position
     ALL = 2  # every position (prompt logprobs); the last row is also the one sampled from
+
+
+@dataclass(slots=True)
+class EmbedsOverride:
+    """Rows of a slice whose input embeddings do not come from the token table.
+
+    The seam for multimodal and similar inputs: the runner embeds the slice's token ids,
+    then writes `embeds` over the rows starting at `offset` (e.g. an image's placeholder
+    tokens get the vision encoder's output) before the model's first layer.
+    """
+
+    offset: int  # first row, counted within the slice's token_ids
+    embeds: torch.Tensor  # [num_rows, hidden], model dtype, on the runner's device
 
 
 @dataclass(slots=True)
@@ -28,6 +45,8 @@ class SequenceSlice:
     # Physical KV block ids covering positions [0, num_computed_tokens + len(token_ids)).
     block_table: list[int]
     logits: LogitsWanted = LogitsWanted.LAST
+    # Input embeddings to use instead of the token table's rows (None: plain token ids).
+    embeds_overrides: list[EmbedsOverride] | None = None
 
     @property
     def num_tokens(self) -> int:
