@@ -94,7 +94,8 @@ class StreamingChunker:
 
     def _drain(self, *, final: bool) -> list[StreamWindow]:
         windows: list[StreamWindow] = []
-        if not self._buffered:
+        # Appends are small (20-100 ms): join the buffer only when a window is due.
+        if not self._buffered or (not final and self._buffered <= self._window):
             return windows
         pending = np.concatenate(self._buffer) if len(self._buffer) > 1 else self._buffer[0]
         while pending.shape[0] > self._window:
