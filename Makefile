@@ -13,7 +13,7 @@ TRITON_INTERPRET ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi 
 export TRITON_INTERPRET
 PYTEST_ARGS ?=
 
-.PHONY: venv serve test test-slow lint format build dist-check clean
+.PHONY: venv deps serve test test-slow lint format build dist-check clean
 
 venv: $(VENV)/.installed
 
@@ -23,6 +23,14 @@ $(VENV)/.installed: $(PYPROJECTS)
 	$(if $(TORCH),$(PIP) install -q '$(TORCH)')
 	$(PIP) install -q $(foreach p,$(PACKAGES),-e 'packages/$(p)[dev]') -e '.[dev]'
 	touch $@
+
+# System packages the tests use: espeak-ng speaks the audio test clips (those tests skip
+# without it). Installs with apt-get when run as root (CI); elsewhere says what to install.
+deps:
+	@command -v espeak-ng >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -q && apt-get install -y -q espeak-ng; \
+	  else echo "espeak-ng is missing: sudo apt-get install espeak-ng (audio tests skip without it)"; fi; }
 
 # The OpenAI-compatible server on :8000; with no MODEL it serves the embedded tiny demo model
 # (random weights: the API works end to end, the text is gibberish). `make serve ARGS=...`

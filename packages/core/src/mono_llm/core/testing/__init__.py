@@ -87,7 +87,23 @@ def _register_builtin() -> None:
     for vision_name in VISION_FIXTURES:
         register_fixture(vision_name, build_vision_fixture)
 
+    from mono_llm.core.testing import whisper
+
+    for whisper_name in whisper.TINY_WHISPER_FIXTURES:
+        register_fixture(whisper_name, whisper.build_tiny_whisper)
+    for whisper_name in whisper.REAL_WHISPER_PACKAGES:
+        register_fixture(whisper_name, whisper.build_real_whisper)
+
 
 _register_builtin()
 
-__all__ = ["FIXTURE_VERSION", "fixture_names", "fixture_path", "minilm_path", "register_fixture"]
+from mono_llm.core.testing.whisper import whisper_checkpoint_path  # noqa: E402
+
+__all__ = [
+    "FIXTURE_VERSION",
+    "fixture_names",
+    "fixture_path",
+    "minilm_path",
+    "register_fixture",
+    "whisper_checkpoint_path",
+]
