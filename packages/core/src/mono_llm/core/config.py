@@ -13,7 +13,7 @@ import json
 import logging
 import os
 import textwrap
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,7 @@ import torch
 
 from mono_llm.core.errors import InvalidRequestError, UnsupportedModelError
 from mono_llm.core.hub import resolve_model_dir
-from mono_llm.core.models.registry import resolve_model_class
+from mono_llm.core.models.registry import find_spec, resolve_model_class
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +101,8 @@ class EngineArgs:
     """Largest logprobs / prompt_logprobs a request may ask for (-1: no limit)."""
     task: str = "auto"
     """auto, generate, embed, classify, score: what the model is served for."""
+    limit_mm_per_prompt: dict[str, int] | None = None
+    """Most media items of each modality in one prompt, as JSON: '{"image": 2}'. Default for vision-language models: 8 images; text-only models accept none."""
     disable_log_stats: bool = False
     """Do not log throughput statistics periodically."""
 
@@ -137,6 +139,10 @@ class EngineArgs:
                 "cuda_graph_max_prefill_tokens must be 0 or more.",
                 param="cuda_graph_max_prefill_tokens",
             )
+        if isinstance(self.limit_mm_per_prompt, str):
+            self.limit_mm_per_prompt = parse_mm_limits(self.limit_mm_per_prompt)
+        if self.limit_mm_per_prompt is not None:
+            check_mm_limits(self.limit_mm_per_prompt)
         if self.device not in ("auto", "cuda", "cpu"):
             raise InvalidRequestError(
                 f"device must be auto, cuda or cpu; got {self.device!r}.", param="device"
@@ -191,6 +197,7 @@ class EngineArgs:
             seed=self.seed,
             max_logprobs=self.max_logprobs,
             task=self.task,
+            limit_mm_per_prompt=resolve_mm_limits(hf_config, self.limit_mm_per_prompt),
         )
         budget = self.max_num_batched_tokens
         if budget is None:
@@ -250,6 +257,8 @@ class ModelConfig:
     seed: int = 0
     max_logprobs: int = 20
     task: str = "auto"
+    # modality -> most items per prompt; empty for a text-only model
+    limit_mm_per_prompt: dict[str, int] = field(default_factory=dict)
 
     @property
     def architectures(self) -> list[str]:
@@ -290,6 +299,53 @@ class EngineConfig:
     cuda_graph_max_prefill_tokens: int = 512
     overlap_decode_prepare: bool = True
     disable_log_stats: bool = False
+
+
+# Media items a prompt may carry unless --limit-mm-per-prompt says (vision models: 8 images).
+DEFAULT_ITEMS_PER_PROMPT = {"image": 8}
+
+
+def parse_mm_limits(text: str) -> dict[str, int]:
+    """'{"image": 2}' (vLLM's JSON form) or 'image=2,video=0' -> {"image": 2, ...}."""
+    text = text.strip()
+    try:
+        if text.startswith("{"):
+            parsed = json.loads(text)
+        else:
+            parsed = {}
+            for part in filter(None, (p.strip() for p in text.split(","))):
+                key, _, value = part.partition("=")
+                parsed[key.strip()] = int(value)
+    except ValueError as exc:
+        raise InvalidRequestError(
+            f"limit_mm_per_prompt must be JSON like '{{\"image\": 2}}', got {text!r}.",
+            param="limit_mm_per_prompt",
+        ) from exc
+    if not isinstance(parsed, dict):
+        raise InvalidRequestError(
+            "limit_mm_per_prompt must be a JSON object.", param="limit_mm_per_prompt"
+        )
+    return parsed
+
+
+def check_mm_limits(limits: dict[str, Any]) -> None:
+    for key, value in limits.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise InvalidRequestError(
+                f"limit_mm_per_prompt[{key!r}] must be a non-negative integer, got {value!r}.",
+                param="limit_mm_per_prompt",
+            )
+
+
+def resolve_mm_limits(
+    hf_config: dict[str, Any], requested: dict[str, int] | None
+) -> dict[str, int]:
+    """Per-modality limits for this model: the media modalities its registry spec accepts
+    (none for a text-only model), defaults overridden by what was requested."""
+    spec = find_spec(list(hf_config.get("architectures") or []))
+    media = sorted((spec.modalities if spec is not None else frozenset()) - {"text"})
+    requested = requested or {}
+    return {m: requested.get(m, DEFAULT_ITEMS_PER_PROMPT.get(m, 1)) for m in media}
 
 
 def _read_hf_config(model_dir: Path) -> dict[str, Any]:

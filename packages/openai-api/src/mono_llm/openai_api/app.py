@@ -33,6 +33,7 @@ from mono_llm.openai_api.http_middleware import (
     RootPathMiddleware,
     resolve_api_keys,
 )
+from mono_llm.openai_api.media import MediaInputs
 from mono_llm.openai_api.metrics import ServerMetrics
 from mono_llm.openai_api.model_registry import ModelRegistry, ServedModel
 from mono_llm.openai_api.models.router import router as models_router
@@ -159,6 +160,7 @@ def build_app(
                 models.append(model)
             registry = ModelRegistry(models)
             metrics = ServerMetrics(lambda: [(m.name, m.engine) for m in registry])
+            media = MediaInputs(args)
             state = ServerState(
                 args=args,
                 registry=registry,
@@ -171,8 +173,10 @@ def build_app(
                     metrics,
                     prompt_tokens_details=args.enable_prompt_tokens_details,
                     tool_parser=tool_parser,
+                    media=media,
                 ),
-                tokenization=TokenizationServing(registry),
+                tokenization=TokenizationServing(registry, media),
+                media=media,
             )
             app.state.server = state
             for model in models:

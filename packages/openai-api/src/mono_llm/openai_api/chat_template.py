@@ -104,8 +104,15 @@ def detect_content_format(template: str) -> ContentFormat:
     return "string"
 
 
-def _text_of_parts(parts: list[dict[str, Any]], param: str) -> list[str]:
-    texts = []
+_IMAGE_PART_TYPES = ("image_url", "input_image", "image")
+
+
+def _normalized_parts(
+    parts: list[dict[str, Any]], param: str, images: list[str] | None
+) -> list[dict[str, Any]]:
+    """The parts as {"type": "text", "text"} and {"type": "image"} (in their order); image URLs
+    are appended to `images`. With `images` None (a text-only model) an image part is a 400."""
+    out: list[dict[str, Any]] = []
     for j, part in enumerate(parts):
         # vLLM infers a missing type from the part's keys ({"image_url": {...}}).
         kind = part.get("type") or next((k for k in part if k != "type"), None)
@@ -116,34 +123,68 @@ def _text_of_parts(parts: list[dict[str, Any]], param: str) -> list[str]:
                     400,
                     param=f"{param}.{j}.text",
                 )
-            texts.append(part["text"])
+            out.append({"type": "text", "text": part["text"]})
         elif kind == "refusal":
-            texts.append(str(part.get("refusal", "")))
-        else:
+            out.append({"type": "text", "text": str(part.get("refusal", ""))})
+        elif kind in _IMAGE_PART_TYPES and images is not None:
+            images.append(_image_url(part, kind, f"{param}.{j}"))
+            out.append({"type": "image"})
+        elif kind in _IMAGE_PART_TYPES:
             raise OpenAIError(
-                f"Content part type {kind!r} is not supported by this text-only model; "
-                "send text parts only.",
+                f"Content part type {kind!r} is not supported by this text-only model (it does "
+                "not accept image inputs); send text content only.",
                 400,
                 param=param,
             )
-    return texts
+        else:
+            raise OpenAIError(
+                f"Content part type {kind!r} is not supported; send text or image_url parts.",
+                400,
+                param=param,
+            )
+    return out
+
+
+def _image_url(part: dict[str, Any], kind: str, param: str) -> str:
+    """The URL of an image part: {"image_url": {"url", "detail"}} (OpenAI; `detail` is
+    accepted and ignored), {"image_url": "..."} or the Responses API's {"image_url": "..."}."""
+    value = part.get("image_url") if kind != "image" else part.get("image")
+    if isinstance(value, dict):
+        value = value.get("url")
+    if not isinstance(value, str) or not value:
+        raise OpenAIError(
+            "An image_url content part needs image_url.url (an http(s), data: or file: URL).",
+            400,
+            param=f"{param}.image_url.url",
+        )
+    return value
 
 
 def normalize_messages(
-    messages: list[dict[str, Any]], content_format: ContentFormat
+    messages: list[dict[str, Any]],
+    content_format: ContentFormat,
+    *,
+    images: list[str] | None = None,
+    image_placeholder: str = "",
 ) -> list[dict[str, Any]]:
-    """Messages as the template expects them (content shape, tool-call arguments as dicts)."""
+    """Messages as the template expects them (content shape, tool-call arguments as dicts).
+
+    `images` (a list, for models that take images) collects every image part's URL in prompt
+    order; string-content templates get `image_placeholder` where each image stood.
+    """
     out = []
     for i, message in enumerate(messages):
         message = {k: v for k, v in message.items() if v is not None}
         content = message.get("content")
         param = f"messages.{i}.content"
         if isinstance(content, list):
-            texts = _text_of_parts(content, param)
+            parts = _normalized_parts(content, param, images)
             if content_format == "string":
-                message["content"] = "\n".join(texts)
+                message["content"] = "\n".join(
+                    p["text"] if p["type"] == "text" else image_placeholder for p in parts
+                )
             else:
-                message["content"] = [{"type": "text", "text": t} for t in texts]
+                message["content"] = parts
         elif content is None:
             message["content"] = "" if content_format == "string" else []
         elif content_format == "openai":
@@ -204,8 +245,13 @@ class ChatTemplate:
         documents: list[dict[str, Any]] | None = None,
         chat_template_kwargs: dict[str, Any] | None = None,
         request_template: str | None = None,
+        images: list[str] | None = None,
+        image_placeholder: str = "",
     ) -> str:
-        """The prompt text for `messages` (errors in the template or inputs become 400s)."""
+        """The prompt text for `messages` (errors in the template or inputs become 400s).
+
+        For a model that takes images pass `images=[]`: it receives each image part's URL,
+        in the order the template places the image tokens."""
         if continue_final_message and add_generation_prompt:
             raise OpenAIError(
                 "continue_final_message and add_generation_prompt cannot both be true.",
@@ -252,7 +298,9 @@ class ChatTemplate:
         }
         try:
             prompt = tokenizer.apply_chat_template(
-                normalize_messages(messages, content_format),
+                normalize_messages(
+                    messages, content_format, images=images, image_placeholder=image_placeholder
+                ),
                 tools=tools,
                 documents=documents,
                 chat_template=template,

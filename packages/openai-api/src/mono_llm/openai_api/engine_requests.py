@@ -38,6 +38,20 @@ if TYPE_CHECKING:
 class PromptInput:
     token_ids: list[int]
     text: str | None  # None when the client sent token ids
+    # Preprocessed images (mono_llm.multimodal ProcessedImage), in placeholder order.
+    images: list[Any] = field(default_factory=list)
+
+    @property
+    def num_tokens(self) -> int:
+        """Prompt length the engine sees: each image placeholder widened to its tokens."""
+        extra = sum(int(image.num_tokens) - 1 for image in self.images)
+        return len(self.token_ids) + extra
+
+    def engine_prompt(self) -> dict[str, Any]:
+        prompt: dict[str, Any] = {"prompt_token_ids": self.token_ids}
+        if self.images:
+            prompt["multi_modal_data"] = {"image": self.images}
+        return prompt
 
 
 def tokenize_prompt(
@@ -132,9 +146,7 @@ async def start_engine_request(
             shown,
             params,
         )
-    generator = model.engine.generate(
-        {"prompt_token_ids": prompt.token_ids}, params, engine_id, priority=priority
-    )
+    generator = model.engine.generate(prompt.engine_prompt(), params, engine_id, priority=priority)
     timer = metrics.request_timer(model.name) if metrics is not None else None
     try:
         first = await generator.__anext__()

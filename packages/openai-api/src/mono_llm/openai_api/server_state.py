@@ -11,6 +11,7 @@ from starlette.requests import Request
 if TYPE_CHECKING:
     from mono_llm.openai_api.chat_completion.serving import ChatServing
     from mono_llm.openai_api.completion.serving import CompletionServing
+    from mono_llm.openai_api.media import MediaInputs
     from mono_llm.openai_api.metrics import ServerMetrics
     from mono_llm.openai_api.model_registry import ModelRegistry
     from mono_llm.openai_api.tokenization.serving import TokenizationServing
@@ -68,6 +69,14 @@ class ServerArgs:
     """Seconds SIGTERM waits for in-flight requests to finish before stopping anyway."""
     max_log_len: int | None = None
     """With --no-disable-log-requests: how many prompt tokens each request's log line shows (default: all)."""
+    allowed_media_domains: list[str] | None = None
+    """Hosts whose image URLs may resolve to private, loopback or link-local addresses (every other host must resolve to public addresses only)."""
+    allowed_local_media_path: str | None = None
+    """Folder under which `file://` image URLs may be read (default: none may)."""
+    media_fetch_timeout: float = 30.0
+    """Seconds one image fetch may take in all (connect, redirects and body)."""
+    max_image_bytes: int = 20 * 1024 * 1024
+    """Largest encoded image accepted (bytes), enforced while it downloads."""
 
 
 @dataclass(slots=True)
@@ -80,6 +89,7 @@ class ServerState:
     completion: CompletionServing
     chat: ChatServing
     tokenization: TokenizationServing
+    media: MediaInputs | None = None
     ready: bool = False  # models loaded and warmed up
     draining: bool = False  # shutting down: not ready for new traffic
 

@@ -117,6 +117,10 @@ class EngineCore:
             eos_token_ids=self.eos_token_ids,
             structured_outputs_available=self.grammar_factory is not None,
             pooling=self.pooling,
+            model_config=self.model_config,
+            check_multimodal_item=getattr(
+                getattr(model_runner, "model", None), "check_multimodal_item", None
+            ),
         )
         self.generation_step = GenerationStep(
             model_runner,
@@ -198,7 +202,10 @@ class EngineCore:
                 max_tokens=max_tokens,
                 priority=priority,
                 arrival_time=arrival_time,
+                mm_items=getattr(prompt_token_ids, "mm_items", None),
             )
+            seq.mrope_positions = getattr(prompt_token_ids, "mrope_positions", None)
+            seq.mrope_delta = getattr(prompt_token_ids, "mrope_delta", 0)
             if params.seed is not None:
                 seq.generator = self.sampler.make_generator(params.seed + index)
             if params.detokenize:
@@ -328,6 +335,7 @@ class EngineCore:
         if request.metrics.first_scheduled_time is None:
             self._num_waiting_requests -= 1
         self.scheduler.finish(request.sequences, SequenceStatus.FINISHED_ABORTED)
+        self._release_runner_state(request_id)
         return request
 
     @property
@@ -370,6 +378,10 @@ class EngineCore:
                     num_computed_tokens=item.start,
                     block_table=self.kv_cache.block_table(item.seq),  # read-only, no copy
                     logits=item.logits,
+                    request_id=item.seq.request_id,
+                    mm_items=item.seq.mm_items,
+                    mrope_positions=item.seq.mrope_positions,
+                    mrope_delta=item.seq.mrope_delta,
                 )
                 for item in sched.scheduled
             ]
@@ -388,7 +400,14 @@ class EngineCore:
                 outputs.append(out)
             if request.is_finished:
                 del self.requests[request_id]
+                self._release_runner_state(request_id)
         return outputs
+
+    def _release_runner_state(self, request_id: str) -> None:
+        """Let the runner drop what it keeps for a request (encoder outputs of its media)."""
+        release = getattr(self.model_runner, "release_request", None)
+        if release is not None:
+            release(request_id)
 
     # ------------------------------------------------------------------ stats
     def get_stats(self) -> SchedulerStats:

@@ -9,14 +9,17 @@ it off the step loop's thread; the engine then admits the already-checked token 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from mono_llm.core.errors import InvalidRequestError, PromptTooLongError
 from mono_llm.core.inputs import PromptType, parse_prompt
+from mono_llm.core.multimodal.prompt import attach_media
 from mono_llm.core.pooling_params import PoolingParams
 from mono_llm.core.sampling_params import SamplingParams
 
 if TYPE_CHECKING:
+    from mono_llm.core.config import ModelConfig
     from mono_llm.core.pooling.engine import PoolingEngine
 
 
@@ -34,6 +37,8 @@ class InputProcessor:
         eos_token_ids: set[int],
         structured_outputs_available: bool,
         pooling: PoolingEngine | None,
+        model_config: ModelConfig | None = None,
+        check_multimodal_item: Callable[[Any], None] | None = None,
     ) -> None:
         self.tokenizer = tokenizer
         self.vocab_size = vocab_size
@@ -43,6 +48,10 @@ class InputProcessor:
         self.eos_token_ids = eos_token_ids
         self.structured_outputs_available = structured_outputs_available
         self.pooling = pooling
+        # Media prompts: the model's limits and placeholder token (config), and the model's
+        # own check of an item (pixel shapes, token counts), run before admission.
+        self.model_config = model_config
+        self.check_multimodal_item = check_multimodal_item
 
     # ------------------------------------------------------------------ prompts
 
@@ -53,7 +62,10 @@ class InputProcessor:
         text, token_ids = parse_prompt(prompt)
         if token_ids is None:
             token_ids = self.tokenizer.encode(text, add_special_tokens=True)
-        if params is not None and params.truncate_prompt_tokens is not None:
+        mm_data = prompt.get("multi_modal_data") if isinstance(prompt, dict) else None
+        if mm_data is not None:
+            token_ids = self._attach_media(token_ids, mm_data, params)
+        elif params is not None and params.truncate_prompt_tokens is not None:
             token_ids = token_ids[-params.truncate_prompt_tokens :]
         if not token_ids:
             raise InvalidRequestError("The prompt must not be empty.", param="prompt")
@@ -63,6 +75,18 @@ class InputProcessor:
             raise PromptTooLongError(len(token_ids), self.max_seq_len)
         self.check_in_vocabulary(token_ids, param="prompt_token_ids")
         return text, token_ids
+
+    def _attach_media(
+        self, token_ids: list[int], mm_data: Any, params: SamplingParams | None
+    ) -> list[int]:
+        """The ids with image placeholders widened, carrying the checked items."""
+        if self.model_config is None:
+            raise InvalidRequestError("This engine takes no media inputs.", param="prompt")
+        token_ids = attach_media(self.model_config, token_ids, mm_data, params)
+        if self.check_multimodal_item is not None:
+            for item in getattr(token_ids, "mm_items", ()):
+                self.check_multimodal_item(item)
+        return token_ids
 
     def process_pooling_prompt(
         self, prompt: PromptType, params: PoolingParams

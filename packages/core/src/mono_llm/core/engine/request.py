@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     import torch
 
     from mono_llm.core.engine.detokenizer import IncrementalDetokenizer
+    from mono_llm.core.multimodal.inputs import MultiModalItem
 
 _arrival_counter = itertools.count()
 
@@ -61,12 +62,19 @@ class Sequence:
         max_tokens: int = 1,
         priority: int = 0,
         arrival_time: float | None = None,
+        mm_items: list[MultiModalItem] | None = None,
     ) -> None:
         self.seq_id = seq_id
         self.request_id = request_id
         self.index = index
         self.token_ids: list[int] = list(prompt_token_ids)
         self.num_prompt_tokens = len(prompt_token_ids)
+        # Images (and later other media) of the prompt, in prompt order, with their spans.
+        self.mm_items: list[MultiModalItem] = mm_items or []
+        # Models with M-RoPE (Qwen2-VL): 3-D rope positions of the prompt [3, prompt_len]
+        # when it holds media, and the shift of every later position (see layers/mrope.py).
+        self.mrope_positions: Any = None
+        self.mrope_delta = 0
         self.sampling_params = sampling_params
         self.pooling_params = pooling_params
         self.max_tokens = max_tokens  # resolved: never past the context window

@@ -4,6 +4,9 @@ The hash of block i covers its tokens and the hash of block i-1, so equal hashes
 whole prefixes, not just equal blocks. Only full blocks whose tokens are all computed are
 registered, after the step that computed them: a block is never shared before its KV exists,
 whatever order the model runner writes the cache in.
+
+A block that covers part of a multimodal item's placeholder span also hashes that item's
+content hash: placeholder tokens are equal for every image, their KV is not.
 """
 
 from __future__ import annotations
@@ -17,12 +20,24 @@ from mono_llm.core.kv_cache.block_pool import BlockPool
 _ROOT_HASH = b"mono-llm-kv-root"
 
 
-def hash_block(parent_hash: bytes, token_ids: list[int]) -> bytes:
+def hash_block(
+    parent_hash: bytes, token_ids: list[int], extra_keys: tuple[bytes, ...] = ()
+) -> bytes:
     """Content hash of one full block chained to its prefix (blake2b: no crafted collisions
-    between tenants, unlike Python's `hash`)."""
+    between tenants, unlike Python's `hash`); `extra_keys` are the hashes of the multimodal
+    items whose spans overlap the block."""
     digest = hashlib.blake2b(parent_hash, digest_size=16)
     digest.update(array("q", token_ids).tobytes())
+    for key in extra_keys:
+        digest.update(len(key).to_bytes(4, "little"))
+        digest.update(key)
     return digest.digest()
+
+
+def block_extra_keys(seq: Sequence, index: int, block_size: int) -> tuple[bytes, ...]:
+    """Hashes of `seq`'s multimodal items that overlap its block `index`."""
+    start, stop = index * block_size, (index + 1) * block_size
+    return tuple(item.hash_bytes for item in seq.mm_items if item.overlaps(start, stop))
 
 
 class KVCacheManager:
@@ -61,9 +76,12 @@ class KVCacheManager:
         """Make sure `seq.block_hashes` covers every full block of its first `num_tokens`."""
         size = self.block_size
         hashes = seq.block_hashes
+        items = seq.mm_items
         for index in range(len(hashes), num_tokens // size):
             parent = hashes[index - 1] if index else _ROOT_HASH
-            hashes.append(hash_block(parent, seq.token_ids[index * size : (index + 1) * size]))
+            block = seq.token_ids[index * size : (index + 1) * size]
+            extra = block_extra_keys(seq, index, size) if items else ()
+            hashes.append(hash_block(parent, block, extra))
 
     def find_cached_prefix(self, seq: Sequence) -> list[int]:
         """Blocks holding the longest cached prefix of `seq` (not yet taken).

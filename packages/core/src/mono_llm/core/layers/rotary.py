@@ -27,7 +27,9 @@ def rope_settings(config: dict[str, Any]) -> tuple[float, dict[str, Any] | None]
         theta = float(config.get("rope_theta", 10000.0))
         scaling = dict(config.get("rope_scaling") or {})
     kind = scaling.get("rope_type", scaling.get("type", "default"))
-    if kind in (None, "default"):
+    # "mrope" (Qwen2-VL) is default RoPE whose frequencies read 3-D positions; the sections
+    # come from `mrope_section` (see RotaryEmbedding), not from the scaling.
+    if kind in (None, "default", "mrope"):
         return theta, None
     scaling["rope_type"] = kind
     scaling.pop("type", None)
@@ -54,6 +56,7 @@ class RotaryEmbedding(nn.Module):
         rope_scaling: dict[str, Any] | None,
         rotary_dim: int | None = None,
         is_neox: bool = True,
+        mrope_section: list[int] | None = None,
     ) -> None:
         super().__init__()
         self.head_dim = head_dim
@@ -63,6 +66,10 @@ class RotaryEmbedding(nn.Module):
         self.rotary_dim = rotary_dim or head_dim
         self.is_neox = is_neox
         self.cos_sin_cache: torch.Tensor | None = None
+        # M-RoPE (Qwen2-VL): the rotary frequencies split into (temporal, height, width)
+        # sections, each rotated by its own axis of a [3, num_tokens] position tensor.
+        self.mrope_section = list(mrope_section) if mrope_section else None
+        self._mrope_axis: torch.Tensor | None = None
 
     def build_cache(self, device: torch.device) -> None:
         self.cos_sin_cache = ops.rope_cos_sin_cache(
@@ -74,11 +81,38 @@ class RotaryEmbedding(nn.Module):
             dtype=torch.float32,
             device=device,
         )  # [max_position, rotary_dim]
+        if self.mrope_section is not None:
+            half = self.rotary_dim // 2
+            if sum(self.mrope_section) != half:
+                raise ValueError(f"mrope_section {self.mrope_section} must sum to {half}")
+            axis = torch.repeat_interleave(
+                torch.arange(3, device=device) % 3,
+                torch.tensor(self.mrope_section, device=device),
+            )
+            self._mrope_axis = torch.cat([axis, axis])  # cos half, then sin half
 
     def forward(
         self, positions: torch.Tensor, query: torch.Tensor, key: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """positions [num_tokens] (the text path), or [3, num_tokens] (M-RoPE: temporal,
+        height and width position of each token)."""
         assert self.cos_sin_cache is not None, "build_cache() was not called"
+        if positions.dim() == 2:
+            return self._forward_mrope(positions, query, key)
         return ops.apply_rotary_embedding(
             positions, query, key, self.cos_sin_cache, is_neox=self.is_neox
         )
+
+    def _forward_mrope(
+        self, positions: torch.Tensor, query: torch.Tensor, key: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each frequency reads the axis its section names: a per-token cos/sin table is
+        gathered ([num_tokens, rotary_dim]) and applied by the usual kernel with token i
+        reading row i. Only steps that prefill media take this path; text steps pass 1-D
+        positions (equal axes give exactly 1-D RoPE)."""
+        assert self.cos_sin_cache is not None and self._mrope_axis is not None
+        rows = self.cos_sin_cache[positions]  # [3, num_tokens, rotary_dim]
+        index = self._mrope_axis.view(1, 1, -1).expand(1, rows.shape[1], -1)
+        table = rows.gather(0, index)[0]  # [num_tokens, rotary_dim]
+        own_rows = torch.arange(table.shape[0], device=positions.device)
+        return ops.apply_rotary_embedding(own_rows, query, key, table, is_neox=self.is_neox)

@@ -185,8 +185,35 @@ def _bert_family() -> list[ModelSpec]:
     return specs
 
 
+def _vision_language_models() -> list[ModelSpec]:
+    """A vision tower feeding a decoder; built from the whole config.json (vision_config and
+    text_config), each class maps its own checkpoint names (two HF namings exist)."""
+    image = frozenset({"text", "image"})
+    return [
+        ModelSpec(
+            "LlavaForConditionalGeneration",
+            "llava",
+            "LlavaForConditionalGeneration",
+            ("generate",),
+            modalities=image,
+            config_view="full",
+        ),
+        *(
+            ModelSpec(
+                arch,
+                "qwen2_vl",
+                "Qwen2VLForConditionalGeneration",
+                ("generate",),
+                modalities=image,
+                config_view="full",
+            )
+            for arch in ("Qwen2VLForConditionalGeneration", "Qwen2_5_VLForConditionalGeneration")
+        ),
+    ]
+
+
 _SPECS: dict[str, ModelSpec] = {
-    spec.architecture: spec for spec in _llama_family() + _bert_family()
+    spec.architecture: spec for spec in _llama_family() + _bert_family() + _vision_language_models()
 }
 
 

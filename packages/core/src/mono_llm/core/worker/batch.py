@@ -9,11 +9,14 @@ This is the only contract between the scheduling side and the model side of the 
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence as Sequence_
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
+
+    from mono_llm.core.multimodal.inputs import MultiModalItem
 
 
 class LogitsWanted(enum.IntEnum):
@@ -47,6 +50,27 @@ class SequenceSlice:
     logits: LogitsWanted = LogitsWanted.LAST
     # Input embeddings to use instead of the token table's rows (None: plain token ids).
     embeds_overrides: list[EmbedsOverride] | None = None
+    # Multimodal prompts: the owning request (holds encoder outputs) and the sequence's
+    # items; the runner turns those whose placeholder span overlaps this slice into
+    # `embeds_overrides` (worker/mm_embedder.py).
+    request_id: str = ""
+    mm_items: Sequence_[MultiModalItem] = ()
+    # M-RoPE models: the prompt's 3-D positions [3, prompt_len] (None for a text-only
+    # prompt) and the offset of positions past the prompt (layers/mrope.py).
+    mrope_positions: Any = None
+    mrope_delta: int = 0
+
+    @property
+    def has_mm_input(self) -> bool:
+        """Whether some item's placeholder span overlaps this slice's tokens."""
+        start, stop = self.num_computed_tokens, self.num_computed_tokens + len(self.token_ids)
+        return any(item.overlaps(start, stop) for item in self.mm_items)
+
+    @property
+    def needs_mrope_positions(self) -> bool:
+        """Whether this slice runs prompt tokens of a prompt with M-RoPE positions."""
+        table = self.mrope_positions
+        return table is not None and self.num_computed_tokens < table.shape[1]
 
     @property
     def num_tokens(self) -> int:

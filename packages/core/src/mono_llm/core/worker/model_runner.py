@@ -27,8 +27,9 @@ import torch
 from mono_llm.core.config import EngineConfig
 from mono_llm.core.layers.attention import AttentionMetadata
 from mono_llm.core.layers.ops import HOST_SYNCING_REFERENCES, torch_ops_requested
-from mono_llm.core.models.interface import EngineModel
+from mono_llm.core.models.interface import EngineModel, SupportsMultiModal
 from mono_llm.core.models.loader import build_model
+from mono_llm.core.multimodal.encoder_cache import EncoderCache
 from mono_llm.core.worker.batch import LogitsWanted, ModelBatch, SequenceSlice
 from mono_llm.core.worker.cuda_graphs import (
     CudaGraphs,
@@ -38,6 +39,7 @@ from mono_llm.core.worker.cuda_graphs import (
 from mono_llm.core.worker.decode_speculation import DecodeSpeculation
 from mono_llm.core.worker.input_buffers import InputBuffers
 from mono_llm.core.worker.kv_memory import PagedKVCache, determine_num_blocks, profile_kv_budget
+from mono_llm.core.worker.mm_embedder import MultiModalEmbedder
 from mono_llm.core.worker.step_inputs import StepInputs, next_decode_inputs, prepare_step_inputs
 
 logger = logging.getLogger(__name__)
@@ -66,6 +68,11 @@ def embed_with_overrides(
 class ModelRunner:
     """Owns the model and its KV cache; `execute(batch)` runs one step."""
 
+    # Vision-language models: encoder outputs of media spans become slice overrides.
+    mm_embedder: MultiModalEmbedder | None = None
+    # M-RoPE models: steps that prefill a prompt with media run eagerly with 3-D positions.
+    uses_mrope = False
+
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
         sched = config.scheduler_config
@@ -82,6 +89,11 @@ class ModelRunner:
         self.vocab_size: int = self.model.vocab_size
         self.hidden_size: int = self.model.hidden_size
         logger.info("model loaded in %.1f s", time.perf_counter() - start)
+        if isinstance(self.model, SupportsMultiModal):
+            self.mm_embedder = MultiModalEmbedder(
+                self.model, EncoderCache(max_tokens=self.max_num_tokens)
+            )
+        self.uses_mrope = bool(getattr(self.model, "uses_mrope", False))
 
         self._use_cuda = self.device.type == "cuda"
         self.buffers: InputBuffers | None = None
@@ -104,7 +116,8 @@ class ModelRunner:
         config.cache_config.num_blocks = self.num_blocks
         self.paged_cache.allocate(self.num_blocks)
         self.graphs: CudaGraphs | None = None
-        self._overlap_decode = config.overlap_decode_prepare
+        # Speculated decode inputs carry unshifted positions: not for M-RoPE models.
+        self._overlap_decode = config.overlap_decode_prepare and not self.uses_mrope
         self._speculation: DecodeSpeculation | None = None
         self.num_speculated_decode_steps = 0  # for tests: decode steps that used it
         redirected = torch_ops_requested() & HOST_SYNCING_REFERENCES
@@ -121,6 +134,8 @@ class ModelRunner:
     def execute(self, batch: ModelBatch) -> torch.Tensor:
         """Float32 logits [sum(batch.logits_row_counts()), vocab] on `self.device`."""
         speculation, self._speculation = self._speculation, None
+        if self.mm_embedder is not None:
+            self.mm_embedder.fill_overrides(batch.slices)
         if speculation is not None and speculation.holds(batch.slices):
             # Only the token ids are new: the step's host preparation already ran while the
             # GPU executed the previous step.
@@ -132,7 +147,8 @@ class ModelRunner:
             return logits[: len(batch.slices)]
         inputs = self.prepare(batch)
         num_seqs, rows = inputs.num_seqs, len(inputs.logits_indices)
-        graphs = self.graphs
+        # Graphs take 1-D positions: a step with 3-D (M-RoPE) positions runs eagerly.
+        graphs = self.graphs if inputs.mrope_positions is None else None
         graph_size = graphs.decode_size(inputs) if graphs is not None else None
         if graph_size is not None:
             assert self.buffers is not None and graphs is not None
@@ -191,6 +207,8 @@ class ModelRunner:
             input_ids = torch.from_numpy(inputs.input_ids)
             positions = torch.from_numpy(inputs.positions)
             logits_indices = torch.from_numpy(inputs.logits_indices)
+        if inputs.mrope_positions is not None:
+            positions = torch.from_numpy(inputs.mrope_positions).to(self.device)
         with self.model.forward_context.use(metadata):
             if inputs.embeds_overrides:
                 embeds = embed_with_overrides(self.model, input_ids, inputs.embeds_overrides)
@@ -198,6 +216,11 @@ class ModelRunner:
             else:
                 hidden = self.model(input_ids, positions)
         return hidden, logits_indices
+
+    def release_request(self, request_id: str) -> None:
+        """Free what the runner keeps for a request that left the engine (encoder outputs)."""
+        if self.mm_embedder is not None:
+            self.mm_embedder.release(request_id)
 
     @property
     def kv_cache_bytes_per_block(self) -> int:

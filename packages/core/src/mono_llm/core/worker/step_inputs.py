@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from mono_llm.core.errors import EngineError
+from mono_llm.core.layers.mrope import step_mrope_positions
 from mono_llm.core.worker.batch import LogitsWanted, ModelBatch, SequenceSlice
 
 
@@ -34,6 +35,11 @@ class StepInputs:
     # (first flat token row, embeddings [rows, hidden]) that replace the token table's rows
     # for those tokens; empty for a text-only step (then the model embeds the ids itself).
     embeds_overrides: list[tuple[int, torch.Tensor]] = field(default_factory=list)
+    # M-RoPE (Qwen2-VL) steps that run prompt tokens of a prompt with media: the rope
+    # positions [3, num_tokens] (time, height, width); None otherwise. `positions` then still
+    # holds the 1-D KV positions; text steps of such sequences get `positions` shifted by
+    # their delta instead (see layers/mrope.py), after the KV slots were computed.
+    mrope_positions: np.ndarray | None = None
 
     @property
     def num_tokens(self) -> int:
@@ -89,6 +95,20 @@ def prepare_step_inputs(
         block_tables[seq_index, positions // block_size].astype(np.int64) * block_size
         + positions % block_size
     )
+    mrope_positions = None
+    if any(s.mrope_positions is not None for s in slices):
+        if any(s.needs_mrope_positions for s in slices):
+            mrope_positions = np.concatenate(
+                [
+                    step_mrope_positions(
+                        s.mrope_positions, s.mrope_delta, s.num_computed_tokens, s.seq_len
+                    )
+                    for s in slices
+                ],
+                axis=1,
+            )
+        deltas = np.fromiter((s.mrope_delta for s in slices), np.int64, num_seqs)
+        positions = positions + deltas[seq_index]  # rope positions (slots are computed)
     return StepInputs(
         input_ids=input_ids,
         positions=positions,
@@ -100,6 +120,7 @@ def prepare_step_inputs(
         max_query_len=int(query_lens.max()),
         max_seq_len=int(seq_lens.max()),
         embeds_overrides=_embeds_overrides(slices, query_start_loc),
+        mrope_positions=mrope_positions,
     )
 
 

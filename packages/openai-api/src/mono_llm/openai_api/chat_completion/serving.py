@@ -38,6 +38,7 @@ from mono_llm.openai_api.engine_requests import (
 )
 from mono_llm.openai_api.errors import OpenAIError, from_exception
 from mono_llm.openai_api.logprobs import TokenText, chat_logprobs, prompt_logprobs_json
+from mono_llm.openai_api.media import MediaInputs, image_limit
 from mono_llm.openai_api.metrics import ServerMetrics
 from mono_llm.openai_api.model_registry import ModelRegistry, ServedModel
 from mono_llm.openai_api.pooling.serving import model_tasks
@@ -56,8 +57,14 @@ def _tool_finish_reason(forced: ForcedToolChoice, reason: str | None) -> str | N
     return reason
 
 
-def render_chat_prompt(model: ServedModel, request: ChatCompletionRequest) -> str:
-    """The prompt text the chat template makes of the request's messages."""
+def render_chat_prompt(
+    model: ServedModel,
+    request: ChatCompletionRequest,
+    images: list[str] | None = None,
+    image_placeholder: str = "",
+) -> str:
+    """The prompt text the chat template makes of the request's messages; `images` (a list,
+    for models that take images) receives the image URLs in prompt order."""
     messages = [m.model_dump(exclude_none=True) for m in request.messages]
     template_kwargs = dict(request.chat_template_kwargs or {})
     if request.reasoning_effort is not None:
@@ -74,6 +81,8 @@ def render_chat_prompt(model: ServedModel, request: ChatCompletionRequest) -> st
         documents=request.documents,
         chat_template_kwargs=template_kwargs or None,
         request_template=request.chat_template,
+        images=images,
+        image_placeholder=image_placeholder,
     )
 
 
@@ -85,8 +94,10 @@ class ChatServing:
         *,
         prompt_tokens_details: bool = False,
         tool_parser: ToolParser | None = None,
+        media: MediaInputs | None = None,
     ) -> None:
         self.registry = registry
+        self.media = media  # image fetching and preprocessing (None: images refused)
         self.metrics = metrics
         self.prompt_tokens_details = prompt_tokens_details  # report prefix-cache hits
         self.tool_parser = tool_parser  # --enable-auto-tool-choice --tool-call-parser
@@ -150,23 +161,30 @@ class ChatServing:
         forced = forced_tool_choice(request)
         self._check_auto_tool_choice(request, forced)
 
+        takes_images = self.media is not None and image_limit(model) > 0
+        image_urls: list[str] | None = [] if takes_images else None
+
         def template_and_tokenize() -> PromptInput:
             # The template already wrote the special tokens (BOS...): do not add them twice.
+            placeholder = self.media.placeholder_text(model) if takes_images else ""
             return tokenize_prompt(
                 model,
-                render_chat_prompt(model, request),
+                render_chat_prompt(model, request, image_urls, placeholder),
                 add_special_tokens=request.add_special_tokens,
                 truncate_prompt_tokens=request.truncate_prompt_tokens,
                 param="messages",
             )
 
         prompt = await run_off_loop_if_large(raw_request, template_and_tokenize)
+        if image_urls:
+            assert self.media is not None
+            prompt.images = await self.media.load(model, image_urls)
         param = (
             "max_completion_tokens" if request.max_completion_tokens is not None else "max_tokens"
         )
         max_tokens = resolve_max_tokens(
             request.requested_max_tokens,
-            len(prompt.token_ids),
+            prompt.num_tokens,
             model.max_model_len,
             default=model.default_sampling.get("max_tokens"),
             param=param,
@@ -260,7 +278,7 @@ class ChatServing:
                     stop_reason=state.stop_reason,
                 )
             )
-        prompt_tokens = len(prompt.token_ids)
+        prompt_tokens = prompt.num_tokens
         completion_tokens = sum(len(s.token_ids) for s in states.values())
         return ChatCompletionResponse(
             id=request_id,
@@ -363,7 +381,7 @@ class ChatServing:
         continuous = include_usage and bool(options and options.continuous_usage_stats)
         token_text = TokenText(model.tokenizer, bool(request.return_tokens_as_token_ids))
         echo = self._echo_text(request)
-        prompt_tokens = len(prompt.token_ids)
+        prompt_tokens = prompt.num_tokens
         states: dict[int, ChoiceState] = {}
         forced = forced_tool_choice(request)
         auto = self._auto_parser(request, forced)

@@ -49,6 +49,17 @@ def string_list(value: str) -> list[str]:
     return [value]
 
 
+def json_object(value: str) -> dict[str, Any]:
+    """A JSON object flag value (vLLM's form: '{"image": 2}')."""
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {value!r}") from exc
+    if not isinstance(parsed, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {value!r}")
+    return parsed
+
+
 class _ExtendStringLists(argparse.Action):
     """Each value may be a JSON list; values of repeated flags add up."""
 
@@ -85,12 +96,15 @@ def add_dataclass_flags(
             kwargs["action"] = _ExtendStringLists
             kwargs["nargs"] = "+"
             kwargs["metavar"] = f.name.upper()
+        elif typing.get_origin(tp) is dict:
+            kwargs["type"] = json_object
+            kwargs["metavar"] = "JSON"
         elif tp in (int, float, str):
             kwargs["type"] = tp
             kwargs["metavar"] = {int: "N", float: "X", str: "VALUE"}[tp]
         else:
             raise TypeError(f"no flag type for {cls.__name__}.{f.name}: {hints[f.name]}")
-        if not (default is None or default == []) or tp is bool:
+        if not (default is None or default == [] or default == {}) or tp is bool:
             shown = json.dumps(default) if isinstance(default, list) else default
             help_text = f"{help_text} (default: {shown})".strip()
         kwargs["help"] = help_text.replace("%", "%%")

@@ -19,7 +19,7 @@ router = APIRouter(tags=["tokenizer"])
 @router.post("/tokenize", response_model=TokenizeResponse, responses=ERROR_RESPONSES)
 async def tokenize(request: TokenizeRequest, raw_request: Request) -> TokenizeResponse:
     """Token ids of a prompt, or of messages rendered with the chat template."""
-    return server_state(raw_request).tokenization.tokenize(request)
+    return await server_state(raw_request).tokenization.tokenize(request)
 
 
 @router.post("/detokenize", response_model=DetokenizeResponse, responses=ERROR_RESPONSES)

@@ -4,7 +4,8 @@ client can count tokens exactly as the completions and chat endpoints will."""
 from __future__ import annotations
 
 from mono_llm.openai_api.errors import OpenAIError
-from mono_llm.openai_api.model_registry import ModelRegistry
+from mono_llm.openai_api.media import MediaInputs, image_limit
+from mono_llm.openai_api.model_registry import ModelRegistry, ServedModel
 from mono_llm.openai_api.tokenization.protocol import (
     DetokenizeRequest,
     DetokenizeResponse,
@@ -14,13 +15,19 @@ from mono_llm.openai_api.tokenization.protocol import (
 
 
 class TokenizationServing:
-    def __init__(self, registry: ModelRegistry) -> None:
+    def __init__(self, registry: ModelRegistry, media: MediaInputs | None = None) -> None:
         self.registry = registry
+        self.media = media
 
-    def tokenize(self, request: TokenizeRequest) -> TokenizeResponse:
+    async def tokenize(self, request: TokenizeRequest) -> TokenizeResponse:
+        """With messages for a vision-language model, the images are fetched and each image
+        placeholder counts as the tokens its image fills, as in a chat request."""
         model = self.registry.resolve(request.model)
         tokenizer = model.tokenizer
+        image_urls: list[str] | None = None
         if request.messages is not None:
+            takes_images = self.media is not None and image_limit(model) > 0
+            image_urls = [] if takes_images else None
             text = model.chat_template.render(
                 tokenizer,
                 [m.model_dump(exclude_none=True) for m in request.messages],
@@ -29,12 +36,18 @@ class TokenizationServing:
                 tools=request.tools,
                 chat_template_kwargs=request.chat_template_kwargs,
                 request_template=request.chat_template,
+                images=image_urls,
+                image_placeholder=self.media.placeholder_text(model) if takes_images else "",
             )
             add_special = bool(request.add_special_tokens)
         else:
             text = request.prompt or ""
             add_special = request.add_special_tokens is not False
         tokens = list(tokenizer(text, add_special_tokens=add_special).input_ids)
+        if image_urls:
+            assert self.media is not None
+            images = await self.media.load(model, image_urls)
+            tokens = _expand_images(tokens, model, [int(image.num_tokens) for image in images])
         token_strs = tokenizer.convert_ids_to_tokens(tokens) if request.return_token_strs else None
         return TokenizeResponse(
             count=len(tokens),
@@ -52,3 +65,17 @@ class TokenizationServing:
                 f"Token id {bad[0]} is out of vocabulary (size {vocab_size}).", 400, param="tokens"
             )
         return DetokenizeResponse(prompt=model.tokenizer.decode(request.tokens))
+
+
+def _expand_images(tokens: list[int], model: ServedModel, sizes: list[int]) -> list[int]:
+    """Each image placeholder token widened to the tokens its image fills, in order."""
+    config = model.engine.model_config.hf_config
+    image_id = config.get("image_token_id", config.get("image_token_index"))
+    out: list[int] = []
+    remaining = iter(sizes)
+    for token in tokens:
+        if token == image_id:
+            out.extend([token] * next(remaining, 1))
+        else:
+            out.append(token)
+    return out

@@ -1,0 +1,184 @@
+"""Qwen2-VL and Qwen2.5-VL: a native-resolution vision transformer (qwen2_vl_vision.py) and a
+Qwen2 decoder with M-RoPE.
+
+An image arrives as its patches ([patches, C * temporal_patch * patch * patch]) with its patch
+grid (t, h, w) and becomes t * h * w / 4 embeddings (one per 2x2 merge group); several images
+run through the tower as one batch of concatenated patches. The decoder is models/llama.py's
+Qwen2 whose rope layer reads 3-D positions (layers/rotary.py; layers/mrope.py computes them).
+
+Checkpoint names: `visual.*`, `model.*`, `lm_head.*` (as released), or transformers >= 5's
+`model.visual.*`, `model.language_model.*`, `lm_head.*`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+from mono_llm.core.errors import InvalidRequestError, UnsupportedModelError
+from mono_llm.core.layers.attention import ForwardContext, PagedAttention
+from mono_llm.core.layers.mrope import mrope_prompt_positions
+from mono_llm.core.layers.rotary import RotaryEmbedding
+from mono_llm.core.models.llama import LlamaForCausalLM
+from mono_llm.core.models.qwen2_vl_vision import Qwen2VisionSettings, Qwen2VisionTransformer
+from mono_llm.core.models.registry import WeightNaming, resolve_spec
+from mono_llm.core.multimodal.inputs import MultiModalItem
+from mono_llm.core.multimodal.prompt import mrope_section
+
+
+class Qwen2VLForConditionalGeneration(nn.Module):
+    """Vision transformer + Qwen2 decoder with M-RoPE (Qwen2-VL and Qwen2.5-VL)."""
+
+    uses_mrope = True
+
+    def __init__(
+        self, vision: Qwen2VisionSettings, language_model: LlamaForCausalLM, image_token_id: int
+    ) -> None:
+        super().__init__()
+        self.visual = Qwen2VisionTransformer(vision)
+        self.language_model = language_model
+        self.image_token_id = image_token_id
+        self.decoder_naming = WeightNaming()  # the Qwen2 decoder's checkpoint names
+
+    @classmethod
+    def from_hf_config(
+        cls, config: dict[str, Any], architecture: str, max_model_len: int | None = None
+    ) -> Qwen2VLForConditionalGeneration:
+        text = config.get("text_config") or config
+        language_model = LlamaForCausalLM.from_hf_config(text, "Qwen2ForCausalLM", max_model_len)
+        section = mrope_section(config)
+        if section is None:
+            raise UnsupportedModelError(f"{architecture}: config.json has no mrope_section")
+        language_model.model.rotary_emb.mrope_section = section
+        decoder_naming = resolve_spec(["Qwen2ForCausalLM"]).weights
+        vision = Qwen2VisionSettings.from_hf(
+            config.get("vision_config") or {},
+            language_model.hidden_size,
+            qwen2_5=architecture == "Qwen2_5_VLForConditionalGeneration",
+        )
+        image_token = config.get("image_token_id", text.get("image_token_id"))
+        if image_token is None:
+            raise UnsupportedModelError("config.json names no image_token_id")
+        model = cls(vision, language_model, int(image_token))
+        model.decoder_naming = decoder_naming
+        return model
+
+    # ------------------------------------------------------------------ engine interface
+    @property
+    def forward_context(self) -> ForwardContext:
+        return self.language_model.forward_context
+
+    @property
+    def vocab_size(self) -> int:
+        return self.language_model.vocab_size
+
+    @property
+    def hidden_size(self) -> int:
+        return self.language_model.hidden_size
+
+    def tie_weights(self) -> None:
+        self.language_model.tie_weights()
+
+    def attention_layers(self) -> list[PagedAttention]:
+        return self.language_model.attention_layers()
+
+    def rotary_embeddings(self) -> list[RotaryEmbedding]:
+        return self.language_model.rotary_embeddings()
+
+    def embed_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.language_model.embed_input_ids(input_ids)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None,
+        positions: torch.Tensor,
+        inputs_embeds: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """positions: [num_tokens] (text, shifted by each sequence's M-RoPE delta) or
+        [3, num_tokens] (steps that prefill media)."""
+        return self.language_model(input_ids, positions, inputs_embeds=inputs_embeds)
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.language_model.compute_logits(hidden)
+
+    def check_multimodal_item(self, item: MultiModalItem) -> None:
+        """Refuse, at admission, an image whose patches, grid and token count disagree."""
+        s = self.visual.settings
+        pixels, grid = item.data.get("pixel_values"), item.data.get("image_grid_thw")
+        width = s.in_channels * s.temporal_patch_size * s.patch_size**2
+        if pixels is None or grid is None or grid.numel() != 3 or pixels.dim() != 2:
+            raise InvalidRequestError(
+                "A Qwen2-VL image needs pixel_values patches and image_grid_thw."
+            )
+        t, h, w = (int(v) for v in grid.reshape(-1).tolist())
+        merge = s.spatial_merge_size
+        if min(t, h, w) < 1 or h % merge or w % merge or tuple(pixels.shape) != (t * h * w, width):
+            raise InvalidRequestError(
+                f"Image patches {tuple(pixels.shape)} do not match the grid {t}x{h}x{w} "
+                f"(expected ({t * h * w}, {width}))."
+            )
+        if item.num_tokens != t * h * w // merge**2:
+            raise InvalidRequestError(
+                f"An image of grid {t}x{h}x{w} fills {t * h * w // merge**2} tokens, "
+                f"not {item.num_tokens}."
+            )
+
+    def embed_multimodal(self, items: list[MultiModalItem]) -> list[torch.Tensor]:
+        """Each image's merged-patch embeddings [num_tokens, hidden], all images in one pass."""
+        weight = self.visual.patch_embed.proj.weight
+        grids = [_grid(item) for item in items]
+        patches = torch.cat([item.data["pixel_values"] for item in items]).to(weight.device)
+        merged = self.visual(patches, grids)
+        sizes = [item.num_tokens for item in items]
+        if sum(sizes) != merged.shape[0]:
+            raise UnsupportedModelError(
+                f"images give {merged.shape[0]} embeddings for {sum(sizes)} placeholder tokens"
+            )
+        return list(merged.split(sizes))
+
+    def mrope_positions(self, num_tokens: int, items: list[MultiModalItem]) -> tuple[Any, int]:
+        return mrope_prompt_positions(num_tokens, items, self.visual.settings.spatial_merge_size)
+
+    # ------------------------------------------------------------------ weights
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
+        params = dict(self.named_parameters())
+        loaded: set[str] = set()
+        decoder: list[tuple[str, torch.Tensor]] = []
+        for name, tensor in weights:
+            if name.startswith("model.visual."):
+                name = name.removeprefix("model.")
+            if name.startswith("model.language_model."):
+                name = "model." + name.removeprefix("model.language_model.")
+            if not name.startswith("visual."):
+                mapped = self.decoder_naming.map(name)
+                if mapped is not None:
+                    decoder.append((mapped, tensor))
+                continue
+            param = params.get(name)
+            if param is None:
+                raise UnsupportedModelError(f"checkpoint tensor {name} matches no model parameter")
+            if param.shape != tensor.shape:
+                raise UnsupportedModelError(
+                    f"checkpoint tensor {name} has shape {tuple(tensor.shape)}, the model "
+                    f"expects {tuple(param.shape)}"
+                )
+            param.data.copy_(tensor)
+            loaded.add(name)
+        loaded.update(f"language_model.{n}" for n in self.language_model.load_weights(decoder))
+        return loaded
+
+    def expected_weights(self) -> set[str]:
+        expected = {f"language_model.{n}" for n in self.language_model.expected_weights()}
+        expected.update(n for n, _ in self.named_parameters() if n.startswith("visual."))
+        return expected
+
+
+def _grid(item: MultiModalItem) -> tuple[int, int, int]:
+    grid = item.data.get("image_grid_thw")
+    if grid is None:
+        raise UnsupportedModelError("a Qwen2-VL image needs its image_grid_thw")
+    t, h, w = (int(v) for v in grid.reshape(-1).tolist())
+    return t, h, w
