@@ -15,6 +15,7 @@ from mono_llm.core.multimodal import EncoderCache, MultiModalItem, expand_placeh
 from mono_llm.core.multimodal.inputs import check_item_limits, parse_multi_modal_data
 from mono_llm.core.worker.batch import SequenceSlice
 from mono_llm.core.worker.mm_embedder import MultiModalEmbedder
+from mono_llm.core.worker.model_runner import embed_with_overrides
 
 IMG = 99  # placeholder token id in these tests
 
@@ -120,8 +121,9 @@ def test_encoder_output_computed_once_across_chunks_then_released() -> None:
     for start, stop in ((0, 5), (5, 8), (8, 10)):  # chunks cut through the span twice
         part = _slice(seq, start, stop)
         assert MultiModalEmbedder.needed([part])
-        ids = torch.tensor(part.token_ids)
-        rows.append(embedder.embeds([part], ids))
+        embedder.fill_overrides([part])
+        overrides = [(o.offset, o.embeds) for o in part.embeds_overrides or ()]
+        rows.append(embed_with_overrides(model, torch.tensor(part.token_ids), overrides))
     merged = torch.cat(rows)[:, 0]
     assert model.encoded == [seq.mm_items[0].content_hash]  # once, not per chunk
     assert merged[3:9].tolist() == [1000.0 + i for i in range(6)]  # every span row, in order
@@ -134,7 +136,13 @@ def test_encoder_output_shared_in_a_step_and_freed_on_abort() -> None:
     cache = EncoderCache(max_tokens=0)
     embedder = MultiModalEmbedder(model, cache)
     a, b = _seq("a", image(0)), _seq("b", image(0))  # same image, two requests
-    embedder.embeds([_slice(a, 0, 5), _slice(b, 0, 5)], torch.tensor(a.token_ids[:5] * 2))
+    first, second = _slice(a, 0, 5), _slice(b, 0, 5)
+    embedder.fill_overrides([first, second])
+    assert (
+        [o.offset for o in first.embeds_overrides]
+        == [3]
+        == [o.offset for o in second.embeds_overrides]
+    )
     digest = a.mm_items[0].content_hash
     assert model.encoded == [digest] and cache.holders(digest) == {"a", "b"}
     embedder.release("a")  # request a aborted mid-span
