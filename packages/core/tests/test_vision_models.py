@@ -245,3 +245,16 @@ def test_images_the_model_cannot_take_are_refused_at_admission(llava, qwen2_vl) 
     with pytest.raises(InvalidRequestError, match="do not match the grid"):
         qwen.generate([{"prompt_token_ids": [5], "multi_modal_data": {"image": mismatched}}])
     assert llm.generate(["USER: hi ASSISTANT:"], GREEDY)[0].outputs[0].token_ids  # still serving
+
+
+def test_memory_profile_items_are_valid_images(llava, qwen2_vl) -> None:
+    """What the CUDA runner encodes to size the KV cache passes the models' own checks."""
+    for model in (
+        llava[2].llm_engine.model_runner.model,
+        qwen2_vl[3].llm_engine.model_runner.model,
+    ):
+        items = model.profile_items(64)
+        for item in items:
+            model.check_multimodal_item(item)
+        outputs = model.embed_multimodal(items)
+        assert sum(o.shape[0] for o in outputs) == sum(i.num_tokens for i in items) >= 16

@@ -191,6 +191,18 @@ class LlavaForConditionalGeneration(nn.Module):
                 f"An image fills {expected} tokens in this model, not {item.num_tokens}."
             )
 
+    def profile_items(self, num_tokens: int) -> list[MultiModalItem]:
+        """Blank images filling about `num_tokens` placeholder tokens (at least one image),
+        for the runner's memory profile."""
+        size = self.vision_tower.settings.image_size
+        per_image = self.vision_tower.settings.num_patches + int(self.settings.keep_class_token)
+        device = self.multi_modal_projector.linear_1.weight.device
+        pixels = torch.zeros(3, size, size, device=device)
+        return [
+            MultiModalItem("image", {"pixel_values": pixels}, per_image, content_hash="profile")
+            for _ in range(max(1, num_tokens // per_image))
+        ]
+
     def embed_multimodal(self, items: list[MultiModalItem]) -> list[torch.Tensor]:
         """Each image's embeddings [num_tokens, text hidden]; the images run as one batch."""
         dtype = self.multi_modal_projector.linear_1.weight.dtype

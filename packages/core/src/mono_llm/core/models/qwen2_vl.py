@@ -126,6 +126,20 @@ class Qwen2VLForConditionalGeneration(nn.Module):
                 f"not {item.num_tokens}."
             )
 
+    def profile_items(self, num_tokens: int) -> list[MultiModalItem]:
+        """One blank square image of about `num_tokens` merged patches, for the runner's
+        memory profile (attention within an image is the largest block)."""
+        s = self.visual.settings
+        merge = s.spatial_merge_size
+        side = max(1, int(num_tokens**0.5)) * merge  # patches per side
+        width = s.in_channels * s.temporal_patch_size * s.patch_size**2
+        device = self.visual.patch_embed.proj.weight.device
+        data = {
+            "pixel_values": torch.zeros(side * side, width, device=device),
+            "image_grid_thw": torch.tensor([1, side, side]),
+        }
+        return [MultiModalItem("image", data, side * side // merge**2, content_hash="profile")]
+
     def embed_multimodal(self, items: list[MultiModalItem]) -> list[torch.Tensor]:
         """Each image's merged-patch embeddings [num_tokens, hidden], all images in one pass."""
         weight = self.visual.patch_embed.proj.weight

@@ -311,11 +311,17 @@ class ModelRunner:
                 table = list(range(i * blocks_per_seq, (i + 1) * blocks_per_seq))
                 slices.append(SequenceSlice([0] * n, 0, table, LogitsWanted.NONE))
             with torch.inference_mode():
+                encoded = None
+                profile_items = getattr(self.model, "profile_items", None)
+                if self.mm_embedder is not None and profile_items is not None:
+                    # The vision tower's peak for a step whose every token is an image token
+                    # (its outputs are held while the decoder runs).
+                    encoded = self.model.embed_multimodal(profile_items(tokens))
                 hidden, _ = self.forward(self.prepare(ModelBatch(slices)))
                 logits = self.model.compute_logits(hidden[: min(self.max_num_seqs, tokens)])
                 torch.log_softmax(logits, dim=-1)
                 torch.softmax(logits, dim=-1)
-            del hidden, logits
+            del hidden, logits, encoded
             torch.cuda.synchronize(self.device)
             self.paged_cache.free()
 
