@@ -237,6 +237,10 @@ def test_several_images_per_message_and_conversation(vision_server, media, model
         temperature=0.0,
     )
     assert conversation.choices[0].message.content
+    both = ask(client, model, one_message, n=2)  # two candidates share the prompt's images
+    assert len(both.choices) == 2
+    assert both.choices[0].message.content == both.choices[1].message.content
+    assert both.choices[0].message.content == first.choices[0].message.content
     local_file = {"type": "image_url", "image_url": {"url": (media["folder"] / "cat.png").as_uri()}}
     by_file = ask(client, model, [{"type": "text", "text": "What's in this image?"}, local_file])
     by_http = ask(client, model, [{"type": "text", "text": "What's in this image?"}, cat])

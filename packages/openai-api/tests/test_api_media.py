@@ -74,3 +74,17 @@ def test_limit_mm_per_prompt_flag_takes_vllm_json() -> None:
         EngineArgs(limit_mm_per_prompt={"image": -1})
     with pytest.raises(SystemExit):
         build_parser().parse_args(["serve", "/m", "--limit-mm-per-prompt", "[1]"])
+
+
+def test_media_server_flags_reach_server_args() -> None:
+    from mono_llm.openai_api.cli import build_parser
+
+    args = build_parser().parse_args(
+        ["serve", "/m", "--allowed-media-domains", "127.0.0.1", "media.internal",
+         "--allowed-local-media-path", "/srv/images", "--media-fetch-timeout", "5",
+         "--max-image-bytes", "1000"]
+    )  # fmt: skip
+    server = ServerArgs(**{name: getattr(args, name) for name in args.server_fields})
+    assert server.allowed_media_domains == ["127.0.0.1", "media.internal"]
+    assert server.allowed_local_media_path == "/srv/images"
+    assert (server.media_fetch_timeout, server.max_image_bytes) == (5.0, 1000)
