@@ -27,6 +27,15 @@ _FINITE_FIELDS = (
     "top_p",
     "min_p",
 )
+# Stop strings are matched against the new text of every sequence at every step: their number
+# and length bound that work (10,000 strings of 1 KB made one request's steps take seconds and
+# slowed every other request in the batch). OpenAI allows 4; these leave room for tool-call
+# markers and long stop phrases.
+MAX_STOP_STRINGS = 128
+MAX_STOP_STRING_CHARS = 1024
+# logit_bias values are clamped to this magnitude (as vLLM): past it a bias already forces or
+# forbids a token, and larger values only risk overflow in the logits.
+MAX_LOGIT_BIAS = 100.0
 
 
 class RequestOutputKind(enum.Enum):
@@ -196,6 +205,18 @@ class SamplingParams:
             )
         if any(not s for s in self.stop):  # type: ignore[union-attr]
             raise bad("stop strings must not be empty.", "stop")
+        if len(self.stop) > MAX_STOP_STRINGS:  # type: ignore[arg-type]
+            raise bad(
+                f"stop may hold at most {MAX_STOP_STRINGS} strings, got {len(self.stop)}.",  # type: ignore[arg-type]
+                "stop",
+            )
+        longest = max((len(s) for s in self.stop), default=0)  # type: ignore[union-attr]
+        if longest > MAX_STOP_STRING_CHARS:
+            raise bad(
+                f"stop strings may be at most {MAX_STOP_STRING_CHARS} characters long, got "
+                f"one of {longest}.",
+                "stop",
+            )
 
     # ------------------------------------------------------------------ derived
     @property

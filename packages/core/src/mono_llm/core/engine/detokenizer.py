@@ -14,6 +14,7 @@ stop string that is later cut.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from mono_llm.core.sampling_params import SamplingParams
@@ -42,6 +43,16 @@ class IncrementalDetokenizer:
             getattr(tokenizer, "is_fast", False)
         )
         self.stop: list[str] = list(params.stop or [])
+        # One alternation over every stop string, searched from where new text could complete
+        # one: a step costs O(new text + longest stop), not O(total length of all stop strings
+        # x text). At equal positions the earlier string in the list wins, as before.
+        self._stop_pattern = (
+            re.compile("|".join(re.escape(stop) for stop in self.stop)) if self.stop else None
+        )
+        self._max_stop_len = max((len(stop) for stop in self.stop), default=0)
+        self._stops_by_first_char: dict[str, list[str]] = {}
+        for stop in self.stop:
+            self._stops_by_first_char.setdefault(stop[0], []).append(stop)
         self.include_stop = params.include_stop_str_in_output
         self.tokens: list[str] = self._convert(prompt_token_ids[-(_CONTEXT_TOKENS + 1) :])
         self.prefix_offset = max(len(self.tokens) - _CONTEXT_TOKENS, 0)
@@ -109,15 +120,12 @@ class IncrementalDetokenizer:
 
     def _check_stop(self, num_new_chars: int) -> str | None:
         text = self.output_text
-        best: tuple[int, str] | None = None
-        for stop in self.stop:
-            start = max(0, len(text) - num_new_chars - len(stop) + 1)
-            index = text.find(stop, start)
-            if index != -1 and (best is None or index < best[0]):
-                best = (index, stop)
-        if best is None:
+        assert self._stop_pattern is not None
+        start = max(0, len(text) - num_new_chars - self._max_stop_len + 1)
+        match = self._stop_pattern.search(text, start)
+        if match is None:
             return None
-        index, stop = best
+        index, stop = match.start(), match.group(0)
         self.output_text = text[: index + len(stop)] if self.include_stop else text[:index]
         self.stopped_by = stop
         return stop
@@ -127,10 +135,13 @@ class IncrementalDetokenizer:
         text = self.output_text
         if finished or not self.stop or self.include_stop:
             return text
-        held = 0
-        for stop in self.stop:
-            for length in range(min(len(stop) - 1, len(text)), held, -1):
-                if text.endswith(stop[:length]):
-                    held = length
-                    break
-        return text[: len(text) - held] if held else text
+        # The longest suffix of the text that is a proper prefix of some stop string; only the
+        # last (longest stop - 1) characters can hold one, and only where a stop's first
+        # character appears.
+        tail_start = max(0, len(text) - self._max_stop_len + 1)
+        for index in range(tail_start, len(text)):
+            suffix_len = len(text) - index
+            for stop in self._stops_by_first_char.get(text[index], ()):
+                if len(stop) > suffix_len and text.startswith(stop[:suffix_len], index):
+                    return text[:index]
+        return text

@@ -16,7 +16,7 @@ from mono_llm.core.errors import InvalidRequestError, PromptTooLongError
 from mono_llm.core.inputs import PromptType, parse_prompt
 from mono_llm.core.multimodal.prompt import attach_media
 from mono_llm.core.pooling_params import PoolingParams
-from mono_llm.core.sampling_params import SamplingParams
+from mono_llm.core.sampling_params import MAX_LOGIT_BIAS, SamplingParams
 
 if TYPE_CHECKING:
     from mono_llm.core.config import ModelConfig
@@ -158,7 +158,10 @@ class InputProcessor:
         if not params.ignore_eos:
             stop_ids |= self.eos_token_ids
         return params.clone(
-            logit_bias={int(k): float(v) for k, v in params.logit_bias.items()}
+            logit_bias={
+                int(k): max(-MAX_LOGIT_BIAS, min(MAX_LOGIT_BIAS, float(v)))
+                for k, v in params.logit_bias.items()
+            }
             if params.logit_bias
             else None,
             all_stop_token_ids=stop_ids,
