@@ -33,6 +33,34 @@ class PromptTooLongError(InvalidRequestError):
         self.max_model_len = max_model_len
 
 
+class PromptTextTooLongError(InvalidRequestError):
+    """The prompt text is so long that no tokenization of it can fit the context window.
+
+    Raised before tokenizing: tokenizing a 50 MB prompt only to refuse it took minutes and
+    gigabytes. The bound is `MAX_CHARS_PER_TOKEN` characters per token, far above what any
+    vocabulary packs into one token on real text.
+    """
+
+    def __init__(self, num_chars: int, max_model_len: int, *, param: str = "prompt") -> None:
+        super().__init__(
+            f"This model's maximum context length is {max_model_len} tokens, and your prompt "
+            f"has {num_chars} characters: more than {MAX_CHARS_PER_TOKEN} characters per token "
+            "of context, so it cannot fit. Please reduce the length of the input.",
+            param=param,
+        )
+        self.num_chars = num_chars
+        self.max_model_len = max_model_len
+
+
+MAX_CHARS_PER_TOKEN = 64
+
+
+def check_prompt_chars(text: str, max_model_len: int, *, param: str = "prompt") -> None:
+    """Refuse, without tokenizing, a text that cannot fit `max_model_len` tokens."""
+    if len(text) > max_model_len * MAX_CHARS_PER_TOKEN:
+        raise PromptTextTooLongError(len(text), max_model_len, param=param)
+
+
 class UnsupportedTaskError(InvalidRequestError):
     """The model cannot do what was asked (e.g. embeddings from a generative-only model)."""
 

@@ -39,7 +39,11 @@ from mono_llm.openai_api.model_registry import ModelRegistry, ServedModel
 from mono_llm.openai_api.models.router import router as models_router
 from mono_llm.openai_api.pooling.router import router as pooling_router
 from mono_llm.openai_api.pooling.serving import model_tasks, warm_up_pooling
-from mono_llm.openai_api.request_guards import InternalErrorMiddleware, JsonTextMiddleware
+from mono_llm.openai_api.request_guards import (
+    BodyLimitsMiddleware,
+    InternalErrorMiddleware,
+    JsonTextMiddleware,
+)
 from mono_llm.openai_api.server_state import ServerArgs, ServerState
 from mono_llm.openai_api.system.offline_docs import install_offline_docs
 from mono_llm.openai_api.system.router import router as system_router
@@ -206,6 +210,11 @@ def build_app(
     # connection; lone surrogates in JSON bodies are refused (after the API key check).
     app.add_middleware(InternalErrorMiddleware)
     app.add_middleware(JsonTextMiddleware)
+    app.add_middleware(
+        BodyLimitsMiddleware,
+        max_body_bytes=args.max_request_body_bytes,
+        read_timeout=args.body_read_timeout,
+    )
     for router in (
         system_router,
         models_router,

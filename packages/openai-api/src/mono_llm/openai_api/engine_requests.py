@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from starlette.requests import Request
 
-from mono_llm.core.errors import PromptTooLongError
+from mono_llm.core.errors import PromptTooLongError, check_prompt_chars
 from mono_llm.core.outputs import CompletionOutput, Logprob, RequestOutput
 from mono_llm.core.sampling_params import SamplingParams
 from mono_llm.openai_api.errors import OpenAIError
@@ -66,6 +66,8 @@ def tokenize_prompt(
     context window and the vocabulary."""
     tokenizer = model.tokenizer
     if isinstance(prompt, str):
+        if truncate_prompt_tokens is None:
+            check_prompt_chars(prompt, model.max_model_len, param=param)
         token_ids = list(tokenizer(prompt, add_special_tokens=add_special_tokens).input_ids)
         text: str | None = prompt
     else:
@@ -108,14 +110,20 @@ async def run_off_loop_if_large(
     return work(*args, **kwargs)
 
 
+# Client-chosen request ids (the body's request_id, X-Request-Id) are echoed in every
+# response and chunk and kept in logs: longer ones are cut to this many characters.
+MAX_REQUEST_ID_CHARS = 256
+
+
 def base_request_id(raw_request: Request | None, body_request_id: str | None) -> str:
-    """The id of one API request: the body's request_id, the X-Request-Id header, or new."""
+    """The id of one API request: the body's request_id, the X-Request-Id header, or new
+    (a client's id cut to MAX_REQUEST_ID_CHARS)."""
     if body_request_id:
-        return body_request_id
+        return body_request_id[:MAX_REQUEST_ID_CHARS]
     if raw_request is not None:
         header = raw_request.headers.get("x-request-id")
         if header:
-            return header
+            return header[:MAX_REQUEST_ID_CHARS]
     return uuid.uuid4().hex
 
 

@@ -112,6 +112,9 @@ def from_exception(exc: BaseException) -> OpenAIError:
         return OpenAIError(_scrub(str(exc)) or "The engine failed this request.", 500)
     if isinstance(exc, (UnsupportedModelError, NotImplementedError)):
         return OpenAIError(str(exc), 400)
+    if isinstance(exc, RecursionError):
+        # Input nested past Python's recursion limit (JSON values, template data).
+        return OpenAIError("The request is nested too deeply to process.", 400)
     if isinstance(exc, ValueError):
         # Validation errors raised by tokenizers and pydantic on user input (vLLM: 400 too).
         return OpenAIError(str(exc), 400)

@@ -15,6 +15,7 @@ from pathlib import Path
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from mono_llm.openai_api.engine_requests import MAX_REQUEST_ID_CHARS
 from mono_llm.openai_api.errors import OpenAIError
 
 API_KEY_ENV_VARS = ("MONO_LLM_API_KEY", "VLLM_API_KEY")
@@ -93,7 +94,8 @@ class RequestIdMiddleware:
     """Echo the client's X-Request-Id (or a new id) in the response's x-request-id header.
 
     A generated id is also written into the request's headers, so the response body's id
-    and the engine request id are derived from the same value the client sees.
+    and the engine request id are derived from the same value the client sees. A client's id
+    longer than MAX_REQUEST_ID_CHARS is cut to that length (in the echo and everywhere else).
     """
 
     def __init__(self, app: ASGIApp) -> None:
@@ -103,11 +105,12 @@ class RequestIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = Headers(scope=scope).get("x-request-id")
-        if not request_id:
-            request_id = uuid.uuid4().hex
+        given = Headers(scope=scope).get("x-request-id")
+        request_id = given[:MAX_REQUEST_ID_CHARS] if given else uuid.uuid4().hex
+        if request_id != given:
             scope = dict(scope)
-            scope["headers"] = [*scope.get("headers", []), (b"x-request-id", request_id.encode())]
+            headers = [(k, v) for k, v in scope.get("headers", []) if k.lower() != b"x-request-id"]
+            scope["headers"] = [*headers, (b"x-request-id", request_id.encode("latin-1"))]
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":

@@ -9,14 +9,21 @@
   Rust tokenizers raise a TypeError, i.e. a 500) and they cannot be written back as UTF-8.
   Checking here covers every endpoint and every field (prompts, messages, tools, stop
   strings, documents) in one place, and names the field in `param`.
+- `BodyLimitsMiddleware` bounds a request body before any route parses it: past
+  `--max-request-body-bytes` a 413 (checked on Content-Length and again while reading, so a
+  chunked or lying client is cut off as soon as it passes the limit), a body not fully
+  received within `--body-read-timeout` seconds a 408, and JSON nested too deeply for Python's
+  parser a 400 (instead of a RecursionError somewhere downstream).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
 import re
+import time
 from typing import Any
 
 from starlette.datastructures import Headers
@@ -120,9 +127,9 @@ class JsonTextMiddleware:
         if _SURROGATE_ESCAPE.search(body):
             try:
                 parsed = json.loads(body)
-            except ValueError:
-                parsed = None  # invalid JSON: the route answers that
-            path = _lone_surrogate_path(parsed, [])
+                path = _lone_surrogate_path(parsed, [])
+            except (ValueError, RecursionError):
+                path = None  # invalid JSON: the route answers that
             if path is not None:
                 param = ".".join(path) or "body"
                 response = OpenAIError(
@@ -147,3 +154,80 @@ def _replay(messages: list[Message], receive: Receive) -> Receive:
         return await receive()
 
     return replay
+
+
+# Bodies with fewer opening brackets than this cannot nest deeply enough to hit Python's
+# recursion limit: they skip the depth check (a C-speed count, no parse).
+_DEPTH_CHECK_BRACKETS = 256
+
+
+class BodyLimitsMiddleware:
+    """413 past `max_body_bytes`, 408 past `read_timeout` seconds, 400 for too-deep JSON."""
+
+    def __init__(self, app: ASGIApp, max_body_bytes: int, read_timeout: float) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+        self.read_timeout = read_timeout
+
+    def _too_large(self) -> OpenAIError:
+        return OpenAIError(
+            f"The request body is larger than the server's limit of {self.max_body_bytes} "
+            "bytes (--max-request-body-bytes).",
+            413,
+            param="body",
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("method") not in ("POST", "PUT", "PATCH"):
+            await self.app(scope, receive, send)
+            return
+        length = Headers(scope=scope).get("content-length", "")
+        if length.isdigit() and int(length) > self.max_body_bytes:
+            await self._too_large().to_json_response()(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        size = 0
+        deadline = time.monotonic() + self.read_timeout if self.read_timeout > 0 else None
+        while True:
+            try:
+                if deadline is None:
+                    message = await receive()
+                else:
+                    message = await asyncio.wait_for(receive(), max(deadline - time.monotonic(), 0))
+            except asyncio.TimeoutError:
+                error = OpenAIError(
+                    f"The request body was not received within {self.read_timeout} s "
+                    "(--body-read-timeout).",
+                    408,
+                    param="body",
+                    headers={"Connection": "close"},
+                )
+                await error.to_json_response()(scope, receive, send)
+                return
+            if message["type"] != "http.request":  # disconnected while sending the body
+                await self.app(scope, _replay([message], receive), send)
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                error = self._too_large()
+                error.headers = {"Connection": "close"}
+                await error.to_json_response()(scope, receive, send)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        if _is_json(scope) and body.count(b"[") + body.count(b"{") > _DEPTH_CHECK_BRACKETS:
+            try:
+                json.loads(body)
+            except RecursionError:
+                error = OpenAIError(
+                    "The request body's JSON is nested too deeply to parse.", 400, param="body"
+                )
+                await error.to_json_response()(scope, receive, send)
+                return
+            except ValueError:
+                pass  # invalid JSON: the route answers that, naming the position
+        replayed: Message = {"type": "http.request", "body": body, "more_body": False}
+        await self.app(scope, _replay([replayed], receive), send)

@@ -67,6 +67,16 @@ class ServerArgs:
     """Do not log each HTTP request."""
     timeout_graceful_shutdown: int = 30
     """Seconds SIGTERM waits for in-flight requests to finish before stopping anyway."""
+    max_request_body_bytes: int = 32 * 1024 * 1024
+    """Largest request body accepted, in bytes; larger ones get 413, checked while the body is read (before any parsing)."""
+    body_read_timeout: float = 60.0
+    """Seconds a client has to send a request's whole body once its headers arrived; past it, 408 and the connection closes. 0: no limit."""
+    header_read_timeout: float = 10.0
+    """Seconds a connection has to send a request's complete headers (from its first byte, or from opening); past it the connection is closed. 0: no limit."""
+    max_request_header_bytes: int = 65536
+    """Largest request header block accepted, in bytes; past it, 431 and the connection closes."""
+    timeout_keep_alive: int = 5
+    """Seconds an idle keep-alive connection stays open between requests."""
     max_log_len: int | None = None
     """With --no-disable-log-requests: how many prompt tokens each request's log line shows (default: all)."""
     allowed_media_domains: list[str] | None = None

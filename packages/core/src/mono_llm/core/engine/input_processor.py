@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from mono_llm.core.errors import InvalidRequestError, PromptTooLongError
+from mono_llm.core.errors import InvalidRequestError, PromptTooLongError, check_prompt_chars
 from mono_llm.core.inputs import PromptType, parse_prompt
 from mono_llm.core.multimodal.prompt import attach_media
 from mono_llm.core.pooling_params import PoolingParams
@@ -60,6 +60,8 @@ class InputProcessor:
     ) -> tuple[str | None, list[int]]:
         """(text, token ids) of a generation prompt: tokenized, truncated, checked."""
         text, token_ids = parse_prompt(prompt)
+        if token_ids is None and (params is None or params.truncate_prompt_tokens is None):
+            check_prompt_chars(text or "", self.max_seq_len)  # before tokenizing all of it
         if token_ids is None:
             token_ids = self.tokenizer.encode(text, add_special_tokens=True)
         mm_data = prompt.get("multi_modal_data") if isinstance(prompt, dict) else None

@@ -125,8 +125,6 @@ def engine_args_list(args: argparse.Namespace) -> tuple[list[Any], list[list[str
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from mono_llm.core.tokenizer import check_tokenizer_folder
     from mono_llm.openai_api.app import build_app
     from mono_llm.openai_api.server_state import ServerArgs
@@ -173,7 +171,19 @@ def run_serve(args: argparse.Namespace) -> int:
         host,
         server_args.port,
     )
-    config = uvicorn.Config(
+    config = uvicorn_config(app, server_args, host)
+    _draining_server(config).run(sockets=[sock])
+    return 0
+
+
+def uvicorn_config(app: Any, server_args: Any, host: str) -> Any:
+    """uvicorn's Config for `app` under the server flags (TLS, logs, keep-alive, and the
+    header deadline and size bound of `http_limits`)."""
+    import uvicorn
+
+    from mono_llm.openai_api.http_limits import limited_http_protocol
+
+    return uvicorn.Config(
         app,
         host=host,
         port=server_args.port,
@@ -184,9 +194,12 @@ def run_serve(args: argparse.Namespace) -> int:
         ssl_ca_certs=server_args.ssl_ca_certs,
         ssl_cert_reqs=server_args.ssl_cert_reqs,
         timeout_graceful_shutdown=server_args.timeout_graceful_shutdown,
+        timeout_keep_alive=server_args.timeout_keep_alive,
+        h11_max_incomplete_event_size=server_args.max_request_header_bytes,
+        http=limited_http_protocol(
+            server_args.header_read_timeout, server_args.max_request_header_bytes
+        ),
     )
-    _draining_server(config).run(sockets=[sock])
-    return 0
 
 
 def bind_socket(host: str, port: int) -> socket.socket:

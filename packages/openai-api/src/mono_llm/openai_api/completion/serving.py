@@ -71,6 +71,17 @@ class CompletionServing:
             raise OpenAIError("suffix is not supported", 400, param="suffix")
         model = self.registry.resolve(request.model)
         request_id = f"cmpl-{base_request_id(raw_request, request.request_id)}"
+        # Each prompt is one engine request: a batch bigger than the whole waiting queue could
+        # never be admitted, so it is a bad request (400), not "overloaded, retry" (503).
+        bound = model.engine.engine_config.scheduler_config.max_waiting_requests
+        num_prompts = len(request.prompts())
+        if bound is not None and num_prompts > bound:
+            raise OpenAIError(
+                f"The request has {num_prompts} prompts, more than the server's waiting-queue "
+                f"capacity of {bound} requests (--max-waiting-requests); split the batch.",
+                400,
+                param="prompt",
+            )
         prompts = await run_off_loop_if_large(
             raw_request,
             lambda: [
