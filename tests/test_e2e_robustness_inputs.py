@@ -25,7 +25,7 @@ LEAK = re.compile(r"Traceback|File \"|\.py\b|site-packages")
 
 @pytest.fixture(scope="module")
 def base_url(server_factory):
-    from mono_llm.openai_api import build_app
+    from mono_llm.openai_api import ServerArgs, build_app
 
     engines = [
         AsyncEngineArgs(model=str(fixture_path("tiny-llama")), served_model_name=GEN,
@@ -35,7 +35,9 @@ def base_url(server_factory):
         AsyncEngineArgs(model=str(fixture_path("tiny-qwen2")), served_model_name=EMB,
                         task="embed", max_model_len=WINDOW),
     ]  # fmt: skip
-    with server_factory(build_app(engines)) as running:
+    # Trusted request templates: the template tests below exercise the sandboxed worker.
+    args = ServerArgs(trust_request_chat_template=True)
+    with server_factory(build_app(engines, args)) as running:
         yield running.base_url
 
 

@@ -126,9 +126,11 @@ def test_explicit_content_format_wins_over_detection(tokenizer) -> None:
     """--chat-template-content-format openai keeps list content even for a string-style
     request template (detection would have flattened it to a string)."""
     chat = ChatTemplate.for_tokenizer(tokenizer, None, "openai")
+    chat.trust_request_template = True
     string_style = "{% for m in messages %}{{ m['content'] }}|{% endfor %}"
     messages = [{"role": "user", "content": "hi"}]
     rendered = chat.render(tokenizer, messages, request_template=string_style)
     assert "'type': 'text'" in rendered
     detected = ChatTemplate.for_tokenizer(tokenizer, None, "auto")
+    detected.trust_request_template = True
     assert detected.render(tokenizer, messages, request_template=string_style) == "hi|"

@@ -47,6 +47,7 @@ from mono_llm.openai_api.request_guards import (
 from mono_llm.openai_api.server_state import ServerArgs, ServerState
 from mono_llm.openai_api.system.offline_docs import install_offline_docs
 from mono_llm.openai_api.system.router import router as system_router
+from mono_llm.openai_api.template_pool import TemplatePool
 from mono_llm.openai_api.tokenization.router import router as tokenization_router
 from mono_llm.openai_api.tokenization.serving import TokenizationServing
 
@@ -76,7 +77,9 @@ def _start_engine(spec: Any) -> tuple[AsyncLLM, bool]:
     return AsyncLLM.from_engine_args(spec), True
 
 
-def _served_model(engine: AsyncLLM, aliases: list[str], args: ServerArgs) -> ServedModel:
+def _served_model(
+    engine: AsyncLLM, aliases: list[str], args: ServerArgs, pool: TemplatePool
+) -> ServedModel:
     config = engine.model_config
     names = [config.served_model_name, *[a for a in aliases if a != config.served_model_name]]
     template = ChatTemplate.for_tokenizer(
@@ -84,6 +87,8 @@ def _served_model(engine: AsyncLLM, aliases: list[str], args: ServerArgs) -> Ser
         load_chat_template(args.chat_template),
         args.chat_template_content_format,
     )
+    template.pool = pool
+    template.trust_request_template = args.trust_request_chat_template
     defaults = dict(engine.get_default_sampling_params() or {})
     if defaults:
         logger.info(
@@ -151,12 +156,14 @@ def build_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         owned: list[AsyncLLM] = []
         models: list[ServedModel] = []
+        pool = TemplatePool()
         try:
+            await asyncio.to_thread(pool.start)
             for i, spec in enumerate(specs):
                 engine, is_owned = _start_engine(spec)
                 if is_owned:
                     owned.append(engine)
-                model = _served_model(engine, aliases[i] if i < len(aliases) else [], args)
+                model = _served_model(engine, aliases[i] if i < len(aliases) else [], args, pool)
                 # --disable-log-requests (AsyncEngineArgs) decides per model; given engines
                 # and plain EngineArgs do not log requests.
                 model.log_requests = not getattr(spec, "disable_log_requests", True)
@@ -190,6 +197,7 @@ def build_app(
             yield
             state.draining = True
         finally:
+            pool.close()
             for engine in owned:
                 with contextlib.suppress(Exception):
                     result = engine.shutdown()

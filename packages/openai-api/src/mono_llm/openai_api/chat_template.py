@@ -20,6 +20,7 @@ import jinja2
 import jinja2.nodes
 
 from mono_llm.openai_api.errors import OpenAIError
+from mono_llm.openai_api.template_pool import TemplatePool, TemplateRenderError
 
 logger = logging.getLogger(__name__)
 
@@ -209,6 +210,11 @@ class ChatTemplate:
     tokenizer_has_template: bool
     # --chat-template-content-format given as string/openai: it wins over detection everywhere.
     format_is_explicit: bool = False
+    # --trust-request-chat-template: requests may bring their own template (else a 400).
+    trust_request_template: bool = False
+    # Worker processes that render with a deadline (the server always has one; None renders in
+    # this process, for direct library use and tokenizers that are not transformers').
+    pool: TemplatePool | None = None
 
     @classmethod
     def for_tokenizer(
@@ -251,7 +257,18 @@ class ChatTemplate:
         """The prompt text for `messages` (errors in the template or inputs become 400s).
 
         For a model that takes images pass `images=[]`: it receives each image part's URL,
-        in the order the template places the image tokens."""
+        in the order the template places the image tokens. Blocks for up to the pool's
+        deadline: call it off the event loop."""
+        if request_template is not None and not self.trust_request_template:
+            raise OpenAIError(
+                "chat_template in the request is not allowed: a template is code, and this "
+                "server only renders its own. Start the server with "
+                "--trust-request-chat-template to accept request-level templates.",
+                400,
+                param="chat_template",
+            )
+        if not messages:
+            raise OpenAIError("messages must not be empty.", 400, param="messages")
         if continue_final_message and add_generation_prompt:
             raise OpenAIError(
                 "continue_final_message and add_generation_prompt cannot both be true.",
@@ -296,27 +313,45 @@ class ChatTemplate:
             for k, v in (chat_template_kwargs or {}).items()
             if k not in _RESERVED_TEMPLATE_KWARGS
         }
+        param = "chat_template" if request_template else "messages"
+        normalized = normalize_messages(
+            messages, content_format, images=images, image_placeholder=image_placeholder
+        )
         try:
-            prompt = tokenizer.apply_chat_template(
-                normalize_messages(
-                    messages, content_format, images=images, image_placeholder=image_placeholder
-                ),
-                tools=tools,
-                documents=documents,
-                chat_template=template,
-                add_generation_prompt=add_generation_prompt,
-                continue_final_message=continue_final_message,
-                tokenize=False,
-                **kwargs,
-            )
+            if self.pool is not None and hasattr(tokenizer, "get_chat_template"):
+                prompt = self.pool.render(
+                    {
+                        "template": tokenizer.get_chat_template(template, tools),
+                        "messages": normalized,
+                        "tools": tools,
+                        "documents": documents,
+                        "add_generation_prompt": add_generation_prompt,
+                        "continue_final_message": continue_final_message,
+                        # As apply_chat_template: request kwargs override the special tokens.
+                        "kwargs": {**dict(getattr(tokenizer, "special_tokens_map", {})), **kwargs},
+                    }
+                )
+            else:
+                prompt = tokenizer.apply_chat_template(
+                    normalized,
+                    tools=tools,
+                    documents=documents,
+                    chat_template=template,
+                    add_generation_prompt=add_generation_prompt,
+                    continue_final_message=continue_final_message,
+                    tokenize=False,
+                    **kwargs,
+                )
         except OpenAIError:
             raise
+        except TemplateRenderError as exc:
+            raise OpenAIError(
+                f"The chat template failed to render: {exc}", 400, param=param
+            ) from None
         except Exception as exc:
             # A template is code from the model or the client: whatever it raises
             # (raise_exception, 1/0, a missing attribute) is a bad request, not a crash.
             raise OpenAIError(
-                f"The chat template failed to render: {exc}",
-                400,
-                param="chat_template" if request_template else "messages",
+                f"The chat template failed to render: {exc}", 400, param=param
             ) from exc
         return prompt if isinstance(prompt, str) else str(prompt)

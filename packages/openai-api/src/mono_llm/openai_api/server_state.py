@@ -31,6 +31,8 @@ class ServerArgs:
     """Chat template for every served model: a file path or the jinja text inline. Default: the tokenizer's own."""
     chat_template_content_format: str = "auto"
     """How message content reaches the template: string (flattened text), openai (list of parts), or auto (detected from the template)."""
+    trust_request_chat_template: bool = False
+    """Accept a `chat_template` in requests (chat completions, /tokenize, pooling). Off by default: a template is code; even trusted, it renders in a sandboxed worker process with a time and size limit."""
     enable_request_id_headers: bool = False
     """Send an `x-request-id` response header: the client's X-Request-Id or a generated id (the openai client reads it as `_request_id`)."""
     enable_offline_docs: bool = False

@@ -6,6 +6,7 @@ with finish_reason on the last one; then the usage chunk when asked, then `data:
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
@@ -32,7 +33,6 @@ from mono_llm.openai_api.engine_requests import (
     ChoiceState,
     PromptInput,
     base_request_id,
-    run_off_loop_if_large,
     start_engine_request,
     tokenize_prompt,
 )
@@ -175,7 +175,8 @@ class ChatServing:
                 param="messages",
             )
 
-        prompt = await run_off_loop_if_large(raw_request, template_and_tokenize)
+        # The template renders in a worker process (with a deadline): wait for it off the loop.
+        prompt = await asyncio.to_thread(template_and_tokenize)
         if image_urls:
             assert self.media is not None
             prompt.images = await self.media.load(model, image_urls)

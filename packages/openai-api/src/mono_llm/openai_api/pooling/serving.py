@@ -8,6 +8,7 @@ UnsupportedTaskError), e.g. /v1/embeddings on a generative model.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import time
 import uuid
@@ -210,7 +211,10 @@ class PoolingServing:
     ) -> tuple[list[list[float] | str], list[PoolingRequestOutput]]:
         """Pool every input of an /v1/embeddings or /pooling request; each vector as floats
         or, with encoding_format=base64, in the requested dtype and byte order."""
-        prompts = self._request_prompts(model, request)
+        if request.messages is not None:  # the template renders in a worker: wait off the loop
+            prompts = await asyncio.to_thread(self._request_prompts, model, request)
+        else:
+            prompts = self._request_prompts(model, request)
         outputs = await self._run(
             model, prompts, [params] * len(prompts), request.request_id, request.priority
         )

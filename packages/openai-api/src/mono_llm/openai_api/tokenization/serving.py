@@ -3,6 +3,8 @@ client can count tokens exactly as the completions and chat endpoints will."""
 
 from __future__ import annotations
 
+import asyncio
+
 from mono_llm.openai_api.errors import OpenAIError
 from mono_llm.openai_api.media import MediaInputs, image_limit
 from mono_llm.openai_api.model_registry import ModelRegistry, ServedModel
@@ -28,7 +30,9 @@ class TokenizationServing:
         if request.messages is not None:
             takes_images = self.media is not None and image_limit(model) > 0
             image_urls = [] if takes_images else None
-            text = model.chat_template.render(
+            # The template renders in a worker process (with a deadline): wait off the loop.
+            text = await asyncio.to_thread(
+                model.chat_template.render,
                 tokenizer,
                 [m.model_dump(exclude_none=True) for m in request.messages],
                 add_generation_prompt=request.add_generation_prompt,
