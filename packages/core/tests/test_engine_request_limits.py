@@ -101,3 +101,126 @@ def test_logit_bias_is_clamped_to_plus_minus_100() -> None:
         assert params.logit_bias == {5: MAX_LOGIT_BIAS, 6: -MAX_LOGIT_BIAS, 7: 3.5}
     finally:
         engine.shutdown()
+
+
+# ---------------------------------------------------------------- structured-output grammars
+def _backend():
+    from mono_llm.core.engine.structured_outputs import XGrammarBackend
+
+    tok = _tokenizer()
+    return XGrammarBackend(tok, len(tok), {tok.eos_token_id})
+
+
+def _schema(num_properties: int) -> dict:
+    props = {f"p{i}": {"type": "integer"} for i in range(num_properties)}
+    return {"type": "object", "properties": props}
+
+
+@pytest.mark.parametrize(
+    ("params", "words"),
+    [
+        ({"json": _schema(600)}, "properties"),
+        ({"regex": "a" * 70_000}, "bytes"),
+        ({"grammar": 'root ::= "' + "a" * 70_000 + '"'}, "bytes"),
+    ],
+    ids=["properties", "regex-bytes", "grammar-bytes"],
+)
+def test_oversized_grammars_are_refused_before_compiling(params, words) -> None:
+    from mono_llm.core.sampling_params import StructuredOutputsParams
+
+    with pytest.raises(InvalidRequestError) as info:
+        _backend().compile(StructuredOutputsParams(**params))
+    assert info.value.param == "structured_outputs" and words in info.value.message
+
+
+def test_deeply_nested_schema_is_refused() -> None:
+    from mono_llm.core.sampling_params import StructuredOutputsParams
+
+    schema: dict = {"type": "integer"}
+    for _ in range(40):
+        schema = {"type": "object", "properties": {"a": schema}}
+    with pytest.raises(InvalidRequestError) as info:
+        _backend().compile(StructuredOutputsParams(json=schema))
+    assert "nests deeper" in info.value.message
+
+
+def test_grammar_cache_is_bounded_by_memory() -> None:
+    from mono_llm.core.sampling_params import StructuredOutputsParams
+
+    backend = _backend()
+    backend.compile(StructuredOutputsParams(json=_schema(3)))
+    one = backend.cache_bytes
+    assert one > 0
+    backend.cache_limit_bytes = one * 4
+    for n in range(4, 12):
+        backend.compile(StructuredOutputsParams(json=_schema(n)))
+        # Past the bound only the newest grammar (the one a request is about to use) stays.
+        assert backend.cache_bytes <= backend.cache_limit_bytes or len(backend._cache) == 1
+    assert len(backend._cache) < 9
+
+
+def test_concurrent_requests_for_one_schema_compile_it_once(monkeypatch) -> None:
+    import threading
+
+    from mono_llm.core.sampling_params import StructuredOutputsParams
+
+    backend = _backend()
+    calls = []
+    real = backend._compile
+
+    def slow_compile(kind, source):
+        calls.append(kind)
+        time.sleep(0.3)
+        return real(kind, source)
+
+    monkeypatch.setattr(backend, "_compile", slow_compile)
+    params = StructuredOutputsParams(json=_schema(5))
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(backend.compile(params)))
+               for _ in range(4)]  # fmt: skip
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1 and len(results) == 4 and all(r is results[0] for r in results)
+
+
+def test_a_compile_past_the_deadline_is_a_400_and_others_keep_running(monkeypatch) -> None:
+    import asyncio
+
+    from mono_llm.core import AsyncEngineArgs, AsyncLLM
+    from mono_llm.core import async_llm as async_llm_module
+    from mono_llm.core.sampling_params import StructuredOutputsParams
+
+    engine = AsyncLLM.from_engine_args(
+        AsyncEngineArgs(
+            model=str(fixture_path("tiny-llama")), max_model_len=64, disable_log_stats=True
+        )
+    )
+    factory = engine.engine.grammar_factory
+    monkeypatch.setattr(async_llm_module, "GRAMMAR_COMPILE_TIMEOUT_S", 0.2)
+
+    def slow_factory(params, tok, vocab):
+        time.sleep(1.0)
+        return factory(params, tok, vocab)
+
+    engine.engine.grammar_factory = slow_factory
+
+    async def run() -> None:
+        params = SamplingParams(
+            max_tokens=4, structured_outputs=StructuredOutputsParams(json=_schema(2))
+        )
+        with pytest.raises(InvalidRequestError) as info:
+            async for _ in engine.generate({"prompt_token_ids": [1, 2, 3]}, params, "slow"):
+                pass
+        assert info.value.param == "structured_outputs" and "compile" in info.value.message
+        async for out in engine.generate(
+            {"prompt_token_ids": [1, 2, 3]}, SamplingParams(max_tokens=2), "plain"
+        ):
+            last = out
+        assert last.finished
+
+    try:
+        asyncio.run(run())
+    finally:
+        engine.shutdown()

@@ -25,6 +25,10 @@ from typing import Any
 from mono_llm.core.config import AsyncEngineArgs, EngineArgs, EngineConfig, ModelConfig
 from mono_llm.core.engine.core import EngineCore
 from mono_llm.core.engine.output_processor import merge_delta_outputs
+from mono_llm.core.engine.structured_outputs import (
+    GRAMMAR_COMPILE_TIMEOUT_S,
+    GrammarCompileTimeoutError,
+)
 from mono_llm.core.errors import (
     EngineDeadError,
     EngineError,
@@ -153,9 +157,17 @@ class AsyncLLM:
             # releases the GIL meanwhile: compile here, off the step loop, so the loop's own
             # compile is a cache hit and every other request keeps streaming. An invalid
             # schema fails here, before a stream starts.
-            await asyncio.to_thread(
-                engine.grammar_factory, structured, engine.tokenizer, engine.vocab_size
-            )
+            # Waiting is bounded: past the limit the request is refused, and a compile whose
+            # requests are all gone (timed out, disconnected) is abandoned to its thread.
+            try:
+                await asyncio.wait_for(
+                    asyncio.to_thread(
+                        engine.grammar_factory, structured, engine.tokenizer, engine.vocab_size
+                    ),
+                    GRAMMAR_COMPILE_TIMEOUT_S,
+                )
+            except asyncio.TimeoutError:
+                raise GrammarCompileTimeoutError() from None
         # aclosing: a consumer that stops early must abort the request now, not at GC time.
         submitted = self._submit(request_id, sampling_params, text, token_ids, priority)
         async with contextlib.aclosing(submitted) as outputs:

@@ -4,6 +4,14 @@ Each request gets a grammar matcher that, before every sampling step, writes the
 allowed next tokens into its row of the sampler's int32 bitmask (xgrammar's layout: bit j of
 word w is token 32*w + j), and then advances on the sampled token. Compiled grammars are
 cached by their source, so a schema that many requests share is compiled once.
+
+Compiling is the one structured-output cost a client controls: a JSON schema with thousands
+of optional properties took a minute and gigabytes. So sources are bounded before compiling
+(bytes; for JSON schemas also property count and nesting depth), the server waits at most
+GRAMMAR_COMPILE_TIMEOUT_S for a compile (then a 400; a compile nobody waits for any more is
+abandoned: it finishes in its worker thread, bounded by the size limits, and is cached), a
+source being compiled is compiled once however many requests ask for it, and the cache is
+bounded by the compiled grammars' memory, not their count.
 """
 
 from __future__ import annotations
@@ -12,6 +20,7 @@ import json
 import re
 import threading
 from collections import OrderedDict
+from concurrent.futures import Future
 from typing import Any
 
 import torch
@@ -20,6 +29,67 @@ from mono_llm.core.errors import InvalidRequestError
 from mono_llm.core.sampling_params import StructuredOutputsParams
 
 _CACHE_SIZE = 256
+# Bounds on what a request may ask to compile (a 2,000-property schema took 55 s and 590 MB).
+MAX_GRAMMAR_SOURCE_BYTES = 64 * 1024
+MAX_SCHEMA_PROPERTIES = 512
+MAX_SCHEMA_DEPTH = 32
+# Seconds a request waits for its grammar to compile before it is refused (400).
+GRAMMAR_COMPILE_TIMEOUT_S = 10.0
+# Memory the compiled-grammar cache may hold (xgrammar reports each grammar's size).
+GRAMMAR_CACHE_BYTES = 256 * 1024 * 1024
+
+
+class GrammarTooLargeError(InvalidRequestError):
+    """The schema, regex or grammar is past the size limits (HTTP 400)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, param="structured_outputs")
+
+
+class GrammarCompileTimeoutError(InvalidRequestError):
+    """The grammar did not compile within GRAMMAR_COMPILE_TIMEOUT_S (HTTP 400)."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            f"The structured-output grammar did not compile within "
+            f"{GRAMMAR_COMPILE_TIMEOUT_S:g} s; simplify the schema.",
+            param="structured_outputs",
+        )
+
+
+def check_grammar_size(kind: str, source: str) -> None:
+    """Refuse sources too large to compile in bounded time and memory."""
+    size = len(source.encode("utf-8"))
+    if size > MAX_GRAMMAR_SOURCE_BYTES:
+        raise GrammarTooLargeError(
+            f"The structured-output {kind} is {size} bytes; the limit is "
+            f"{MAX_GRAMMAR_SOURCE_BYTES}."
+        )
+    if kind != "json":
+        return
+    try:
+        schema = json.loads(source)
+    except ValueError:
+        return  # xgrammar reports invalid JSON with its reason
+    properties = 0
+    stack: list[tuple[Any, int]] = [(schema, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_SCHEMA_DEPTH:
+            raise GrammarTooLargeError(
+                f"The JSON schema nests deeper than {MAX_SCHEMA_DEPTH} levels."
+            )
+        if isinstance(node, dict):
+            props = node.get("properties")
+            if isinstance(props, dict):
+                properties += len(props)
+            stack.extend((value, depth + 1) for value in node.values())
+        elif isinstance(node, list):
+            stack.extend((value, depth + 1) for value in node)
+    if properties > MAX_SCHEMA_PROPERTIES:
+        raise GrammarTooLargeError(
+            f"The JSON schema has {properties} properties; the limit is {MAX_SCHEMA_PROPERTIES}."
+        )
 
 
 class GrammarMatcher:
@@ -53,6 +123,9 @@ class XGrammarBackend:
         )
         self._compiler = xgrammar.GrammarCompiler(info)
         self._cache: OrderedDict[tuple[str, str], Any] = OrderedDict()
+        self._cache_bytes = 0
+        self.cache_limit_bytes = GRAMMAR_CACHE_BYTES
+        self._inflight: dict[tuple[str, str], Future[Any]] = {}
         self._lock = threading.Lock()
 
     def __call__(self, params: StructuredOutputsParams, tokenizer: Any, vocab_size: int) -> Any:
@@ -60,13 +133,35 @@ class XGrammarBackend:
 
     def compile(self, params: StructuredOutputsParams) -> Any:
         key = _cache_key(params)
+        check_grammar_size(*key)
         with self._lock:
             compiled = self._cache.get(key)
             if compiled is not None:
                 self._cache.move_to_end(key)
                 return compiled
+            pending = self._inflight.get(key)
+            owner = pending is None
+            if owner:
+                pending = self._inflight[key] = Future()
+        assert pending is not None
+        if not owner:  # the same source is compiling for another request: share it
+            return pending.result()
         try:
-            compiled = self._compile(*key)
+            compiled = self._compile_or_explain(key)
+        except BaseException as exc:
+            with self._lock:
+                self._inflight.pop(key, None)
+            pending.set_exception(exc)
+            raise
+        with self._lock:
+            self._inflight.pop(key, None)
+            self._remember(key, compiled)
+        pending.set_result(compiled)
+        return compiled
+
+    def _compile_or_explain(self, key: tuple[str, str]) -> Any:
+        try:
+            return self._compile(*key)
         except InvalidRequestError:
             raise
         except Exception as exc:  # xgrammar reports bad schemas/regexes/grammars as RuntimeError
@@ -75,11 +170,21 @@ class XGrammarBackend:
             raise InvalidRequestError(
                 f"Invalid {key[0]} for structured outputs: {reason}", param="structured_outputs"
             ) from exc
-        with self._lock:
-            self._cache[key] = compiled
-            if len(self._cache) > _CACHE_SIZE:
-                self._cache.popitem(last=False)
-        return compiled
+
+    def _remember(self, key: tuple[str, str], compiled: Any) -> None:
+        """Cache `compiled`, evicting the least recently used past the count or memory bound
+        (called with the lock held)."""
+        self._cache[key] = compiled
+        self._cache_bytes += _grammar_bytes(compiled)
+        while len(self._cache) > 1 and (
+            len(self._cache) > _CACHE_SIZE or self._cache_bytes > self.cache_limit_bytes
+        ):
+            _, evicted = self._cache.popitem(last=False)
+            self._cache_bytes -= _grammar_bytes(evicted)
+
+    @property
+    def cache_bytes(self) -> int:
+        return self._cache_bytes
 
     def _compile_structural_tag(self, source: str) -> Any:
         """vLLM's two spellings: the legacy `{"structures": [{begin, schema, end}],
@@ -115,6 +220,10 @@ class XGrammarBackend:
         raise InvalidRequestError(
             f"Structured outputs of kind {kind!r} are not supported.", param="structured_outputs"
         )
+
+
+def _grammar_bytes(compiled: Any) -> int:
+    return int(getattr(compiled, "memory_size_bytes", 0) or 0)
 
 
 def _cache_key(params: StructuredOutputsParams) -> tuple[str, str]:
