@@ -45,6 +45,7 @@ from mono_llm.openai_api.request_guards import (
     JsonTextMiddleware,
 )
 from mono_llm.openai_api.server_state import ServerArgs, ServerState
+from mono_llm.openai_api.shutdown import DrainingMiddleware, watch_engines
 from mono_llm.openai_api.system.offline_docs import install_offline_docs
 from mono_llm.openai_api.system.router import router as system_router
 from mono_llm.openai_api.template_pool import TemplatePool
@@ -194,7 +195,11 @@ def build_app(
                 await _warm_up(model)
             state.ready = True
             logger.info("serving %s", ", ".join(m.name for m in models))
-            yield
+            watchdog = asyncio.create_task(watch_engines(state))
+            try:
+                yield
+            finally:
+                watchdog.cancel()
             state.draining = True
         finally:
             pool.close()
@@ -238,6 +243,8 @@ def build_app(
     # Middlewares wrap in reverse order of addition: CORS is outermost, so even a 401
     # carries the CORS headers a browser needs to read it.
     keys = resolve_api_keys(args.api_key)
+    # Inside the API key check: while draining, only authorized clients learn about it.
+    app.add_middleware(DrainingMiddleware)
     if keys:
         app.add_middleware(ApiKeyMiddleware, api_keys=keys)
     if args.enable_request_id_headers:

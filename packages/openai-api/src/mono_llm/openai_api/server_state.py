@@ -3,8 +3,10 @@ state one app holds: its models, metrics and the serving objects the routers cal
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
 
@@ -104,6 +106,11 @@ class ServerState:
     media: MediaInputs | None = None
     ready: bool = False  # models loaded and warmed up
     draining: bool = False  # shutting down: not ready for new traffic
+    inflight: int = 0  # API requests being served (probes excluded)
+    # Queues of the streams being sent, so shutdown can end them with an error event.
+    streams: set[asyncio.Queue[Any]] = field(default_factory=set)
+    exit_code: int = 0  # 1 once an engine has died: the process should be restarted
+    on_fatal: Callable[[], None] | None = None  # set by the host to stop serving (serve.py)
 
 
 def server_state(request: Request) -> ServerState:

@@ -18,6 +18,8 @@ from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import StreamingResponse
 
+from mono_llm.openai_api.shutdown import CUT, current_streams
+
 T = TypeVar("T")
 
 SSE_DONE = "data: [DONE]\n\n"
@@ -114,6 +116,19 @@ async def unless_disconnected(request: Request, work: Awaitable[T]) -> T | None:
     return None
 
 
+# The in-band event a stream cut at the graceful-shutdown deadline ends with (then [DONE]).
+SHUTDOWN_ERROR_EVENT = sse_event(
+    {
+        "error": {
+            "message": "The server is shutting down and ended this stream before it finished.",
+            "type": "ServiceUnavailableError",
+            "param": None,
+            "code": 503,
+        }
+    }
+)
+
+
 async def _in_own_task(events: AsyncGenerator[str, None]) -> AsyncGenerator[str, None]:
     """Produce `events` in a separate asyncio task and relay them.
 
@@ -123,6 +138,10 @@ async def _in_own_task(events: AsyncGenerator[str, None]) -> AsyncGenerator[str,
     cleanup (closing engine generators, which aborts the requests) runs to completion.
     """
     queue: asyncio.Queue[Any] = asyncio.Queue()
+    # Registered with the app so that shutdown can end it (`shutdown.cut_streams`).
+    registry = current_streams.get()
+    if registry is not None:
+        registry.add(queue)
 
     async def produce() -> None:
         try:
@@ -138,9 +157,15 @@ async def _in_own_task(events: AsyncGenerator[str, None]) -> AsyncGenerator[str,
             event = await queue.get()
             if event is _END:
                 break
+            if event is CUT:
+                yield SHUTDOWN_ERROR_EVENT
+                yield SSE_DONE
+                break
             yield event
     finally:
         producer.cancel()
+        if registry is not None:
+            registry.discard(queue)
 
 
 class EventStreamResponse(StreamingResponse):

@@ -171,9 +171,18 @@ def run_serve(args: argparse.Namespace) -> int:
         host,
         server_args.port,
     )
-    config = uvicorn_config(app, server_args, host)
-    _draining_server(config).run(sockets=[sock])
-    return 0
+    return serve_app(app, server_args, host, sockets=[sock])
+
+
+def serve_app(app: Any, server_args: Any, host: str, sockets: list[Any] | None = None) -> int:
+    """Run `app` under uvicorn until SIGTERM/SIGINT or a dead engine; the exit status
+    (1 when an engine died, so a supervisor restarts the server)."""
+    draining_server(uvicorn_config(app, server_args, host)).run(sockets=sockets)
+    state = getattr(app.state, "server", None)
+    code = state.exit_code if state is not None else 0
+    if code:
+        logger.error("exiting with status %d: an engine died", code)
+    return code
 
 
 def uvicorn_config(app: Any, server_args: Any, host: str) -> Any:
@@ -221,16 +230,44 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _draining_server(config: Any) -> Any:
-    """uvicorn's Server, flagging the app as draining (/ready -> 503) on SIGTERM/SIGINT, then
-    shutting down gracefully as usual."""
+def draining_server(config: Any) -> Any:
+    """uvicorn's Server, draining on the first SIGTERM/SIGINT (or a dead engine) as
+    `shutdown.drain` describes before uvicorn's own shutdown; a second signal stops at once."""
+    import asyncio
+    import signal
+
     import uvicorn
 
+    from mono_llm.openai_api.shutdown import drain
+
     class DrainingServer(uvicorn.Server):
-        def handle_exit(self, sig: int, frame: Any) -> None:
+        _loop: asyncio.AbstractEventLoop | None = None
+        _drain_started = False
+
+        async def startup(self, sockets: Any = None) -> None:
+            self._loop = asyncio.get_running_loop()
+            await super().startup(sockets)  # runs the app's lifespan startup (models loaded)
             state = getattr(config.app.state, "server", None)
             if state is not None:
-                state.draining = True
-            super().handle_exit(sig, frame)
+                state.on_fatal = lambda: self.handle_exit(signal.SIGTERM, None)
+
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            state = getattr(config.app.state, "server", None)
+            loop = self._loop
+            if state is None or loop is None or self._drain_started or self.should_exit:
+                super().handle_exit(sig, frame)
+                return
+            self._drain_started = True
+            state.draining = True
+
+            async def drain_then_exit() -> None:
+                try:
+                    await drain(state, float(config.timeout_graceful_shutdown or 0))
+                finally:
+                    # What is left after the drain (streams just cut) gets a short grace.
+                    config.timeout_graceful_shutdown = 2
+                    uvicorn.Server.handle_exit(self, sig, frame)
+
+            loop.call_soon_threadsafe(lambda: loop.create_task(drain_then_exit()))
 
     return DrainingServer(config)
