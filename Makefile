@@ -13,7 +13,7 @@ TRITON_INTERPRET ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi 
 export TRITON_INTERPRET
 PYTEST_ARGS ?=
 
-.PHONY: venv deps serve test test-slow lint format build dist-check clean
+.PHONY: venv deps serve test test-slow soak lint format build dist-check clean
 
 venv: $(VENV)/.installed
 
@@ -56,6 +56,13 @@ test: lint
 
 test-slow: venv
 	OMP_NUM_THREADS=$(TEST_THREADS) $(VENV)/bin/pytest -m slow $(PYTEST_ARGS)
+
+# Not part of `make test`: a real server on 127.0.0.1 under twice its scheduler's capacity for
+# SOAK_MINUTES with mixed traffic, then checks that every request ended cleanly and that the KV
+# cache and RSS came back (docs/reliability.md). `make soak SOAK_MINUTES=10`.
+SOAK_MINUTES ?= 2
+soak: venv
+	OMP_NUM_THREADS=$(TEST_THREADS) $(PY) scripts/soak.py --minutes $(SOAK_MINUTES)
 
 # One wheel and one sdist per distribution into dist/.
 build: venv

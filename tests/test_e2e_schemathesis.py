@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -46,8 +47,17 @@ def _pin_model(path: str, body: Any) -> None:
         body["model"] = next((m for part, m in _MODEL_BY_PATH_PART if part in path), GEN)
 
 
+def _rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
 def test_no_operation_answers_5xx(base_url) -> None:
     import httpx
+
+    rss_start = _rss_mb()
 
     schema = schemathesis.openapi.from_url(f"{base_url}/openapi.json")
     statuses: collections.Counter[int] = collections.Counter()
@@ -77,7 +87,8 @@ def test_no_operation_answers_5xx(base_url) -> None:
         check()
     elapsed = time.monotonic() - start
     print(f"schemathesis: {sum(statuses.values())} requests in {elapsed:.1f} s; "
-          f"statuses {dict(sorted(statuses.items()))}")  # fmt: skip
+          f"statuses {dict(sorted(statuses.items()))}; RSS of the test process (server "
+          f"in-process) {rss_start:.0f} -> {_rss_mb():.0f} MB")  # fmt: skip
     assert not failures, "\n".join(failures[:10])
     assert httpx.get(f"{base_url}/health").status_code == 200
     assert sum(statuses.values()) >= len(operations) * 3

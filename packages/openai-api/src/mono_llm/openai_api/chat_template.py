@@ -19,8 +19,12 @@ from typing import Any, Literal
 import jinja2
 import jinja2.nodes
 
-from mono_llm.openai_api.errors import OpenAIError
-from mono_llm.openai_api.template_pool import TemplatePool, TemplateRenderError
+from mono_llm.openai_api.errors import OVERLOAD_RETRY_AFTER_S, OpenAIError
+from mono_llm.openai_api.template_pool import (
+    TemplatePool,
+    TemplatePoolBusyError,
+    TemplateRenderError,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -344,6 +348,12 @@ class ChatTemplate:
                 )
         except OpenAIError:
             raise
+        except TemplatePoolBusyError as exc:
+            raise OpenAIError(
+                f"The server is overloaded ({exc}); retry later.",
+                503,
+                headers={"Retry-After": str(OVERLOAD_RETRY_AFTER_S)},
+            ) from None
         except TemplateRenderError as exc:
             raise OpenAIError(
                 f"The chat template failed to render: {exc}", 400, param=param

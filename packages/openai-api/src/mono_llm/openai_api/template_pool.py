@@ -16,14 +16,16 @@ import select
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
 logger = logging.getLogger(__name__)
 
-# Seconds one render may take (a real chat template renders in milliseconds).
+# Seconds one render may take once a worker has it (a real chat template renders in
+# milliseconds).
 RENDER_TIMEOUT_S = 5.0
+# Seconds a render may wait for a free worker before the server reports itself busy (503).
+QUEUE_TIMEOUT_S = 30.0
 _STARTUP_TIMEOUT_S = 60.0
 
 
@@ -33,6 +35,10 @@ class TemplateRenderError(ValueError):
 
 class TemplateTimeoutError(TemplateRenderError):
     """The render passed its deadline; the worker running it was killed."""
+
+
+class TemplatePoolBusyError(RuntimeError):
+    """No worker became free in time: the server is overloaded, not the request wrong."""
 
 
 class _Worker:
@@ -79,7 +85,8 @@ class _Worker:
 class TemplatePool:
     """Up to `size` worker processes, started on first use (or by `start`)."""
 
-    def __init__(self, size: int = 2, timeout: float = RENDER_TIMEOUT_S) -> None:
+    def __init__(self, size: int | None = None, timeout: float = RENDER_TIMEOUT_S) -> None:
+        size = size or min(4, max(2, os.cpu_count() or 2))
         self.size = size
         self.timeout = timeout
         self._idle: queue.Queue[_Worker] = queue.Queue()
@@ -112,14 +119,15 @@ class TemplatePool:
         try:
             return self._idle.get(timeout=timeout)
         except queue.Empty:
-            raise TemplateTimeoutError("every template worker stayed busy") from None
+            raise TemplatePoolBusyError(
+                f"every chat-template worker stayed busy for {timeout:g} s"
+            ) from None
 
     def render(self, job: dict[str, Any]) -> str:
         """The rendered text; TemplateRenderError / TemplateTimeoutError otherwise."""
-        deadline = time.monotonic() + self.timeout
-        worker = self._acquire(self.timeout)
+        worker = self._acquire(QUEUE_TIMEOUT_S)
         try:
-            text = worker.render(job, deadline - time.monotonic())
+            text = worker.render(job, self.timeout)
         except TemplateTimeoutError:
             self._discard(worker)
             raise TemplateTimeoutError(
