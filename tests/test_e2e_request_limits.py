@@ -208,6 +208,24 @@ def test_half_sent_body_gets_408(base_url) -> None:
         assert time.monotonic() - start < 6
 
 
+def test_oversized_structured_output_schemas_are_400s(http) -> None:
+    props = {f"p{i}": {"type": "integer"} for i in range(2000)}
+    schema = {"type": "object", "properties": props}
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4,
+            "response_format": {"type": "json_schema",
+                                "json_schema": {"name": "big", "schema": schema}}}  # fmt: skip
+    start = time.monotonic()
+    error = _error(http.post("/v1/chat/completions", json=body), 400)
+    assert "properties" in error["message"]
+    assert time.monotonic() - start < 10  # refused before compiling (that took ~55 s)
+
+
+def test_stop_string_caps_are_400s_naming_stop(http) -> None:
+    for stop in (["s"] * 129, ["x" * 1025]):
+        body = {"model": MODEL, "prompt": "hi", "max_tokens": 2, "stop": stop}
+        assert _error(http.post("/v1/completions", json=body), 400)["param"] == "stop"
+
+
 def test_the_server_still_serves(http) -> None:
     assert http.get("/health").status_code == 200
     body = {"model": MODEL, "prompt": "hi", "max_tokens": 2}

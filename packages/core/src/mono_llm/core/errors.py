@@ -55,10 +55,12 @@ class PromptTextTooLongError(InvalidRequestError):
 MAX_CHARS_PER_TOKEN = 64
 
 
-def check_prompt_chars(text: str, max_model_len: int, *, param: str = "prompt") -> None:
-    """Refuse, without tokenizing, a text that cannot fit `max_model_len` tokens."""
-    if len(text) > max_model_len * MAX_CHARS_PER_TOKEN:
-        raise PromptTextTooLongError(len(text), max_model_len, param=param)
+def check_prompt_chars(text: str | int, max_model_len: int, *, param: str = "prompt") -> None:
+    """Refuse, without tokenizing, a text (or a number of characters) that cannot fit
+    `max_model_len` tokens."""
+    num_chars = text if isinstance(text, int) else len(text)
+    if num_chars > max_model_len * MAX_CHARS_PER_TOKEN:
+        raise PromptTextTooLongError(num_chars, max_model_len, param=param)
 
 
 class UnsupportedTaskError(InvalidRequestError):

@@ -12,6 +12,7 @@ from typing import Any
 
 from starlette.requests import Request
 
+from mono_llm.core.errors import check_prompt_chars
 from mono_llm.core.outputs import CompletionOutput, RequestOutput
 from mono_llm.core.sampling_params import StructuredOutputsParams
 from mono_llm.openai_api.chat_completion.protocol import (
@@ -57,6 +58,18 @@ def _tool_finish_reason(forced: ForcedToolChoice, reason: str | None) -> str | N
     return reason
 
 
+def _text_length(messages: list[dict[str, Any]]) -> int:
+    """Characters of the messages' text content."""
+    total = 0
+    for message in messages:
+        content = message.get("content")
+        if isinstance(content, str):
+            total += len(content)
+        elif isinstance(content, list):
+            total += sum(len(p.get("text") or "") for p in content if isinstance(p, dict))
+    return total
+
+
 def render_chat_prompt(
     model: ServedModel,
     request: ChatCompletionRequest,
@@ -66,6 +79,8 @@ def render_chat_prompt(
     """The prompt text the chat template makes of the request's messages; `images` (a list,
     for models that take images) receives the image URLs in prompt order."""
     messages = [m.model_dump(exclude_none=True) for m in request.messages]
+    # Messages whose text alone cannot fit the context window are refused before rendering.
+    check_prompt_chars(_text_length(messages), model.max_model_len, param="messages")
     template_kwargs = dict(request.chat_template_kwargs or {})
     if request.reasoning_effort is not None:
         template_kwargs.setdefault("reasoning_effort", request.reasoning_effort)
