@@ -66,7 +66,8 @@ def _text_length(messages: list[dict[str, Any]]) -> int:
         if isinstance(content, str):
             total += len(content)
         elif isinstance(content, list):
-            total += sum(len(p.get("text") or "") for p in content if isinstance(p, dict))
+            texts = (part.get("text") for part in content if isinstance(part, dict))
+            total += sum(len(text) for text in texts if isinstance(text, str))
     return total
 
 
