@@ -56,7 +56,7 @@ class EngineCore:
     ) -> None:
         self.config = config
         self.model_config = config.model_config
-        # Pooling models (issue 6): set before the runner and scheduler read the config.
+        # Pooling models: set before the runner and scheduler read the config.
         self.pooling = PoolingEngine.for_config(config)
         if model_runner is None and self.pooling is not None:
             model_runner = self.pooling.make_runner()

@@ -27,7 +27,6 @@ from mono_llm.core.pooling.scoring import (
 from mono_llm.core.pooling.tasks import ModelTasks
 from mono_llm.core.pooling_params import PoolingParams
 from mono_llm.openai_api.errors import OpenAIError
-from mono_llm.openai_api.model_registry import ModelRegistry, ServedModel
 from mono_llm.openai_api.pooling.protocol import (
     ClassificationData,
     ClassificationRequest,
@@ -50,10 +49,12 @@ from mono_llm.openai_api.pooling.protocol import (
     ScoreResponseData,
 )
 from mono_llm.openai_api.protocol import UsageInfo
+from mono_llm.openai_api.served_models import ServedModel
+from mono_llm.openai_api.serving_base import ServingBase
 from mono_llm.openai_api.streaming import merge_async_iterators
 
 if TYPE_CHECKING:
-    from mono_llm.openai_api.metrics import ServerMetrics
+    pass
 
 
 def model_tasks(model: ServedModel) -> ModelTasks | None:
@@ -113,11 +114,7 @@ async def warm_up_pooling(model: ServedModel) -> None:
         pass
 
 
-class PoolingServing:
-    def __init__(self, registry: ModelRegistry, metrics: ServerMetrics | None = None) -> None:
-        self.registry = registry
-        self.metrics = metrics
-
+class PoolingServing(ServingBase):
     def _record(self, model: ServedModel, output: PoolingRequestOutput, start: float) -> None:
         """Count a finished pooling request in /metrics like a generation that made no tokens."""
         m = self.metrics
@@ -224,7 +221,7 @@ class PoolingServing:
 
     # ------------------------------------------------------------------ endpoints
     async def embeddings(self, request: EmbeddingRequest) -> EmbeddingResponse:
-        model = self.registry.resolve(request.model)
+        model = self.resolve_model(request.model)
         _require(model, "embed")
         params = PoolingParams(
             task="embed",
@@ -237,7 +234,7 @@ class PoolingServing:
         return EmbeddingResponse(model=model.name, data=data, usage=_usage(outputs))
 
     async def pooling(self, request: PoolingRequest) -> PoolingResponse:
-        model = self.registry.resolve(request.model)
+        model = self.resolve_model(request.model)
         _require(model, "encode")
         params = PoolingParams(
             task="encode",
@@ -251,7 +248,7 @@ class PoolingServing:
         return PoolingResponse(model=model.name, data=data, usage=_usage(outputs))
 
     async def classify(self, request: ClassificationRequest) -> ClassificationResponse:
-        model = self.registry.resolve(request.model)
+        model = self.resolve_model(request.model)
         tasks = _require(model, "classify")
         params = PoolingParams(
             task="classify",
@@ -316,7 +313,7 @@ class PoolingServing:
         return [cosine_score(embedded[i], embedded[j]) for i, j in indexed], _usage(embedded)
 
     async def score(self, request: ScoreRequest) -> ScoreResponse:
-        model = self.registry.resolve(request.model)
+        model = self.resolve_model(request.model)
         outputs, usage = await self._scores(
             model,
             request.first,
@@ -334,7 +331,7 @@ class PoolingServing:
         return ScoreResponse(model=model.name, data=data, usage=usage)
 
     async def rerank(self, request: RerankRequest, *, cohere_v2: bool = False) -> RerankResponse:
-        model = self.registry.resolve(request.model)
+        model = self.resolve_model(request.model)
         documents = request.document_texts
         if not documents:
             raise OpenAIError("documents must not be empty.", 400, param="documents")
