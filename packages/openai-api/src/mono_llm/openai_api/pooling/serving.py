@@ -98,11 +98,6 @@ def _encode_base64(data: Any, embed_dtype: str = "float32", endianness: str = "n
     return base64.b64encode(ordered.tobytes()).decode("ascii")
 
 
-def _usage(outputs: list[PoolingRequestOutput]) -> UsageInfo:
-    tokens = sum(len(out.prompt_token_ids) for out in outputs)
-    return UsageInfo(prompt_tokens=tokens, total_tokens=tokens, completion_tokens=0)
-
-
 async def warm_up_pooling(model: ServedModel) -> None:
     """One short pooling request, so the first client does not pay for lazy setup."""
     tasks = model_tasks(model)
@@ -115,6 +110,10 @@ async def warm_up_pooling(model: ServedModel) -> None:
 
 
 class PoolingServing(ServingBase):
+    def _usage(self, outputs: list[PoolingRequestOutput]) -> UsageInfo:
+        """Pooling generates nothing: every token is a prompt token."""
+        return self.usage(sum(len(out.prompt_token_ids) for out in outputs), 0, outputs)
+
     def _record(self, model: ServedModel, output: PoolingRequestOutput, start: float) -> None:
         """Count a finished pooling request in /metrics like a generation that made no tokens."""
         m = self.metrics
@@ -231,7 +230,7 @@ class PoolingServing(ServingBase):
         )
         vectors, outputs = await self._vectors(model, request, params)
         data = [EmbeddingResponseData(index=i, embedding=v) for i, v in enumerate(vectors)]
-        return EmbeddingResponse(model=model.name, data=data, usage=_usage(outputs))
+        return EmbeddingResponse(model=model.name, data=data, usage=self._usage(outputs))
 
     async def pooling(self, request: PoolingRequest) -> PoolingResponse:
         model = self.resolve_model(request.model)
@@ -245,7 +244,7 @@ class PoolingServing(ServingBase):
         )
         vectors, outputs = await self._vectors(model, request, params)
         data = [PoolingResponseData(index=i, data=v) for i, v in enumerate(vectors)]
-        return PoolingResponse(model=model.name, data=data, usage=_usage(outputs))
+        return PoolingResponse(model=model.name, data=data, usage=self._usage(outputs))
 
     async def classify(self, request: ClassificationRequest) -> ClassificationResponse:
         model = self.resolve_model(request.model)
@@ -271,7 +270,7 @@ class PoolingServing(ServingBase):
                     num_classes=len(probs),
                 )
             )
-        return ClassificationResponse(model=model.name, data=data, usage=_usage(outputs))
+        return ClassificationResponse(model=model.name, data=data, usage=self._usage(outputs))
 
     async def _scores(
         self,
@@ -306,11 +305,11 @@ class PoolingServing(ServingBase):
                 prompts.append(prompt)
                 params_list.append(pair_params)
             outputs = await self._run(model, prompts, params_list, request_id, priority)
-            return outputs, _usage(outputs)
+            return outputs, self._usage(outputs)
         params.task = "embed"
         texts, indexed = unique_sides(pairs)  # a 1:N query is embedded once
         embedded = await self._run(model, texts, [params] * len(texts), request_id, priority)
-        return [cosine_score(embedded[i], embedded[j]) for i, j in indexed], _usage(embedded)
+        return [cosine_score(embedded[i], embedded[j]) for i, j in indexed], self._usage(embedded)
 
     async def score(self, request: ScoreRequest) -> ScoreResponse:
         model = self.resolve_model(request.model)
