@@ -1,8 +1,9 @@
 """The synchronous engine: add requests, run steps, collect outputs.
 
-One `step()` = schedule (which slices run) -> one ragged model batch -> sample the rows whose
-slice reached the end of its sequence -> append tokens, check stops, detokenize -> outputs.
-`LLM` drives it in a loop; `AsyncLLM` drives it from a background thread.
+One `step()` = schedule (which slices run) -> one ragged model batch -> the step processor
+(`GenerationStep`: sample, append tokens, check stops, detokenize; `PoolingEngine`: pool) ->
+outputs for the requests that changed. Prompts and parameters are checked before admission by
+the `InputProcessor`. `LLM` drives it in a loop; `AsyncLLM` drives it from a background thread.
 """
 
 from __future__ import annotations
