@@ -2,7 +2,7 @@
 # One call on a lent GPU machine (torch, triton, transformers preinstalled; no network):
 # native kernel tests, CUDA runner tests, kernel re-timings, a server smoke test through the
 # real openai client, and the engine workloads A/B/C. Logs and results go to $OUT.
-# Carry: .whl (bash ../shared/device/carry-wheels.sh: fastapi, uvicorn, pydantic, openai, ...)
+# Carry: .whl (wheels of fastapi, uvicorn, pydantic, openai, ... fetched with `pip download`)
 # and .bench (the llama3-8b-shape config.json plus tokenizer files).
 set -u
 OUT=${OUT:-gpu-results}

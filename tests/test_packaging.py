@@ -16,7 +16,7 @@ PACKAGES = {
     "audio": "audio",
     "openai_api": "openai-api",
 }
-# What each package may pull in of its siblings (DESIGN.md: kernels <- core <- openai_api).
+# What each package may pull in of its siblings (the layering of docs/architecture.md: kernels <- core <- openai_api).
 ALLOWED = {
     "kernels": {"kernels"},
     "core": {"core", "kernels"},

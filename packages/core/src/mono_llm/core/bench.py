@@ -1,4 +1,4 @@
-"""Offline engine benchmarks: workloads A, B and C of DESIGN.md, run as ../shared/PEERS.md does.
+"""Offline engine benchmarks: workloads A, B and C (docs/benchmarks.md gives them and the method).
 
     python -m mono_llm.core.bench --model DIR --workload A|B|C|all \
         [--load-format dummy] [--dtype bfloat16] [--runs 3] [--json out.json]

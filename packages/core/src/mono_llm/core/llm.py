@@ -21,7 +21,7 @@ ChatMessages = list[dict[str, Any]]
 class LLM(PoolingLLMMixin):
     """Batched offline generation over one model; every prompt runs to completion.
 
-    Pooling models add `embed`, `classify`, `score` and `encode` (PoolingLLMMixin, issue 6).
+    Pooling models add `embed`, `classify`, `score` and `encode` (PoolingLLMMixin).
     """
 
     def __init__(self, model: str, *, tokenizer: str | None = None, **engine_args: Any) -> None:

@@ -77,7 +77,7 @@ class SchedulerStats:
     extra: dict[str, float] = field(default_factory=dict)
 
 
-# ---------------------------------------------------------------- pooling (issue 6)
+# ---------------------------------------------------------------- pooling
 # vLLM's shapes: a pooling request yields one PoolingRequestOutput whose `outputs.data` is the
 # pooled tensor; the typed views (embedding / classification / score) are built from it.
 _O = TypeVar("_O")

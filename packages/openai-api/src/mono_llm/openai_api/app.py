@@ -35,7 +35,6 @@ from mono_llm.openai_api.http_middleware import (
 )
 from mono_llm.openai_api.media import MediaInputs
 from mono_llm.openai_api.metrics import ServerMetrics
-from mono_llm.openai_api.model_registry import ModelRegistry, ServedModel
 from mono_llm.openai_api.models.router import router as models_router
 from mono_llm.openai_api.pooling.router import router as pooling_router
 from mono_llm.openai_api.pooling.serving import model_tasks, warm_up_pooling
@@ -44,6 +43,7 @@ from mono_llm.openai_api.request_guards import (
     InternalErrorMiddleware,
     JsonTextMiddleware,
 )
+from mono_llm.openai_api.served_models import ServedModel, ServedModels
 from mono_llm.openai_api.server_state import ServerArgs, ServerState
 from mono_llm.openai_api.shutdown import DrainingMiddleware, watch_engines
 from mono_llm.openai_api.system.offline_docs import install_offline_docs
@@ -170,7 +170,7 @@ def build_app(
                 model.log_requests = not getattr(spec, "disable_log_requests", True)
                 model.max_log_len = args.max_log_len
                 models.append(model)
-            registry = ModelRegistry(models)
+            registry = ServedModels(models)
             metrics = ServerMetrics(lambda: [(m.name, m.engine) for m in registry])
             media = MediaInputs(args)
             state = ServerState(

@@ -31,7 +31,7 @@ OFF_LOOP_BODY_BYTES = 64 * 1024
 
 if TYPE_CHECKING:
     from mono_llm.openai_api.metrics import ServerMetrics
-    from mono_llm.openai_api.model_registry import ServedModel
+    from mono_llm.openai_api.served_models import ServedModel
 
 
 @dataclass(slots=True)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from mono_llm.openai_api.errors import OpenAIError
 
 if TYPE_CHECKING:
-    from mono_llm.openai_api.model_registry import ServedModel
+    from mono_llm.openai_api.served_models import ServedModel
     from mono_llm.openai_api.server_state import ServerArgs
 
 INSTALL_HINT = "pip install mono-llm[multimodal]"

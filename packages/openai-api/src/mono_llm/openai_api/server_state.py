@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from mono_llm.openai_api.completion.serving import CompletionServing
     from mono_llm.openai_api.media import MediaInputs
     from mono_llm.openai_api.metrics import ServerMetrics
-    from mono_llm.openai_api.model_registry import ModelRegistry
+    from mono_llm.openai_api.served_models import ServedModels
     from mono_llm.openai_api.tokenization.serving import TokenizationServing
 
 
@@ -98,7 +98,7 @@ class ServerState:
     """What the routers reach through `request.app.state.server`."""
 
     args: ServerArgs
-    registry: ModelRegistry
+    registry: ServedModels
     metrics: ServerMetrics
     completion: CompletionServing
     chat: ChatServing

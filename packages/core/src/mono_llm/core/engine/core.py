@@ -1,8 +1,9 @@
 """The synchronous engine: add requests, run steps, collect outputs.
 
-One `step()` = schedule (which slices run) -> one ragged model batch -> sample the rows whose
-slice reached the end of its sequence -> append tokens, check stops, detokenize -> outputs.
-`LLM` drives it in a loop; `AsyncLLM` drives it from a background thread.
+One `step()` = schedule (which slices run) -> one ragged model batch -> the step processor
+(`GenerationStep`: sample, append tokens, check stops, detokenize; `PoolingEngine`: pool) ->
+outputs for the requests that changed. Prompts and parameters are checked before admission by
+the `InputProcessor`. `LLM` drives it in a loop; `AsyncLLM` drives it from a background thread.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ class EngineCore:
     ) -> None:
         self.config = config
         self.model_config = config.model_config
-        # Pooling models (issue 6): set before the runner and scheduler read the config.
+        # Pooling models: set before the runner and scheduler read the config.
         self.pooling = PoolingEngine.for_config(config)
         if model_runner is None and self.pooling is not None:
             model_runner = self.pooling.make_runner()

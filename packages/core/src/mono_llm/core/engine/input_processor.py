@@ -12,7 +12,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from mono_llm.core.errors import InvalidRequestError, PromptTooLongError, check_prompt_chars
+from mono_llm.core.errors import (
+    InvalidRequestError,
+    PromptTooLongError,
+    UnsupportedTaskError,
+    check_prompt_chars,
+)
 from mono_llm.core.inputs import PromptType, parse_prompt
 from mono_llm.core.multimodal.prompt import attach_media
 from mono_llm.core.pooling_params import PoolingParams
@@ -96,8 +101,6 @@ class InputProcessor:
         """(text, token ids, params with the task resolved) of a pooling prompt. The pooling
         engine owns the pooling-specific rules (task, truncation keeping [CLS], lower-casing);
         the vocabulary check is the same as for generation."""
-        from mono_llm.core.errors import UnsupportedTaskError
-
         if self.pooling is None:
             raise UnsupportedTaskError(params.task or "embed", ["generate"])
         text, token_ids, params = self.pooling.prepare(self.tokenizer, prompt, params)

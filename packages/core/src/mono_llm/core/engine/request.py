@@ -2,7 +2,7 @@
 
 A user request (`Request`) owns one `Sequence` per sampled candidate (n, or best_of). The
 scheduler and the KV cache only ever see `Sequence`s and reason in token counts
-(`num_tokens`, `num_computed_tokens`), so a sequence that pools instead of samples (issue 6)
+(`num_tokens`, `num_computed_tokens`), so a sequence that pools instead of samples
 schedules exactly like one that generates and simply finishes after its prefill.
 """
 

@@ -37,15 +37,16 @@ from mono_llm.openai_api.engine_requests import (
     start_engine_request,
     tokenize_prompt,
 )
-from mono_llm.openai_api.errors import OpenAIError, from_exception
+from mono_llm.openai_api.errors import OpenAIError
 from mono_llm.openai_api.logprobs import TokenText, chat_logprobs, prompt_logprobs_json
 from mono_llm.openai_api.media import MediaInputs, image_limit
 from mono_llm.openai_api.metrics import ServerMetrics
-from mono_llm.openai_api.model_registry import ModelRegistry, ServedModel
 from mono_llm.openai_api.pooling.serving import model_tasks
-from mono_llm.openai_api.protocol import UsageInfo, usage_info
+from mono_llm.openai_api.protocol import UsageInfo
 from mono_llm.openai_api.sampling import build_sampling_params, resolve_max_tokens
-from mono_llm.openai_api.streaming import SSE_DONE, sse_event
+from mono_llm.openai_api.served_models import ServedModel, ServedModels
+from mono_llm.openai_api.serving_base import ServingBase
+from mono_llm.openai_api.streaming import sse_event
 
 ASSISTANT = "assistant"
 
@@ -102,20 +103,18 @@ def render_chat_prompt(
     )
 
 
-class ChatServing:
+class ChatServing(ServingBase):
     def __init__(
         self,
-        registry: ModelRegistry,
+        registry: ServedModels,
         metrics: ServerMetrics | None,
         *,
         prompt_tokens_details: bool = False,
         tool_parser: ToolParser | None = None,
         media: MediaInputs | None = None,
     ) -> None:
-        self.registry = registry
+        super().__init__(registry, metrics, prompt_tokens_details=prompt_tokens_details)
         self.media = media  # image fetching and preprocessing (None: images refused)
-        self.metrics = metrics
-        self.prompt_tokens_details = prompt_tokens_details  # report prefix-cache hits
         self.tool_parser = tool_parser  # --enable-auto-tool-choice --tool-call-parser
 
     def _auto_parser(
@@ -152,16 +151,11 @@ class ChatServing:
                 param="tool_choice",
             )
 
-    def _cached(self, outputs: list[RequestOutput]) -> int | None:
-        if not self.prompt_tokens_details:
-            return None
-        return sum(o.num_cached_tokens for o in outputs)
-
     async def start(
         self, request: ChatCompletionRequest, raw_request: Request | None
     ) -> tuple[ServedModel, str, PromptInput, AsyncIterator[RequestOutput]]:
         request.check_combinations()
-        model = self.registry.resolve(request.model)
+        model = self.resolve_model(request.model)
         max_logprobs = model.engine.model_config.max_logprobs
         if request.top_logprobs and max_logprobs != -1 and request.top_logprobs > max_logprobs:
             raise OpenAIError(
@@ -304,9 +298,7 @@ class ChatServing:
             prompt_logprobs=prompt_logprobs_json(prompt_positions, token_text)
             if request.prompt_logprobs is not None
             else None,
-            usage=usage_info(
-                prompt_tokens, completion_tokens, self._cached([first] if first else [])
-            ),
+            usage=self.usage(prompt_tokens, completion_tokens, [first] if first else []),
         )
 
     # ------------------------------------------------------------------ streaming
@@ -385,7 +377,7 @@ class ChatServing:
         started = await self.start(request, raw_request)
         return self._events(request, *started)
 
-    async def _events(
+    def _events(
         self,
         request: ChatCompletionRequest,
         model: ServedModel,
@@ -393,9 +385,18 @@ class ChatServing:
         prompt: PromptInput,
         stream: AsyncIterator[RequestOutput],
     ) -> AsyncGenerator[str, None]:
-        options = request.stream_options
-        include_usage = bool(options and options.include_usage)
-        continuous = include_usage and bool(options and options.continuous_usage_stats)
+        chunks = self._chunks(request, model, request_id, prompt, stream)
+        return self.sse_stream(chunks, stream.aclose)  # type: ignore[attr-defined]
+
+    async def _chunks(
+        self,
+        request: ChatCompletionRequest,
+        model: ServedModel,
+        request_id: str,
+        prompt: PromptInput,
+        stream: AsyncIterator[RequestOutput],
+    ) -> AsyncGenerator[str, None]:
+        include_usage, continuous = self.stream_usage(request)
         token_text = TokenText(model.tokenizer, bool(request.return_tokens_as_token_ids))
         echo = self._echo_text(request)
         prompt_tokens = prompt.num_tokens
@@ -408,7 +409,7 @@ class ChatServing:
 
         def usage() -> UsageInfo:
             generated = sum(len(s.token_ids) for s in states.values())
-            return usage_info(prompt_tokens, generated, self._cached(firsts))
+            return self.usage(prompt_tokens, generated, firsts)
 
         def chunk(choice: ChatCompletionResponseStreamChoice) -> str:
             calls = choice.delta.tool_calls
@@ -419,59 +420,53 @@ class ChatServing:
                 body.usage = usage()
             return sse_event(body)
 
-        try:
-            async for output in stream:
-                if not firsts:
-                    firsts.append(output)
-                for completion in output.outputs:
-                    state = states.setdefault(completion.index, ChoiceState(completion.index))
-                    if not state.started:
-                        state.started = True
-                        # OpenAI's first chunk of each choice: the role, empty content.
-                        yield chunk(
-                            ChatCompletionResponseStreamChoice(
-                                index=completion.index,
-                                delta=DeltaMessage(role=ASSISTANT, content=echo),
-                            )
-                        )
-                    state.add(completion)
-                    if forced is not None:
-                        event = self._tool_call_delta(forced, state, completion, tool_call_ids)
-                        if event is not None:
-                            yield chunk(event)
-                        continue
-                    if auto is not None:
-                        event = self._auto_tool_delta(auto, tool_states, completion)
-                        if event is not None:
-                            yield chunk(event)
-                        continue
-                    if not completion.text and completion.finish_reason is None:
-                        continue
-                    logprobs = None
-                    if request.logprobs:
-                        logprobs = chat_logprobs(
-                            completion.token_ids,
-                            completion.logprobs or [],
-                            token_text,
-                            num_top=request.top_logprobs or 0,
-                        )
+        async for output in stream:
+            if not firsts:
+                firsts.append(output)
+            for completion in output.outputs:
+                state = states.setdefault(completion.index, ChoiceState(completion.index))
+                if not state.started:
+                    state.started = True
+                    # OpenAI's first chunk of each choice: the role, empty content.
                     yield chunk(
                         ChatCompletionResponseStreamChoice(
                             index=completion.index,
-                            delta=DeltaMessage(content=completion.text),
-                            logprobs=logprobs,
-                            finish_reason=completion.finish_reason,
-                            stop_reason=completion.stop_reason,
+                            delta=DeltaMessage(role=ASSISTANT, content=echo),
                         )
                     )
-            if include_usage:
-                yield sse_event(
-                    ChatCompletionStreamResponse(
-                        id=request_id, model=model.name, choices=[], usage=usage()
+                state.add(completion)
+                if forced is not None:
+                    event = self._tool_call_delta(forced, state, completion, tool_call_ids)
+                    if event is not None:
+                        yield chunk(event)
+                    continue
+                if auto is not None:
+                    event = self._auto_tool_delta(auto, tool_states, completion)
+                    if event is not None:
+                        yield chunk(event)
+                    continue
+                if not completion.text and completion.finish_reason is None:
+                    continue
+                logprobs = None
+                if request.logprobs:
+                    logprobs = chat_logprobs(
+                        completion.token_ids,
+                        completion.logprobs or [],
+                        token_text,
+                        num_top=request.top_logprobs or 0,
+                    )
+                yield chunk(
+                    ChatCompletionResponseStreamChoice(
+                        index=completion.index,
+                        delta=DeltaMessage(content=completion.text),
+                        logprobs=logprobs,
+                        finish_reason=completion.finish_reason,
+                        stop_reason=completion.stop_reason,
                     )
                 )
-        except Exception as exc:  # the status line is sent already: report in-band
-            yield sse_event(from_exception(exc).to_response())
-        finally:
-            await stream.aclose()  # type: ignore[attr-defined]
-        yield SSE_DONE
+        if include_usage:
+            yield sse_event(
+                ChatCompletionStreamResponse(
+                    id=request_id, model=model.name, choices=[], usage=usage()
+                )
+            )

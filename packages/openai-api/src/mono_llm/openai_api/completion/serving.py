@@ -31,37 +31,20 @@ from mono_llm.openai_api.engine_requests import (
     start_engine_request,
     tokenize_prompt,
 )
-from mono_llm.openai_api.errors import OpenAIError, from_exception
+from mono_llm.openai_api.errors import OpenAIError
 from mono_llm.openai_api.logprobs import (
     TokenText,
     completion_logprobs,
     next_text_offset,
     prompt_logprobs_json,
 )
-from mono_llm.openai_api.metrics import ServerMetrics
-from mono_llm.openai_api.model_registry import ModelRegistry, ServedModel
-from mono_llm.openai_api.protocol import usage_info
 from mono_llm.openai_api.sampling import build_sampling_params, resolve_max_tokens
-from mono_llm.openai_api.streaming import SSE_DONE, merge_async_iterators, sse_event
+from mono_llm.openai_api.served_models import ServedModel
+from mono_llm.openai_api.serving_base import ServingBase
+from mono_llm.openai_api.streaming import merge_async_iterators
 
 
-class CompletionServing:
-    def __init__(
-        self,
-        registry: ModelRegistry,
-        metrics: ServerMetrics | None,
-        *,
-        prompt_tokens_details: bool = False,
-    ) -> None:
-        self.registry = registry
-        self.metrics = metrics
-        self.prompt_tokens_details = prompt_tokens_details  # report prefix-cache hits
-
-    def _cached(self, outputs: list[RequestOutput]) -> int | None:
-        if not self.prompt_tokens_details:
-            return None
-        return sum(o.num_cached_tokens for o in outputs)
-
+class CompletionServing(ServingBase):
     async def start(
         self, request: CompletionRequest, raw_request: Request | None
     ) -> tuple[ServedModel, str, list[PromptInput], list[AsyncIterator[RequestOutput]]]:
@@ -69,7 +52,7 @@ class CompletionServing:
         request.check_combinations()
         if request.suffix is not None:
             raise OpenAIError("suffix is not supported", 400, param="suffix")
-        model = self.registry.resolve(request.model)
+        model = self.resolve_model(request.model)
         request_id = f"cmpl-{base_request_id(raw_request, request.request_id)}"
         # Each prompt is one engine request: a batch bigger than the whole waiting queue could
         # never be admitted, so it is a bad request (400), not "overloaded, retry" (503).
@@ -206,9 +189,7 @@ class CompletionServing:
             id=request_id,
             model=model.name,
             choices=choices,
-            usage=usage_info(
-                prompt_tokens, completion_tokens, self._cached(list(prompt_outputs.values()))
-            ),
+            usage=self.usage(prompt_tokens, completion_tokens, prompt_outputs.values()),
         )
 
     @staticmethod
@@ -225,7 +206,7 @@ class CompletionServing:
         started = await self.start(request, raw_request)
         return self._events(request, *started)
 
-    async def _events(
+    def _events(
         self,
         request: CompletionRequest,
         model: ServedModel,
@@ -233,85 +214,84 @@ class CompletionServing:
         prompts: list[PromptInput],
         streams: list[AsyncIterator[RequestOutput]],
     ) -> AsyncGenerator[str, None]:
+        merged = merge_async_iterators(*streams)
+        chunks = self._chunks(request, model, request_id, prompts, merged)
+        return self.sse_stream(chunks, merged.aclose)
+
+    async def _chunks(
+        self,
+        request: CompletionRequest,
+        model: ServedModel,
+        request_id: str,
+        prompts: list[PromptInput],
+        merged: AsyncIterator[tuple[int, RequestOutput]],
+    ) -> AsyncGenerator[CompletionStreamResponse, None]:
         n = request.n
-        options = request.stream_options
-        include_usage = bool(options and options.include_usage)
-        continuous = include_usage and bool(options and options.continuous_usage_stats)
+        include_usage, continuous = self.stream_usage(request)
         token_text = TokenText(model.tokenizer, bool(request.return_tokens_as_token_ids))
         states: dict[int, ChoiceState] = {}
         firsts: dict[int, RequestOutput] = {}  # first output per prompt (cached tokens)
         offsets: dict[int, int] = {}
         prompt_tokens = sum(len(p.token_ids) for p in prompts)
-        merged = merge_async_iterators(*streams)
-        try:
-            async for prompt_index, output in merged:
-                firsts.setdefault(prompt_index, output)
-                prompt = prompts[prompt_index]
-                for completion in output.outputs:
-                    index = prompt_index * n + completion.index
-                    state = states.setdefault(index, ChoiceState(index))
-                    state.add(completion)
-                    text = completion.text
-                    logprobs = None
-                    if request.echo and not state.started:
-                        echo_text = self._prompt_text(model, prompt)
-                        if request.logprobs is not None:
-                            positions = output.prompt_logprobs or [None] * len(prompt.token_ids)
-                            logprobs = completion_logprobs(
-                                prompt.token_ids, positions, token_text, num_top=request.logprobs
-                            )
-                            offsets[index] = next_text_offset(logprobs)
-                        text = echo_text + text
-                    if request.logprobs is not None and completion.logprobs:
-                        generated = completion_logprobs(
-                            completion.token_ids,
-                            completion.logprobs,
-                            token_text,
-                            num_top=request.logprobs,
-                            initial_text_offset=offsets.get(index, 0),
+        async for prompt_index, output in merged:
+            firsts.setdefault(prompt_index, output)
+            prompt = prompts[prompt_index]
+            for completion in output.outputs:
+                index = prompt_index * n + completion.index
+                state = states.setdefault(index, ChoiceState(index))
+                state.add(completion)
+                text = completion.text
+                logprobs = None
+                if request.echo and not state.started:
+                    echo_text = self._prompt_text(model, prompt)
+                    if request.logprobs is not None:
+                        positions = output.prompt_logprobs or [None] * len(prompt.token_ids)
+                        logprobs = completion_logprobs(
+                            prompt.token_ids, positions, token_text, num_top=request.logprobs
                         )
-                        offsets[index] = next_text_offset(generated, offsets.get(index, 0))
-                        if logprobs is None:
-                            logprobs = generated
-                        else:
-                            logprobs.extend(generated)
-                    elif request.logprobs is not None and logprobs is None:
-                        logprobs = CompletionLogProbs()
-                    state.started = True
-                    if not text and completion.finish_reason is None:
-                        continue  # nothing new to say (e.g. a token held back by a stop string)
-                    chunk = CompletionStreamResponse(
-                        id=request_id,
-                        model=model.name,
-                        choices=[
-                            CompletionResponseStreamChoice(
-                                index=index,
-                                text=text,
-                                logprobs=logprobs,
-                                finish_reason=completion.finish_reason,
-                                stop_reason=completion.stop_reason,
-                            )
-                        ],
+                        offsets[index] = next_text_offset(logprobs)
+                    text = echo_text + text
+                if request.logprobs is not None and completion.logprobs:
+                    generated = completion_logprobs(
+                        completion.token_ids,
+                        completion.logprobs,
+                        token_text,
+                        num_top=request.logprobs,
+                        initial_text_offset=offsets.get(index, 0),
                     )
-                    if continuous:
-                        generated_tokens = sum(len(s.token_ids) for s in states.values())
-                        chunk.usage = usage_info(
-                            prompt_tokens, generated_tokens, self._cached(list(firsts.values()))
-                        )
-                    yield sse_event(chunk)
-            if include_usage:
-                completion_tokens = sum(len(s.token_ids) for s in states.values())
-                final = CompletionStreamResponse(
+                    offsets[index] = next_text_offset(generated, offsets.get(index, 0))
+                    if logprobs is None:
+                        logprobs = generated
+                    else:
+                        logprobs.extend(generated)
+                elif request.logprobs is not None and logprobs is None:
+                    logprobs = CompletionLogProbs()
+                state.started = True
+                if not text and completion.finish_reason is None:
+                    continue  # nothing new to say (e.g. a token held back by a stop string)
+                chunk = CompletionStreamResponse(
                     id=request_id,
                     model=model.name,
-                    choices=[],
-                    usage=usage_info(
-                        prompt_tokens, completion_tokens, self._cached(list(firsts.values()))
-                    ),
+                    choices=[
+                        CompletionResponseStreamChoice(
+                            index=index,
+                            text=text,
+                            logprobs=logprobs,
+                            finish_reason=completion.finish_reason,
+                            stop_reason=completion.stop_reason,
+                        )
+                    ],
                 )
-                yield sse_event(final)
-        except Exception as exc:  # the status line is sent already: report in-band
-            yield sse_event(from_exception(exc).to_response())
-        finally:
-            await merged.aclose()
-        yield SSE_DONE
+                if continuous:
+                    generated_tokens = sum(len(s.token_ids) for s in states.values())
+                    chunk.usage = self.usage(prompt_tokens, generated_tokens, firsts.values())
+                yield chunk
+        if include_usage:
+            completion_tokens = sum(len(s.token_ids) for s in states.values())
+            final = CompletionStreamResponse(
+                id=request_id,
+                model=model.name,
+                choices=[],
+                usage=self.usage(prompt_tokens, completion_tokens, firsts.values()),
+            )
+            yield final

@@ -5,8 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 
 from mono_llm.openai_api.completion.router import ERROR_RESPONSES
-from mono_llm.openai_api.model_registry import ServedModel
 from mono_llm.openai_api.protocol import ModelCard, ModelList, ModelPermission
+from mono_llm.openai_api.served_models import ServedModel
 from mono_llm.openai_api.server_state import server_state
 
 router = APIRouter(tags=["models"])

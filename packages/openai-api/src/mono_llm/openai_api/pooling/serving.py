@@ -28,7 +28,6 @@ from mono_llm.core.pooling.scoring import (
 from mono_llm.core.pooling.tasks import ModelTasks
 from mono_llm.core.pooling_params import PoolingParams
 from mono_llm.openai_api.errors import OpenAIError
-from mono_llm.openai_api.model_registry import ModelRegistry, ServedModel
 from mono_llm.openai_api.pooling.protocol import (
     ClassificationData,
     ClassificationRequest,
@@ -51,10 +50,12 @@ from mono_llm.openai_api.pooling.protocol import (
     ScoreResponseData,
 )
 from mono_llm.openai_api.protocol import UsageInfo
+from mono_llm.openai_api.served_models import ServedModel
+from mono_llm.openai_api.serving_base import ServingBase
 from mono_llm.openai_api.streaming import merge_async_iterators
 
 if TYPE_CHECKING:
-    from mono_llm.openai_api.metrics import ServerMetrics
+    pass
 
 
 def model_tasks(model: ServedModel) -> ModelTasks | None:
@@ -98,11 +99,6 @@ def _encode_base64(data: Any, embed_dtype: str = "float32", endianness: str = "n
     return base64.b64encode(ordered.tobytes()).decode("ascii")
 
 
-def _usage(outputs: list[PoolingRequestOutput]) -> UsageInfo:
-    tokens = sum(len(out.prompt_token_ids) for out in outputs)
-    return UsageInfo(prompt_tokens=tokens, total_tokens=tokens, completion_tokens=0)
-
-
 async def warm_up_pooling(model: ServedModel) -> None:
     """One short pooling request, so the first client does not pay for lazy setup."""
     tasks = model_tasks(model)
@@ -114,10 +110,10 @@ async def warm_up_pooling(model: ServedModel) -> None:
         pass
 
 
-class PoolingServing:
-    def __init__(self, registry: ModelRegistry, metrics: ServerMetrics | None = None) -> None:
-        self.registry = registry
-        self.metrics = metrics
+class PoolingServing(ServingBase):
+    def _usage(self, outputs: list[PoolingRequestOutput]) -> UsageInfo:
+        """Pooling generates nothing: every token is a prompt token."""
+        return self.usage(sum(len(out.prompt_token_ids) for out in outputs), 0, outputs)
 
     def _record(self, model: ServedModel, output: PoolingRequestOutput, start: float) -> None:
         """Count a finished pooling request in /metrics like a generation that made no tokens."""
@@ -228,7 +224,7 @@ class PoolingServing:
 
     # ------------------------------------------------------------------ endpoints
     async def embeddings(self, request: EmbeddingRequest) -> EmbeddingResponse:
-        model = self.registry.resolve(request.model)
+        model = self.resolve_model(request.model)
         _require(model, "embed")
         params = PoolingParams(
             task="embed",
@@ -238,10 +234,10 @@ class PoolingServing:
         )
         vectors, outputs = await self._vectors(model, request, params)
         data = [EmbeddingResponseData(index=i, embedding=v) for i, v in enumerate(vectors)]
-        return EmbeddingResponse(model=model.name, data=data, usage=_usage(outputs))
+        return EmbeddingResponse(model=model.name, data=data, usage=self._usage(outputs))
 
     async def pooling(self, request: PoolingRequest) -> PoolingResponse:
-        model = self.registry.resolve(request.model)
+        model = self.resolve_model(request.model)
         _require(model, "encode")
         params = PoolingParams(
             task="encode",
@@ -252,10 +248,10 @@ class PoolingServing:
         )
         vectors, outputs = await self._vectors(model, request, params)
         data = [PoolingResponseData(index=i, data=v) for i, v in enumerate(vectors)]
-        return PoolingResponse(model=model.name, data=data, usage=_usage(outputs))
+        return PoolingResponse(model=model.name, data=data, usage=self._usage(outputs))
 
     async def classify(self, request: ClassificationRequest) -> ClassificationResponse:
-        model = self.registry.resolve(request.model)
+        model = self.resolve_model(request.model)
         tasks = _require(model, "classify")
         params = PoolingParams(
             task="classify",
@@ -278,7 +274,7 @@ class PoolingServing:
                     num_classes=len(probs),
                 )
             )
-        return ClassificationResponse(model=model.name, data=data, usage=_usage(outputs))
+        return ClassificationResponse(model=model.name, data=data, usage=self._usage(outputs))
 
     async def _scores(
         self,
@@ -313,14 +309,14 @@ class PoolingServing:
                 prompts.append(prompt)
                 params_list.append(pair_params)
             outputs = await self._run(model, prompts, params_list, request_id, priority)
-            return outputs, _usage(outputs)
+            return outputs, self._usage(outputs)
         params.task = "embed"
         texts, indexed = unique_sides(pairs)  # a 1:N query is embedded once
         embedded = await self._run(model, texts, [params] * len(texts), request_id, priority)
-        return [cosine_score(embedded[i], embedded[j]) for i, j in indexed], _usage(embedded)
+        return [cosine_score(embedded[i], embedded[j]) for i, j in indexed], self._usage(embedded)
 
     async def score(self, request: ScoreRequest) -> ScoreResponse:
-        model = self.registry.resolve(request.model)
+        model = self.resolve_model(request.model)
         outputs, usage = await self._scores(
             model,
             request.first,
@@ -338,7 +334,7 @@ class PoolingServing:
         return ScoreResponse(model=model.name, data=data, usage=usage)
 
     async def rerank(self, request: RerankRequest, *, cohere_v2: bool = False) -> RerankResponse:
-        model = self.registry.resolve(request.model)
+        model = self.resolve_model(request.model)
         documents = request.document_texts
         if not documents:
             raise OpenAIError("documents must not be empty.", 400, param="documents")

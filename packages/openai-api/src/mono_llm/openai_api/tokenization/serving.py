@@ -7,7 +7,8 @@ import asyncio
 
 from mono_llm.openai_api.errors import OpenAIError
 from mono_llm.openai_api.media import MediaInputs, image_limit
-from mono_llm.openai_api.model_registry import ModelRegistry, ServedModel
+from mono_llm.openai_api.served_models import ServedModel, ServedModels
+from mono_llm.openai_api.serving_base import ServingBase
 from mono_llm.openai_api.tokenization.protocol import (
     DetokenizeRequest,
     DetokenizeResponse,
@@ -16,15 +17,15 @@ from mono_llm.openai_api.tokenization.protocol import (
 )
 
 
-class TokenizationServing:
-    def __init__(self, registry: ModelRegistry, media: MediaInputs | None = None) -> None:
-        self.registry = registry
+class TokenizationServing(ServingBase):
+    def __init__(self, registry: ServedModels, media: MediaInputs | None = None) -> None:
+        super().__init__(registry)
         self.media = media
 
     async def tokenize(self, request: TokenizeRequest) -> TokenizeResponse:
         """With messages for a vision-language model, the images are fetched and each image
         placeholder counts as the tokens its image fills, as in a chat request."""
-        model = self.registry.resolve(request.model)
+        model = self.resolve_model(request.model)
         tokenizer = model.tokenizer
         image_urls: list[str] | None = None
         if request.messages is not None:
@@ -61,7 +62,7 @@ class TokenizationServing:
         )
 
     def detokenize(self, request: DetokenizeRequest) -> DetokenizeResponse:
-        model = self.registry.resolve(request.model)
+        model = self.resolve_model(request.model)
         vocab_size = len(model.tokenizer)
         bad = [t for t in request.tokens if t < 0 or t >= vocab_size]
         if bad:

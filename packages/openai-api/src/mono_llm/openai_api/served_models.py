@@ -41,7 +41,7 @@ class ServedModel:
         return self.engine.tokenizer
 
 
-class ModelRegistry:
+class ServedModels:
     """Name -> ServedModel lookup with OpenAI's 404 for unknown names."""
 
     def __init__(self, models: list[ServedModel]) -> None:
