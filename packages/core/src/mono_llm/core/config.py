@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from mono_llm.core.errors import InvalidRequestError, UnsupportedModelError
+from mono_llm.core.errors import InvalidRequestError, ParallelConfigError, UnsupportedModelError
 from mono_llm.core.hub import resolve_model_dir
 from mono_llm.core.models.registry import find_spec, resolve_model_class
 
@@ -105,6 +105,15 @@ class EngineArgs:
     """Most media items of each modality in one prompt, as JSON: '{"image": 2}'. Default for vision-language models: 8 images; text-only models accept none."""
     disable_log_stats: bool = False
     """Do not log throughput statistics periodically."""
+    tensor_parallel_size: int = 1
+    """Split the model over this many devices (one worker process each; NCCL between GPUs,
+    gloo between CPU processes). Attention heads, the MLP and the vocabulary must divide by it."""
+    data_parallel_size: int = 1
+    """Engine replicas behind one server (each with tensor_parallel_size devices); requests go
+    to the least loaded replica."""
+    distributed_executor_backend: str = "mp"
+    """How tensor-parallel workers start: mp (local processes) or ray (Ray actors placed by a
+    placement group, one bundle per worker; needs `pip install ray`)."""
 
     def __post_init__(self) -> None:
         if self.dtype not in ("auto", *_DTYPES):
@@ -143,6 +152,15 @@ class EngineArgs:
             self.limit_mm_per_prompt = parse_mm_limits(self.limit_mm_per_prompt)
         if self.limit_mm_per_prompt is not None:
             check_mm_limits(self.limit_mm_per_prompt)
+        for name in ("tensor_parallel_size", "data_parallel_size"):
+            if getattr(self, name) < 1:
+                raise ParallelConfigError(f"{name} must be at least 1.", param=name)
+        if self.distributed_executor_backend not in ("mp", "ray"):
+            raise ParallelConfigError(
+                "distributed_executor_backend must be mp or ray; got "
+                f"{self.distributed_executor_backend!r}.",
+                param="distributed_executor_backend",
+            )
         if self.device not in ("auto", "cuda", "cpu"):
             raise InvalidRequestError(
                 f"device must be auto, cuda or cpu; got {self.device!r}.", param="device"
@@ -224,10 +242,17 @@ class EngineArgs:
             num_gpu_blocks_override=self.num_gpu_blocks_override,
             enable_prefix_caching=self.enable_prefix_caching,
         )
+        parallel_config = ParallelConfig(
+            tensor_parallel_size=self.tensor_parallel_size,
+            data_parallel_size=self.data_parallel_size,
+            distributed_executor_backend=self.distributed_executor_backend,
+        )
+        check_parallel_config(parallel_config, model_config, device)
         return EngineConfig(
             model_config=model_config,
             cache_config=cache_config,
             scheduler_config=scheduler_config,
+            parallel_config=parallel_config,
             device=device,
             enforce_eager=self.enforce_eager,
             cuda_graph_max_prefill_tokens=self.cuda_graph_max_prefill_tokens,
@@ -290,10 +315,21 @@ class SchedulerConfig:
 
 
 @dataclass(slots=True)
+class ParallelConfig:
+    tensor_parallel_size: int = 1
+    data_parallel_size: int = 1
+    distributed_executor_backend: str = "mp"
+    # The first device of this engine's ranks (rank r runs on cuda:first_device + r): data-
+    # parallel replicas each take the next tensor_parallel_size devices.
+    first_device: int = 0
+
+
+@dataclass(slots=True)
 class EngineConfig:
     model_config: ModelConfig
     cache_config: CacheConfig
     scheduler_config: SchedulerConfig
+    parallel_config: ParallelConfig = field(default_factory=ParallelConfig)
     device: str = "cpu"
     enforce_eager: bool = False
     cuda_graph_max_prefill_tokens: int = 512
@@ -346,6 +382,55 @@ def resolve_mm_limits(
     media = sorted((spec.modalities if spec is not None else frozenset()) - {"text"})
     requested = requested or {}
     return {m: requested.get(m, DEFAULT_ITEMS_PER_PROMPT.get(m, 1)) for m in media}
+
+
+# Architectures whose layers are tensor-parallel (the Llama family's causal LMs).
+_TENSOR_PARALLEL_ARCHITECTURES = frozenset(
+    {"LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM"}
+)
+
+
+def check_parallel_config(parallel: ParallelConfig, model: ModelConfig, device: str) -> None:
+    """Refuse, before any worker starts, a split the model or the machine cannot take."""
+    size = parallel.tensor_parallel_size
+    devices = size * parallel.data_parallel_size
+    if device == "cuda" and devices > torch.cuda.device_count():
+        raise ParallelConfigError(
+            f"--tensor-parallel-size {size} x --data-parallel-size "
+            f"{parallel.data_parallel_size} needs {devices} GPUs; "
+            f"{torch.cuda.device_count()} are visible.",
+            param="tensor_parallel_size",
+        )
+    if size == 1:
+        return
+    unsupported = [a for a in model.architectures if a not in _TENSOR_PARALLEL_ARCHITECTURES]
+    if unsupported or model.task not in ("auto", "generate"):
+        raise ParallelConfigError(
+            f"--tensor-parallel-size {size}: tensor parallelism runs text generation with "
+            f"{', '.join(sorted(_TENSOR_PARALLEL_ARCHITECTURES))}; this model is "
+            f"{', '.join(model.architectures)} (task {model.task}).",
+            param="tensor_parallel_size",
+        )
+    text = model.text_config
+    heads = int(text["num_attention_heads"])
+    kv_heads = int(text.get("num_key_value_heads") or heads)
+    checks = (
+        ("num_attention_heads", heads, heads % size == 0),
+        (
+            "num_key_value_heads",
+            kv_heads,
+            kv_heads % size == 0 if kv_heads >= size else size % kv_heads == 0,
+        ),
+        ("intermediate_size", int(text["intermediate_size"]), text["intermediate_size"] % size == 0),
+        ("vocab_size", int(text["vocab_size"]), text["vocab_size"] % size == 0),
+    )
+    for name, value, ok in checks:
+        if not ok:
+            raise ParallelConfigError(
+                f"--tensor-parallel-size {size} does not divide the model's {name} ({value}); "
+                "choose a size that divides it.",
+                param="tensor_parallel_size",
+            )
 
 
 def _read_hf_config(model_dir: Path) -> dict[str, Any]:

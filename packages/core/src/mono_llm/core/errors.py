@@ -76,6 +76,11 @@ class UnsupportedTaskError(InvalidRequestError):
         self.supported = supported
 
 
+class ParallelConfigError(InvalidRequestError):
+    """A tensor- or data-parallel setting the model or the machine cannot take (the heads or
+    the vocabulary do not divide by the size, too few devices); the message names the flag."""
+
+
 class UnsupportedModelError(ValueError):
     """The model folder describes an architecture or format the engine cannot load."""
 

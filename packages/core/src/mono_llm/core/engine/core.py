@@ -62,9 +62,10 @@ class EngineCore:
         if model_runner is None and self.pooling is not None:
             model_runner = self.pooling.make_runner()
         if model_runner is None:
-            from mono_llm.core.worker.model_runner import ModelRunner
+            from mono_llm.core.distributed.executor import make_executor
 
-            model_runner = ModelRunner(config)
+            # The model runner itself on one device; rank 0 of N under tensor parallelism.
+            model_runner = make_executor(config)
         self.model_runner = model_runner
         if self.pooling is not None:
             self.pooling.attach(model_runner)

@@ -18,10 +18,18 @@ import torch
 from torch import nn
 
 from mono_llm.core.config import sliding_window_in_use
+from mono_llm.core.distributed.group import TensorParallelGroup
 from mono_llm.core.errors import UnsupportedModelError
 from mono_llm.core.layers.attention import ForwardContext, PagedAttention
 from mono_llm.core.layers.linear import MergedLinear
 from mono_llm.core.layers.norm import RMSNorm
+from mono_llm.core.layers.parallel import (
+    ParallelLMHead,
+    RowParallelLinear,
+    VocabParallelEmbedding,
+    attention_head_split,
+    divide,
+)
 from mono_llm.core.layers.ops import ops
 from mono_llm.core.layers.rotary import RotaryEmbedding, rope_settings
 
@@ -94,15 +102,30 @@ class LlamaSettings:
 
 
 class LlamaAttention(nn.Module):
-    def __init__(self, s: LlamaSettings, rotary: RotaryEmbedding, context: ForwardContext) -> None:
+    def __init__(
+        self,
+        s: LlamaSettings,
+        rotary: RotaryEmbedding,
+        context: ForwardContext,
+        tp: TensorParallelGroup,
+    ) -> None:
         super().__init__()
-        self.num_heads, self.num_kv_heads, self.head_dim = s.num_heads, s.num_kv_heads, s.head_dim
-        self.q_size = s.num_heads * s.head_dim
-        self.kv_size = s.num_kv_heads * s.head_dim
+        # This rank's heads (all of them without tensor parallelism).
+        split = attention_head_split(s.num_heads, s.num_kv_heads, tp)
+        self.num_heads, self.num_kv_heads, self.head_dim = split.heads, split.kv_heads, s.head_dim
+        self.q_size = self.num_heads * s.head_dim
+        self.kv_size = self.num_kv_heads * s.head_dim
+        sources = None
+        if tp.is_parallel:
+            kv_start = split.first_kv_head * s.head_dim
+            sources = {"q": split.first_head * s.head_dim, "k": kv_start, "v": kv_start}
         self.qkv_proj = MergedLinear(
-            s.hidden_size, {"q": self.q_size, "k": self.kv_size, "v": self.kv_size}, s.qkv_bias
+            s.hidden_size,
+            {"q": self.q_size, "k": self.kv_size, "v": self.kv_size},
+            s.qkv_bias,
+            sources,
         )
-        self.o_proj = nn.Linear(self.q_size, s.hidden_size, bias=s.o_bias)
+        self.o_proj = RowParallelLinear(s.num_heads * s.head_dim, s.hidden_size, s.o_bias, tp)
         if s.qk_norm:
             self.q_norm = RMSNorm(s.head_dim, s.rms_norm_eps)
             self.k_norm = RMSNorm(s.head_dim, s.rms_norm_eps)
@@ -110,7 +133,7 @@ class LlamaAttention(nn.Module):
         # Shared by every layer; kept out of the module tree so it is not registered N times.
         self._rotary = (rotary,)
         self.attn = PagedAttention(
-            s.num_heads, s.num_kv_heads, s.head_dim, s.head_dim**-0.5, context
+            self.num_heads, self.num_kv_heads, s.head_dim, s.head_dim**-0.5, context
         )
 
     def forward(self, positions: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
@@ -128,21 +151,34 @@ class LlamaAttention(nn.Module):
 
 
 class LlamaMLP(nn.Module):
-    def __init__(self, s: LlamaSettings) -> None:
+    def __init__(self, s: LlamaSettings, tp: TensorParallelGroup | None = None) -> None:
         super().__init__()
-        size = s.intermediate_size
-        self.gate_up_proj = MergedLinear(s.hidden_size, {"gate": size, "up": size}, s.mlp_bias)
-        self.down_proj = nn.Linear(size, s.hidden_size, bias=s.mlp_bias)
+        tp = tp or TensorParallelGroup()
+        size = divide(s.intermediate_size, tp.size, "intermediate_size")
+        start = tp.rank * size
+        self.gate_up_proj = MergedLinear(
+            s.hidden_size,
+            {"gate": size, "up": size},
+            s.mlp_bias,
+            {"gate": start, "up": start} if tp.is_parallel else None,
+        )
+        self.down_proj = RowParallelLinear(s.intermediate_size, s.hidden_size, s.mlp_bias, tp)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(ops.silu_and_mul(self.gate_up_proj(x)))
 
 
 class LlamaDecoderLayer(nn.Module):
-    def __init__(self, s: LlamaSettings, rotary: RotaryEmbedding, context: ForwardContext) -> None:
+    def __init__(
+        self,
+        s: LlamaSettings,
+        rotary: RotaryEmbedding,
+        context: ForwardContext,
+        tp: TensorParallelGroup,
+    ) -> None:
         super().__init__()
-        self.self_attn = LlamaAttention(s, rotary, context)
-        self.mlp = LlamaMLP(s)
+        self.self_attn = LlamaAttention(s, rotary, context, tp)
+        self.mlp = LlamaMLP(s, tp)
         self.input_layernorm = RMSNorm(s.hidden_size, s.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(s.hidden_size, s.rms_norm_eps)
 
@@ -161,15 +197,16 @@ class LlamaDecoderLayer(nn.Module):
 
 
 class LlamaModel(nn.Module):
-    def __init__(self, s: LlamaSettings) -> None:
+    def __init__(self, s: LlamaSettings, tp: TensorParallelGroup | None = None) -> None:
         super().__init__()
+        tp = tp or TensorParallelGroup()
         # One per model instance: the runner installs each step's attention metadata here.
         self.forward_context = ForwardContext()
         self.rotary_emb = RotaryEmbedding(s.head_dim, s.max_position, s.rope_theta, s.rope_scaling)
-        self.embed_tokens = nn.Embedding(s.vocab_size, s.hidden_size)
+        self.embed_tokens = VocabParallelEmbedding(s.vocab_size, s.hidden_size, tp)
         self.layers = nn.ModuleList(
             [
-                LlamaDecoderLayer(s, self.rotary_emb, self.forward_context)
+                LlamaDecoderLayer(s, self.rotary_emb, self.forward_context, tp)
                 for _ in range(s.num_layers)
             ]
         )
@@ -209,11 +246,12 @@ class LlamaForCausalLM(nn.Module):
     Implements the engine's model interface (models/interface.py `EngineModel`).
     """
 
-    def __init__(self, settings: LlamaSettings) -> None:
+    def __init__(self, settings: LlamaSettings, tp: TensorParallelGroup | None = None) -> None:
         super().__init__()
         self.settings = settings
-        self.model = LlamaModel(settings)
-        self.lm_head = nn.Linear(settings.hidden_size, settings.vocab_size, bias=False)
+        tp = tp or TensorParallelGroup()
+        self.model = LlamaModel(settings, tp)
+        self.lm_head = ParallelLMHead(settings.hidden_size, settings.vocab_size, tp)
         self.tie_weights()
 
     def tie_weights(self) -> None:
@@ -224,9 +262,14 @@ class LlamaForCausalLM(nn.Module):
 
     @classmethod
     def from_hf_config(
-        cls, config: dict[str, Any], architecture: str, max_model_len: int | None = None
+        cls,
+        config: dict[str, Any],
+        architecture: str,
+        max_model_len: int | None = None,
+        tp: TensorParallelGroup | None = None,
     ) -> LlamaForCausalLM:
-        return cls(LlamaSettings.from_hf(config, architecture, max_model_len))
+        """`tp`: this rank's tensor-parallel group (None: the whole model on one device)."""
+        return cls(LlamaSettings.from_hf(config, architecture, max_model_len), tp)
 
     @property
     def forward_context(self) -> ForwardContext:
@@ -288,6 +331,11 @@ class LlamaForCausalLM(nn.Module):
                     break
             else:
                 param = self._param(params, name, name)
+                module = self.get_submodule(name.rsplit(".", 1)[0])
+                if hasattr(module, "load_checkpoint"):  # a tensor-parallel layer: its slice
+                    module.load_checkpoint(param, tensor)
+                    loaded.add(name)
+                    continue
                 if param.shape != tensor.shape:
                     raise UnsupportedModelError(
                         f"checkpoint tensor {name} has shape {tuple(tensor.shape)}, the model "

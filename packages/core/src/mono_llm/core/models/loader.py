@@ -19,6 +19,7 @@ from safetensors import safe_open
 from torch import nn
 
 from mono_llm.core.config import ModelConfig
+from mono_llm.core.distributed.group import TensorParallelGroup
 from mono_llm.core.errors import UnsupportedModelError
 from mono_llm.core.models.registry import WeightNaming, resolve_spec
 
@@ -29,8 +30,11 @@ logger = logging.getLogger(__name__)
 _DUMMY_RANGE = 0.02
 
 
-def build_model(model_config: ModelConfig, device: torch.device) -> nn.Module:
-    """The model for `model_config` on `device` in `model_config.dtype`, weights loaded.
+def build_model(
+    model_config: ModelConfig, device: torch.device, tp: TensorParallelGroup | None = None
+) -> nn.Module:
+    """The model for `model_config` on `device` in `model_config.dtype`, weights loaded;
+    with a tensor-parallel group `tp`, this rank's slice of it.
 
     What to build and how to read its checkpoint comes from the architecture's `ModelSpec`.
     """
@@ -41,9 +45,14 @@ def build_model(model_config: ModelConfig, device: torch.device) -> nn.Module:
     torch.set_default_dtype(model_config.dtype)
     try:
         with torch.device("meta"):
-            model = cls.from_hf_config(
-                hf_config, spec.settings_architecture, model_config.max_model_len
-            )
+            if tp is not None and tp.is_parallel:
+                model = cls.from_hf_config(
+                    hf_config, spec.settings_architecture, model_config.max_model_len, tp=tp
+                )
+            else:
+                model = cls.from_hf_config(
+                    hf_config, spec.settings_architecture, model_config.max_model_len
+                )
     finally:
         torch.set_default_dtype(previous_dtype)
     model = model.to_empty(device=device)

@@ -25,6 +25,7 @@ import time
 import torch
 
 from mono_llm.core.config import EngineConfig
+from mono_llm.core.distributed.group import TensorParallelGroup
 from mono_llm.core.layers.attention import AttentionMetadata
 from mono_llm.core.layers.ops import HOST_SYNCING_REFERENCES, torch_ops_requested
 from mono_llm.core.models.interface import EngineModel, SupportsMultiModal
@@ -73,8 +74,10 @@ class ModelRunner:
     # M-RoPE models: steps that prefill a prompt with media run eagerly with 3-D positions.
     uses_mrope = False
 
-    def __init__(self, config: EngineConfig) -> None:
+    def __init__(self, config: EngineConfig, tp: TensorParallelGroup | None = None) -> None:
+        """`tp`: this rank's tensor-parallel group when the model is split over devices."""
         self.config = config
+        self.tp = tp or TensorParallelGroup()
         sched = config.scheduler_config
         self.device = runner_device(config)
         self.dtype = config.model_config.dtype
@@ -85,7 +88,7 @@ class ModelRunner:
         self.max_blocks_per_seq = math.ceil(self.max_model_len / self.block_size)
 
         start = time.perf_counter()
-        self.model: EngineModel = build_model(config.model_config, self.device)
+        self.model: EngineModel = build_model(config.model_config, self.device, self.tp)
         self.vocab_size: int = self.model.vocab_size
         self.hidden_size: int = self.model.hidden_size
         logger.info("model loaded in %.1f s", time.perf_counter() - start)
@@ -104,7 +107,7 @@ class ModelRunner:
         self.paged_cache = PagedKVCache(
             self.model.attention_layers(), self.block_size, self.dtype, self.device
         )
-        self.num_blocks = determine_num_blocks(
+        num_blocks = determine_num_blocks(
             config.cache_config,
             self.paged_cache.bytes_per_block,
             max_num_seqs=self.max_num_seqs,
@@ -113,6 +116,8 @@ class ModelRunner:
             max_model_len=self.max_model_len,
             profile=self._profile_kv_budget if self._use_cuda else None,
         )
+        # Every rank holds the same blocks: the scheduler (rank 0) allocates for all of them.
+        self.num_blocks = self.tp.min_int(num_blocks, self.device)
         config.cache_config.num_blocks = self.num_blocks
         self.paged_cache.allocate(self.num_blocks)
         self.graphs: CudaGraphs | None = None
