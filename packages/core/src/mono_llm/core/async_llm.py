@@ -258,6 +258,7 @@ class AsyncLLM:
         self._commands.put(("stop", None))
         if threading.current_thread() is not self._thread:
             self._thread.join(timeout)
+            self.engine.shutdown()  # tensor-parallel workers, when there are any
 
     # ------------------------------------------------------------------ the loop thread
     def _deliver(self, request_id: str, item: Any) -> None:

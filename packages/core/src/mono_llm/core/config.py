@@ -22,7 +22,12 @@ import torch
 
 from mono_llm.core.errors import InvalidRequestError, ParallelConfigError, UnsupportedModelError
 from mono_llm.core.hub import resolve_model_dir
-from mono_llm.core.models.registry import find_spec, resolve_model_class
+from mono_llm.core.models.registry import (
+    find_spec,
+    resolve_model_class,
+    resolve_spec,
+    tensor_parallel_architectures,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -384,12 +389,6 @@ def resolve_mm_limits(
     return {m: requested.get(m, DEFAULT_ITEMS_PER_PROMPT.get(m, 1)) for m in media}
 
 
-# Architectures whose layers are tensor-parallel (the Llama family's causal LMs).
-_TENSOR_PARALLEL_ARCHITECTURES = frozenset(
-    {"LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM"}
-)
-
-
 def check_parallel_config(parallel: ParallelConfig, model: ModelConfig, device: str) -> None:
     """Refuse, before any worker starts, a split the model or the machine cannot take."""
     size = parallel.tensor_parallel_size
@@ -403,12 +402,12 @@ def check_parallel_config(parallel: ParallelConfig, model: ModelConfig, device: 
         )
     if size == 1:
         return
-    unsupported = [a for a in model.architectures if a not in _TENSOR_PARALLEL_ARCHITECTURES]
-    if unsupported or model.task not in ("auto", "generate"):
+    spec = resolve_spec(model.architectures)
+    if not spec.tensor_parallel or model.task not in ("auto", "generate"):
+        supported = tensor_parallel_architectures()
         raise ParallelConfigError(
             f"--tensor-parallel-size {size}: tensor parallelism runs text generation with "
-            f"{', '.join(sorted(_TENSOR_PARALLEL_ARCHITECTURES))}; this model is "
-            f"{', '.join(model.architectures)} (task {model.task}).",
+            f"{', '.join(supported)}; this model is {spec.architecture} (task {model.task}).",
             param="tensor_parallel_size",
         )
     text = model.text_config

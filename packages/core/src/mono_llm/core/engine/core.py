@@ -147,6 +147,12 @@ class EngineCore:
     def get_default_sampling_params(self) -> dict[str, Any]:
         return default_sampling_params(self.model_config)
 
+    def shutdown(self) -> None:
+        """Stop the executor's worker processes, if it has any (tensor parallelism)."""
+        shutdown = getattr(self.model_runner, "shutdown", None)
+        if shutdown is not None:
+            shutdown()
+
     # ------------------------------------------------------------------ requests
     def process_prompt(
         self, prompt: PromptType, params: SamplingParams | None

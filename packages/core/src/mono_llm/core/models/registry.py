@@ -90,6 +90,8 @@ class ModelSpec:
     # The family member whose switches apply, when it differs from `architecture`
     # (Qwen2ForSequenceClassification is built with Qwen2ForCausalLM's settings).
     family_architecture: str | None = None
+    # Its class takes a `tp` (TensorParallelGroup) and splits its layers over the ranks.
+    tensor_parallel: bool = False
 
     @property
     def is_encoder_only(self) -> bool:
@@ -137,7 +139,12 @@ def _llama_family() -> list[ModelSpec]:
         specs += [
             # Any generative decoder can also serve last-token embeddings (vLLM's --task embed).
             ModelSpec(
-                causal, "llama", "LlamaForCausalLM", ("generate", "embed"), weights=_LLAMA_WEIGHTS
+                causal,
+                "llama",
+                "LlamaForCausalLM",
+                ("generate", "embed"),
+                weights=_LLAMA_WEIGHTS,
+                tensor_parallel=True,
             ),
             # Reward models, Qwen rerankers: the decoder with a `score` head on the last token.
             ModelSpec(
@@ -228,6 +235,11 @@ def register_model(spec: ModelSpec) -> None:
 
 def supported_architectures() -> list[str]:
     return sorted(_SPECS)
+
+
+def tensor_parallel_architectures() -> list[str]:
+    """Architectures whose classes split over a tensor-parallel group."""
+    return sorted(name for name, spec in _SPECS.items() if spec.tensor_parallel)
 
 
 def find_spec(architectures: list[str]) -> ModelSpec | None:
