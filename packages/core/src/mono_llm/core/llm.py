@@ -9,7 +9,7 @@ from typing import Any
 from mono_llm.core.config import EngineArgs
 from mono_llm.core.engine.core import EngineCore
 from mono_llm.core.engine.offline_loop import run_until_finished
-from mono_llm.core.errors import InvalidRequestError
+from mono_llm.core.errors import InvalidRequestError, ParallelConfigError
 from mono_llm.core.inputs import PromptType, TokensPrompt
 from mono_llm.core.outputs import RequestOutput
 from mono_llm.core.pooling.offline import PoolingLLMMixin
@@ -26,6 +26,12 @@ class LLM(PoolingLLMMixin):
 
     def __init__(self, model: str, *, tokenizer: str | None = None, **engine_args: Any) -> None:
         args = EngineArgs(model=model, tokenizer=tokenizer, **engine_args)
+        if args.data_parallel_size > 1:
+            raise ParallelConfigError(
+                "data_parallel_size: replicas serve one model behind the server (`mono-llm "
+                "serve --data-parallel-size N`, build_app); an offline LLM runs one engine.",
+                param="data_parallel_size",
+            )
         self.engine_args = args
         self.llm_engine = EngineCore.from_engine_args(args)
         self._request_counter = itertools.count()

@@ -68,13 +68,17 @@ def _start_engine(spec: Any) -> tuple[AsyncLLM, bool]:
     """(engine, owned): an AsyncLLM built from args (owned: we shut it down) or given."""
     from mono_llm.core.async_llm import AsyncLLM
 
-    if isinstance(spec, AsyncLLM):
-        return spec, False
+    from mono_llm.openai_api.data_parallel import DataParallelRouter
+
+    if isinstance(spec, AsyncLLM | DataParallelRouter):
+        return spec, False  # type: ignore[return-value]
     if isinstance(spec, EngineArgs) and not isinstance(spec, AsyncEngineArgs):
         values = {name: getattr(spec, name) for name in spec.__dataclass_fields__}
         spec = AsyncEngineArgs(**values)
     if not isinstance(spec, AsyncEngineArgs):
         raise TypeError(f"build_app takes EngineArgs or AsyncLLM objects, got {type(spec)!r}")
+    if spec.data_parallel_size > 1:
+        return DataParallelRouter.from_engine_args(spec), True  # type: ignore[return-value]
     return AsyncLLM.from_engine_args(spec), True
 
 
