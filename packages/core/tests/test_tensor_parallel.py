@@ -125,3 +125,27 @@ def test_sizes_the_model_or_machine_cannot_take(model: str, kwargs: dict, match:
     assert isinstance(info.value, ValueError)
     if "tensor_parallel_size" in kwargs and kwargs["tensor_parallel_size"] > 1:
         assert "--tensor-parallel-size" in str(info.value)
+
+
+def test_tp2_with_ray_workers_equals_tp1() -> None:
+    """--distributed-executor-backend ray: rank 1 is a Ray actor in a placement group (one
+    bundle per worker) running the same worker loop as a local process."""
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        llm = LLM(
+            str(fixture_path("tiny-qwen2")),
+            max_model_len=128,
+            num_gpu_blocks_override=64,
+            max_num_batched_tokens=32,
+            tensor_parallel_size=2,
+            distributed_executor_backend="ray",
+        )
+        launcher = llm.llm_engine.model_runner._launcher
+        assert len(launcher.actors) == 1
+        assert launcher.placement_group.bundle_count == 1
+        _assert_same(_reference("tiny-qwen2"), llm.generate(PROMPTS, PARAMS))
+        llm.llm_engine.shutdown()
+        assert launcher.actors == []
+    finally:
+        ray.shutdown()
