@@ -46,11 +46,19 @@ def test_ray_serve_deployment_answers_the_openai_client(ray_cluster: Any) -> Non
         ServerArgs(),
     )
 
-    # The documented deployment (num_gpus=1 there; this machine has none).
-    @serve.deployment(ray_actor_options={"num_cpus": 1})
+    # The documented deployment (num_gpus=1 there; this machine has none), with its health
+    # check and an autoscaling config.
+    @serve.deployment(
+        ray_actor_options={"num_cpus": 1},
+        max_ongoing_requests=256,
+        autoscaling_config={"min_replicas": 1, "max_replicas": 1, "target_ongoing_requests": 64},
+        health_check_period_s=2,
+    )
     @serve.ingress(app)
     class MonoLLMServer:
-        pass
+        async def check_health(self) -> None:
+            for model in app.state.server.registry:
+                await model.engine.check_health()
 
     port = _free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
@@ -74,3 +82,6 @@ def test_ray_serve_deployment_answers_the_openai_client(ray_cluster: Any) -> Non
     assert out.usage.completion_tokens > 0
     stream = client.completions.create(model=MODEL, prompt="hi", max_tokens=4, stream=True)
     assert sum(1 for chunk in stream if chunk.choices and chunk.choices[0].text) >= 1
+    time.sleep(5)  # a few health-check periods: the replica must still be the healthy one
+    status = serve.status().applications["default"]
+    assert status.status == "RUNNING", status

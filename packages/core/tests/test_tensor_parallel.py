@@ -149,3 +149,16 @@ def test_tp2_with_ray_workers_equals_tp1() -> None:
         assert launcher.actors == []
     finally:
         ray.shutdown()
+
+
+def test_dummy_weights_are_the_single_device_weights_sliced() -> None:
+    """load_format=dummy under TP=2 draws each tensor whole and keeps the rank's slice, so
+    TP=1 and TP=2 benchmarks run the same model (same greedy tokens)."""
+    params = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
+    prompts = PROMPTS[:2]
+    kwargs = {"max_model_len": 128, "num_gpu_blocks_override": 32, "load_format": "dummy"}
+    one = LLM(str(fixture_path("tiny-mistral")), **kwargs).generate(prompts, params)
+    two = LLM(str(fixture_path("tiny-mistral")), tensor_parallel_size=2, **kwargs).generate(
+        prompts, params
+    )
+    assert [o.outputs[0].token_ids for o in two] == [o.outputs[0].token_ids for o in one]

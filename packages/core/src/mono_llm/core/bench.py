@@ -255,6 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gpu-memory-utilization", type=float, default=0.9)
     parser.add_argument("--kv-cache-memory-gib", type=float, default=None)
     parser.add_argument("--enforce-eager", action="store_true")
+    parser.add_argument("--tensor-parallel-size", type=int, default=1)
     parser.add_argument(
         "--cuda-graph-max-prefill-tokens",
         type=int,
@@ -299,6 +300,7 @@ def main(argv: list[str] | None = None) -> int:
         kv_cache_memory_gib=args.kv_cache_memory_gib,
         enforce_eager=args.enforce_eager,
         seed=args.seed,
+        tensor_parallel_size=args.tensor_parallel_size,
         **{
             name: value
             for name in ("cuda_graph_max_prefill_tokens", "overlap_decode_prepare")
@@ -328,6 +330,7 @@ def main(argv: list[str] | None = None) -> int:
             "model": str(model),
             "load_format": args.load_format,
             "dtype": args.dtype,
+            "tensor_parallel_size": args.tensor_parallel_size,
             "startup_s": startup,
             "runner_timing_ms": timings,
             "environment": environment(),

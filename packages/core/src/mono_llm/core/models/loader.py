@@ -41,25 +41,29 @@ def build_model(
     spec = resolve_spec(model_config.architectures)
     cls = spec.load_class()
     hf_config = model_config.text_config if spec.config_view == "text" else model_config.hf_config
-    previous_dtype = torch.get_default_dtype()
-    torch.set_default_dtype(model_config.dtype)
-    try:
-        with torch.device("meta"):
-            if tp is not None and tp.is_parallel:
-                model = cls.from_hf_config(
-                    hf_config, spec.settings_architecture, model_config.max_model_len, tp=tp
+    parallel = tp is not None and tp.is_parallel
+
+    def on_meta(tp: TensorParallelGroup | None) -> nn.Module:
+        previous_dtype = torch.get_default_dtype()
+        torch.set_default_dtype(model_config.dtype)
+        try:
+            with torch.device("meta"):
+                extra = {"tp": tp} if tp is not None else {}
+                return cls.from_hf_config(
+                    hf_config, spec.settings_architecture, model_config.max_model_len, **extra
                 )
-            else:
-                model = cls.from_hf_config(
-                    hf_config, spec.settings_architecture, model_config.max_model_len
-                )
-    finally:
-        torch.set_default_dtype(previous_dtype)
-    model = model.to_empty(device=device)
+        finally:
+            torch.set_default_dtype(previous_dtype)
+
+    model = on_meta(tp if parallel else None).to_empty(device=device)
     model.tie_weights()
     for rotary in model.rotary_embeddings():
         rotary.build_cache(device)
-    if model_config.load_format == "dummy":
+    if model_config.load_format == "dummy" and parallel:
+        # This rank's slices of the very weights one device would draw, so that TP=N and
+        # TP=1 benchmarks and checks run the same model.
+        fill_dummy_weights_sharded(model, on_meta(None), model_config.seed)
+    elif model_config.load_format == "dummy":
         fill_dummy_weights(model, model_config.seed)
     else:
         load_safetensors(
@@ -75,6 +79,31 @@ def fill_dummy_weights(model: nn.Module, seed: int) -> None:
         generator = torch.Generator(device=param.device).manual_seed(seed)
         param.data.uniform_(-_DUMMY_RANGE, _DUMMY_RANGE, generator=generator)
         seed += 1
+
+
+def fill_dummy_weights_sharded(model: nn.Module, whole: nn.Module, seed: int) -> None:
+    """`fill_dummy_weights` of the unsplit model `whole` (on the meta device: shapes only),
+    each tensor drawn whole on this rank's device and cut to the rank's slice, one at a time."""
+    from mono_llm.core.layers.linear import MergedLinear
+
+    local = dict(model.named_parameters())
+    for name, full in whole.named_parameters():
+        param = local[name]
+        tensor = torch.empty(full.shape, dtype=param.dtype, device=param.device)
+        generator = torch.Generator(device=param.device).manual_seed(seed)
+        tensor.uniform_(-_DUMMY_RANGE, _DUMMY_RANGE, generator=generator)
+        seed += 1
+        module_name = name.rsplit(".", 1)[0]
+        module = model.get_submodule(module_name)
+        if isinstance(module, MergedLinear) and module.source_offsets:
+            whole_offsets = whole.get_submodule(module_name).shard_offsets
+            for shard, (offset, size) in whole_offsets.items():
+                module.load_shard(param, shard, tensor.narrow(0, offset, size))
+        elif hasattr(module, "load_checkpoint"):
+            module.load_checkpoint(param, tensor)
+        else:  # replicated (norms)
+            param.data.copy_(tensor)
+        del tensor
 
 
 def safetensors_files(model_dir: Path) -> list[Path]:
