@@ -26,7 +26,9 @@ def test_dp2_serves_concurrent_requests_from_both_replicas(server_factory: Any) 
         p: o.outputs[0].text
         for p, o in zip(
             PROMPTS,
-            offline.generate(PROMPTS, SamplingParams(temperature=0, max_tokens=16, ignore_eos=True)),
+            offline.generate(
+                PROMPTS, SamplingParams(temperature=0, max_tokens=16, ignore_eos=True)
+            ),
             strict=True,
         )
     }
@@ -40,7 +42,9 @@ def test_dp2_serves_concurrent_requests_from_both_replicas(server_factory: Any) 
     )
     app = build_app(args)
     with server_factory(app) as server:
-        client = openai.AsyncOpenAI(base_url=server.v1, api_key="unused", max_retries=0, timeout=120)
+        client = openai.AsyncOpenAI(
+            base_url=server.v1, api_key="unused", max_retries=0, timeout=120
+        )
 
         async def one(prompt: str) -> tuple[str, str]:
             out = await client.completions.create(
@@ -63,7 +67,9 @@ def test_dp2_serves_concurrent_requests_from_both_replicas(server_factory: Any) 
         assert router.in_flight == [0, 0]
         # One /metrics view: the model appears once, with both replicas' tokens summed.
         text = httpx.get(f"{server.base_url}/metrics", timeout=30).text
-        running = [line for line in text.splitlines() if line.startswith("vllm:num_requests_running{")]
+        running = [
+            line for line in text.splitlines() if line.startswith("vllm:num_requests_running{")
+        ]
         assert len(running) == 1 and MODEL in running[0]
         stats = router.get_stats()
         parts = [r.get_stats() for r in router.replicas]

@@ -22,7 +22,9 @@ PROMPTS = [
     {"prompt_token_ids": [0, 300, 301, 302, 303, 304, 305, 306, 307, 308, 309, 310, 311, 312, 313,
                           314, 315, 316, 317, 318]},
 ]  # fmt: skip
-PARAMS = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True, logprobs=5, prompt_logprobs=3)
+PARAMS = SamplingParams(
+    temperature=0, max_tokens=24, ignore_eos=True, logprobs=5, prompt_logprobs=3
+)
 
 
 def _llm(model: str | Path, tp: int) -> LLM:

@@ -420,7 +420,11 @@ def check_parallel_config(parallel: ParallelConfig, model: ModelConfig, device: 
             kv_heads,
             kv_heads % size == 0 if kv_heads >= size else size % kv_heads == 0,
         ),
-        ("intermediate_size", int(text["intermediate_size"]), text["intermediate_size"] % size == 0),
+        (
+            "intermediate_size",
+            int(text["intermediate_size"]),
+            text["intermediate_size"] % size == 0,
+        ),
         ("vocab_size", int(text["vocab_size"]), text["vocab_size"] % size == 0),
     )
     for name, value, ok in checks:

@@ -67,7 +67,6 @@ def _as_list(engines: Any) -> list[Any]:
 def _start_engine(spec: Any) -> tuple[AsyncLLM, bool]:
     """(engine, owned): an AsyncLLM built from args (owned: we shut it down) or given."""
     from mono_llm.core.async_llm import AsyncLLM
-
     from mono_llm.openai_api.data_parallel import DataParallelRouter
 
     if isinstance(spec, AsyncLLM | DataParallelRouter):

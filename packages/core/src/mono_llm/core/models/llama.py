@@ -23,6 +23,7 @@ from mono_llm.core.errors import UnsupportedModelError
 from mono_llm.core.layers.attention import ForwardContext, PagedAttention
 from mono_llm.core.layers.linear import MergedLinear
 from mono_llm.core.layers.norm import RMSNorm
+from mono_llm.core.layers.ops import ops
 from mono_llm.core.layers.parallel import (
     ParallelLMHead,
     RowParallelLinear,
@@ -30,7 +31,6 @@ from mono_llm.core.layers.parallel import (
     attention_head_split,
     divide,
 )
-from mono_llm.core.layers.ops import ops
 from mono_llm.core.layers.rotary import RotaryEmbedding, rope_settings
 
 logger = logging.getLogger(__name__)
