@@ -24,7 +24,12 @@ import torch
 
 from mono_llm.core.config import EngineConfig
 from mono_llm.core.distributed.group import make_store
-from mono_llm.core.distributed.worker import Rendezvous, build_rank_runner, run_worker
+from mono_llm.core.distributed.worker import (
+    Rendezvous,
+    build_rank_runner,
+    rank_config,
+    run_worker,
+)
 from mono_llm.core.errors import EngineError
 from mono_llm.core.worker.batch import ModelBatch
 
@@ -39,6 +44,9 @@ def make_executor(config: EngineConfig) -> Any:
     if config.parallel_config.tensor_parallel_size == 1:
         from mono_llm.core.worker.model_runner import ModelRunner
 
+        if config.parallel_config.first_device and torch.device(config.device).type == "cuda":
+            config = rank_config(config, 0)  # a data-parallel replica's own GPU
+            torch.cuda.set_device(torch.device(config.device))
         return ModelRunner(config)
     return MultiprocExecutor(config)
 

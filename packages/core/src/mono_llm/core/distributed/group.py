@@ -11,6 +11,7 @@ on a CPU machine).
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 
 import torch
@@ -50,7 +51,8 @@ class TensorParallelGroup:
         prefixed = dist.PrefixStore(f"{prefix}/", store)
         if backend == "nccl":
             options = dist.ProcessGroupNCCL.Options()
-            options._timeout = timeout
+            with contextlib.suppress(AttributeError):  # a private field, not in every torch
+                options._timeout = timeout
             pg: object = dist.ProcessGroupNCCL(prefixed, rank, size, options)
         elif backend == "gloo":
             pg = dist.ProcessGroupGloo(prefixed, rank, size, timeout)
