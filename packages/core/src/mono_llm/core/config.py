@@ -20,14 +20,10 @@ from typing import Any
 
 import torch
 
+from mono_llm.core.distributed.checks import check_parallel_config
 from mono_llm.core.errors import InvalidRequestError, ParallelConfigError, UnsupportedModelError
 from mono_llm.core.hub import resolve_model_dir
-from mono_llm.core.models.registry import (
-    find_spec,
-    resolve_model_class,
-    resolve_spec,
-    tensor_parallel_architectures,
-)
+from mono_llm.core.models.registry import find_spec, resolve_model_class
 
 logger = logging.getLogger(__name__)
 
@@ -252,7 +248,14 @@ class EngineArgs:
             data_parallel_size=self.data_parallel_size,
             distributed_executor_backend=self.distributed_executor_backend,
         )
-        check_parallel_config(parallel_config, model_config, device)
+        check_parallel_config(
+            parallel_config.tensor_parallel_size,
+            parallel_config.data_parallel_size,
+            model_config.architectures,
+            model_config.task,
+            model_config.text_config,
+            device,
+        )
         return EngineConfig(
             model_config=model_config,
             cache_config=cache_config,
@@ -387,53 +390,6 @@ def resolve_mm_limits(
     media = sorted((spec.modalities if spec is not None else frozenset()) - {"text"})
     requested = requested or {}
     return {m: requested.get(m, DEFAULT_ITEMS_PER_PROMPT.get(m, 1)) for m in media}
-
-
-def check_parallel_config(parallel: ParallelConfig, model: ModelConfig, device: str) -> None:
-    """Refuse, before any worker starts, a split the model or the machine cannot take."""
-    size = parallel.tensor_parallel_size
-    devices = size * parallel.data_parallel_size
-    if device == "cuda" and devices > torch.cuda.device_count():
-        raise ParallelConfigError(
-            f"--tensor-parallel-size {size} x --data-parallel-size "
-            f"{parallel.data_parallel_size} needs {devices} GPUs; "
-            f"{torch.cuda.device_count()} are visible.",
-            param="tensor_parallel_size",
-        )
-    if size == 1:
-        return
-    spec = resolve_spec(model.architectures)
-    if not spec.tensor_parallel or model.task not in ("auto", "generate"):
-        supported = tensor_parallel_architectures()
-        raise ParallelConfigError(
-            f"--tensor-parallel-size {size}: tensor parallelism runs text generation with "
-            f"{', '.join(supported)}; this model is {spec.architecture} (task {model.task}).",
-            param="tensor_parallel_size",
-        )
-    text = model.text_config
-    heads = int(text["num_attention_heads"])
-    kv_heads = int(text.get("num_key_value_heads") or heads)
-    checks = (
-        ("num_attention_heads", heads, heads % size == 0),
-        (
-            "num_key_value_heads",
-            kv_heads,
-            kv_heads % size == 0 if kv_heads >= size else size % kv_heads == 0,
-        ),
-        (
-            "intermediate_size",
-            int(text["intermediate_size"]),
-            text["intermediate_size"] % size == 0,
-        ),
-        ("vocab_size", int(text["vocab_size"]), text["vocab_size"] % size == 0),
-    )
-    for name, value, ok in checks:
-        if not ok:
-            raise ParallelConfigError(
-                f"--tensor-parallel-size {size} does not divide the model's {name} ({value}); "
-                "choose a size that divides it.",
-                param="tensor_parallel_size",
-            )
 
 
 def _read_hf_config(model_dir: Path) -> dict[str, Any]:

@@ -6,5 +6,6 @@ one worker per device, and the worker loop itself.
 - `executor`: what `EngineCore` runs steps through: the model runner itself for one device,
   `MultiprocExecutor` for several (rank 0 in the engine process, the others in worker
   processes or Ray actors that receive each step's `ModelBatch`);
-- `worker`: the loop of a rank other than 0.
+- `worker`: the loop of a rank other than 0; `ray_launcher`: ranks as Ray actors;
+- `checks`: start-up checks of the sizes against the model and the visible devices.
 """
