@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import pickle
+import signal
 import traceback
 from dataclasses import dataclass
 from multiprocessing.connection import Client, Connection
@@ -69,6 +70,9 @@ def build_rank_runner(config: EngineConfig, rank: int, rendezvous: Rendezvous) -
 def run_worker(rank: int, config: EngineConfig, rendezvous: Rendezvous) -> None:
     """Entry point of rank `rank` (> 0)."""
     logging.basicConfig(level=logging.WARNING)
+    # Ctrl-C reaches the whole process group; rank 0 decides when workers stop (a "shutdown"
+    # message, or its connection closing when it exits).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     conn: Connection = Client(rendezvous.control_address, authkey=rendezvous.authkey)
     conn.send(rank)
     try:
