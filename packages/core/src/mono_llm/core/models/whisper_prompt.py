@@ -19,12 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from mono_llm.core.errors import InvalidRequestError
+from mono_llm.core.sampling_params import MAX_LOGIT_BIAS
 
 TIME_PRECISION_S = 0.02  # one timestamp token step
 # Whisper's previous-text prompt keeps at most half of its 448-token context.
 MAX_PREVIOUS_TOKENS = 223
-# Logit bias that bans a token: finite (SamplingParams wants finite values), far below any logit.
-BANNED = -1e9
+# Logit bias that bans a token: the engine's largest (|bias| <= 100); Whisper's logits span a
+# few tens, so a banned token is never picked, greedy or sampled (its odds fall by e^-100).
+BANNED = -MAX_LOGIT_BIAS
 _MULTILINGUAL_VOCAB = 51865
 
 
