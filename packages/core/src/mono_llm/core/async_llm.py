@@ -35,7 +35,7 @@ from mono_llm.core.errors import (
     EngineOverloadedError,
     InvalidRequestError,
 )
-from mono_llm.core.inputs import PromptType
+from mono_llm.core.inputs import PromptType, encoder_features_of
 from mono_llm.core.outputs import PoolingRequestOutput, RequestOutput, SchedulerStats
 from mono_llm.core.pooling_params import PoolingParams
 from mono_llm.core.sampling_params import RequestOutputKind, SamplingParams
@@ -66,6 +66,7 @@ class _AddCommand:
     prompt_token_ids: list[int]
     priority: int
     arrival_time: float
+    encoder_features: Any = None  # encoder–decoder models: the encoder input
 
 
 def _merger(params: Any) -> Any:
@@ -151,6 +152,8 @@ class AsyncLLM:
         else:
             text, token_ids = engine.process_prompt(prompt, sampling_params)
         engine.validate_sampling_params(sampling_params)
+        features = encoder_features_of(prompt)
+        engine.check_encoder_features(features)
         structured = sampling_params.structured_outputs
         if structured is not None and not structured.is_empty and engine.grammar_factory:
             # Compiling a grammar can take seconds (a 300-deep JSON schema: ~5 s) and xgrammar
@@ -169,7 +172,7 @@ class AsyncLLM:
             except asyncio.TimeoutError:
                 raise GrammarCompileTimeoutError() from None
         # aclosing: a consumer that stops early must abort the request now, not at GC time.
-        submitted = self._submit(request_id, sampling_params, text, token_ids, priority)
+        submitted = self._submit(request_id, sampling_params, text, token_ids, priority, features)
         async with contextlib.aclosing(submitted) as outputs:
             async for out in outputs:
                 yield out
@@ -199,6 +202,7 @@ class AsyncLLM:
         text: str | None,
         token_ids: list[int],
         priority: int,
+        encoder_features: Any = None,
     ) -> AsyncGenerator[Any, None]:
         """Queue a validated request for the loop thread and stream its outputs back."""
         engine = self.engine
@@ -217,7 +221,11 @@ class AsyncLLM:
                 )
             self._streams[request_id] = stream
             self._pending_adds += 1
-        self._commands.put(_AddCommand(request_id, params, text, token_ids, priority, time.time()))
+        self._commands.put(
+            _AddCommand(
+                request_id, params, text, token_ids, priority, time.time(), encoder_features
+            )
+        )
         finished = False
         merge = _merger(params)
         pending_error: BaseException | None = None
@@ -285,6 +293,7 @@ class AsyncLLM:
                     priority=command.priority,
                     prompt_text=command.prompt_text,
                     prompt_token_ids=command.prompt_token_ids,
+                    encoder_features=command.encoder_features,
                 )
             except Exception as exc:  # a request error, reported to its own consumer only
                 self._deliver(command.request_id, exc)

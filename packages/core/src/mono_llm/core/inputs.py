@@ -20,7 +20,23 @@ class TokensPrompt(TypedDict, total=False):
     prompt: str
 
 
-PromptType = str | TextPrompt | TokensPrompt
+class EncoderDecoderPrompt(TypedDict, total=False):
+    """An encoder–decoder request (Whisper): the encoder input, already preprocessed (a
+    log-mel feature tensor [num_mel_bins, frames]), and the decoder prompt's token ids."""
+
+    encoder_features: Any
+    prompt_token_ids: list[int]
+    prompt: str
+
+
+PromptType = str | TextPrompt | TokensPrompt | EncoderDecoderPrompt
+
+
+def encoder_features_of(prompt: Any) -> Any:
+    """The prompt's encoder input (None for decoder-only prompts)."""
+    if isinstance(prompt, dict):
+        return prompt.get("encoder_features")
+    return None
 
 
 def parse_prompt(prompt: Any) -> tuple[str | None, list[int] | None]:

@@ -10,7 +10,7 @@ from mono_llm.core.config import EngineArgs
 from mono_llm.core.engine.core import EngineCore
 from mono_llm.core.engine.offline_loop import run_until_finished
 from mono_llm.core.errors import InvalidRequestError, ParallelConfigError
-from mono_llm.core.inputs import PromptType, TokensPrompt
+from mono_llm.core.inputs import PromptType, TokensPrompt, encoder_features_of
 from mono_llm.core.outputs import RequestOutput
 from mono_llm.core.pooling.offline import PoolingLLMMixin
 from mono_llm.core.sampling_params import RequestOutputKind, SamplingParams
@@ -137,6 +137,7 @@ class LLM(PoolingLLMMixin):
                 priority=priority[index] if priority is not None else 0,
                 prompt_text=text,
                 prompt_token_ids=token_ids,
+                encoder_features=encoder_features_of(prompts[index]),
             )
 
         return run_until_finished(engine, len(prepared), submit, self._next_request_id, use_tqdm)

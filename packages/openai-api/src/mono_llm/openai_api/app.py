@@ -9,17 +9,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import uuid
 from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
 from mono_llm.core.config import AsyncEngineArgs, EngineArgs
+from mono_llm.core.models.registry import supports_transcription
 from mono_llm.core.sampling_params import RequestOutputKind, SamplingParams
 from mono_llm.openai_api._version import __version__
+from mono_llm.openai_api.audio.router import router as audio_router
+from mono_llm.openai_api.audio.serving import AudioServing, warm_up_transcription
 from mono_llm.openai_api.chat_completion.router import router as chat_router
 from mono_llm.openai_api.chat_completion.serving import ChatServing
 from mono_llm.openai_api.chat_completion.tool_parsers import get_tool_parser
@@ -121,8 +126,23 @@ def _served_model(
     )
 
 
+def _architectures(spec: Any) -> list[str]:
+    """config.json architectures of an engine spec, without starting it (for routing)."""
+    config = getattr(spec, "model_config", None)
+    if config is not None:
+        return list(config.architectures)
+    path = Path(str(getattr(spec, "model", "") or "")).expanduser() / "config.json"
+    try:
+        return list(json.loads(path.read_text()).get("architectures") or [])
+    except (OSError, ValueError, AttributeError):
+        return []  # create_engine_config reports the problem at startup
+
+
 async def _warm_up(model: ServedModel) -> None:
     """One single-token generation, so the first client does not pay for lazy setup."""
+    if supports_transcription(model.engine.model_config.architectures):
+        await warm_up_transcription(model)
+        return
     if model_tasks(model) is not None:  # a pooling model (embed / classify) cannot generate
         await warm_up_pooling(model)
         return
@@ -155,6 +175,8 @@ def build_app(
     if not specs:
         raise ValueError("build_app needs at least one model.")
     aliases = [list(a) for a in (served_model_aliases or [])]
+    # Audio routes exist only when a served model transcribes (decided from config.json).
+    serves_audio = any(supports_transcription(_architectures(spec)) for spec in specs)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -192,6 +214,13 @@ def build_app(
                 ),
                 tokenization=TokenizationServing(registry, media),
                 media=media,
+                audio=AudioServing(
+                    registry,
+                    max_file_bytes=int(args.max_audio_file_size_mb * 1024**2),
+                    max_duration_s=args.max_audio_duration_s,
+                )
+                if serves_audio
+                else None,
             )
             app.state.server = state
             for model in models:
@@ -240,6 +269,8 @@ def build_app(
         pooling_router,
     ):
         app.include_router(router)
+    if serves_audio:
+        app.include_router(audio_router)
     if offline:
         install_offline_docs(app)
 

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from starlette.requests import Request
 
 if TYPE_CHECKING:
+    from mono_llm.openai_api.audio.serving import AudioServing
     from mono_llm.openai_api.chat_completion.serving import ChatServing
     from mono_llm.openai_api.completion.serving import CompletionServing
     from mono_llm.openai_api.media import MediaInputs
@@ -91,6 +92,10 @@ class ServerArgs:
     """Seconds one image fetch may take in all (connect, redirects and body)."""
     max_image_bytes: int = 20 * 1024 * 1024
     """Largest encoded image accepted (bytes), enforced while it downloads."""
+    max_audio_file_size_mb: float = 25.0
+    """Largest audio upload /v1/audio/transcriptions and /translations accept, in MB (larger: HTTP 413)."""
+    max_audio_duration_s: float = 3600.0
+    """Longest decoded audio those endpoints accept, in seconds."""
 
 
 @dataclass(slots=True)
@@ -104,6 +109,7 @@ class ServerState:
     chat: ChatServing
     tokenization: TokenizationServing
     media: MediaInputs | None = None
+    audio: AudioServing | None = None  # only when a served model transcribes
     ready: bool = False  # models loaded and warmed up
     draining: bool = False  # shutting down: not ready for new traffic
     inflight: int = 0  # API requests being served (probes excluded)

@@ -13,6 +13,8 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import torch
+
 from mono_llm.core.config import EngineArgs, EngineConfig
 from mono_llm.core.engine.detokenizer import IncrementalDetokenizer
 from mono_llm.core.engine.generation_config import default_sampling_params, eos_token_ids
@@ -28,7 +30,7 @@ from mono_llm.core.errors import (
     InvalidRequestError,
     UnsupportedTaskError,
 )
-from mono_llm.core.inputs import PromptType
+from mono_llm.core.inputs import PromptType, encoder_features_of
 from mono_llm.core.kv_cache import KVCacheManager
 from mono_llm.core.outputs import RequestMetrics, RequestOutput, SchedulerStats
 from mono_llm.core.pooling.engine import PoolingEngine
@@ -72,12 +74,20 @@ class EngineCore:
         self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(self.model_config)
         self.vocab_size: int = model_runner.vocab_size
         self.decodable_vocab_size = min(self.vocab_size, decodable_vocab_size(self.tokenizer))
+        # Encoder–decoder models (Whisper): the decoder's KV depends on the request's encoder
+        # input, which block hashes of token ids cannot see, so prefix caching stays off.
+        self.is_encoder_decoder = bool(getattr(model_runner, "is_encoder_decoder", False))
         self.kv_cache = KVCacheManager(
             model_runner.num_blocks,
             model_runner.block_size,
-            enable_caching=config.cache_config.enable_prefix_caching,
+            enable_caching=config.cache_config.enable_prefix_caching
+            and not self.is_encoder_decoder,
         )
         self.scheduler = Scheduler(config.scheduler_config, self.kv_cache)
+        if self.is_encoder_decoder:
+            # What the runner keeps per sequence beside the KV blocks goes with them.
+            free = model_runner.free_encoder_output
+            self.scheduler.on_release = lambda seq: free(seq.seq_id)
         if self.pooling is not None:
             self.pooling.bind_scheduler(self.scheduler)
         self.sampler = Sampler(self.vocab_size, self.model_config.seed, model_runner.device)
@@ -174,9 +184,12 @@ class EngineCore:
         priority: int = 0,
         prompt_text: str | None = None,
         prompt_token_ids: list[int] | None = None,
+        encoder_features: Any = None,
     ) -> Request:
         """Queue a generation request. Raises InvalidRequestError / PromptTooLongError /
-        EngineOverloadedError. Pass prompt_token_ids (from `process_prompt`) to skip tokenizing."""
+        EngineOverloadedError. Pass prompt_token_ids (from `process_prompt`) to skip tokenizing.
+        Encoder–decoder models take the encoder input (Whisper: log-mel features) here or as
+        the prompt's `encoder_features`; the prompt is then the decoder prompt."""
         if isinstance(params, PoolingParams):
             return self.add_pooling_request(
                 request_id,
@@ -189,6 +202,9 @@ class EngineCore:
             )
         self._check_new_request_id(request_id)
         params = params or SamplingParams()
+        if encoder_features is None:
+            encoder_features = encoder_features_of(prompt)
+        self.check_encoder_features(encoder_features)
         if prompt_token_ids is None:
             prompt_text, prompt_token_ids = self.process_prompt(prompt, params)
         params = self.validate_sampling_params(params)
@@ -227,6 +243,9 @@ class EngineCore:
                 seq.wait_for = seq.prompt_leader = sequences[0]
             seq.prompt_logprobs = [None] if params.prompt_logprobs is not None else []
             seq.bad_words_token_ids = bad_words
+            if encoder_features is not None:
+                seq.encoder_features = encoder_features
+                seq.encoder_cost = self.model_runner.num_encoder_positions
             sequences.append(seq)
         request = Request(
             request_id=request_id,
@@ -239,6 +258,30 @@ class EngineCore:
             sent_tokens=[0] * num_seqs,
         )
         return self._enqueue(request)
+
+    def check_encoder_features(self, features: Any) -> None:
+        """An encoder–decoder model needs its encoder input, of its shape; other models take
+        none. Checked when a request is added: a malformed input inside a step would fail it."""
+        name = self.model_config.served_model_name
+        if self.is_encoder_decoder and features is None:
+            raise InvalidRequestError(
+                f"{name} is an encoder–decoder model: a request needs encoder_features (e.g. "
+                "Whisper log-mel features) besides its decoder prompt.",
+                param="encoder_features",
+            )
+        if not self.is_encoder_decoder and features is not None:
+            raise InvalidRequestError(
+                f"{name} takes no encoder_features.", param="encoder_features"
+            )
+        expected = self.model_runner.encoder_input_shape if self.is_encoder_decoder else None
+        if features is not None and (
+            not isinstance(features, torch.Tensor) or tuple(features.shape) != expected
+        ):
+            shape = list(features.shape) if isinstance(features, torch.Tensor) else type(features)
+            raise InvalidRequestError(
+                f"encoder_features must be a tensor of shape {list(expected or ())}, got {shape}.",
+                param="encoder_features",
+            )
 
     def _check_new_request_id(self, request_id: str) -> None:
         if request_id in self.requests:
@@ -390,6 +433,8 @@ class EngineCore:
                     mm_items=item.seq.mm_items,
                     mrope_positions=item.seq.mrope_positions,
                     mrope_delta=item.seq.mrope_delta,
+                    encoder_key=item.seq.seq_id if item.seq.encoder_features is not None else None,
+                    encoder_features=item.seq.encoder_features,
                 )
                 for item in sched.scheduled
             ]

@@ -104,6 +104,11 @@ class Sequence:
         self.grammar: Any = None  # structured-output matcher (see sampler.StructuredOutputGrammar)
         self.bad_words_token_ids: list[list[int]] = []  # token sequences never to complete
         self.pooled: Any = None
+        # Encoder–decoder models: the request's encoder input (e.g. Whisper's log-mel
+        # features, on the host) and its cost in the step's token budget, paid each time
+        # the sequence is admitted (the encoder runs again after a preemption).
+        self.encoder_features: Any = None
+        self.encoder_cost = 0
 
     # ------------------------------------------------------------------ token counts
     @property

@@ -15,7 +15,7 @@ token budget, `max_num_seqs` and free blocks allow, and never in a step that had
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from mono_llm.core.config import SchedulerConfig
@@ -56,6 +56,10 @@ class Scheduler:
         self._waiting: list[tuple[tuple[int, float, int], Sequence]] = []
         self._num_waiting = 0
         self.num_preemptions = 0  # cumulative
+        # Called when a sequence's cache is released (finish, abort, preemption): what the
+        # model runner keeps per sequence beside the KV blocks (cross-attention keys/values)
+        # goes with them.
+        self.on_release: Callable[[Sequence], None] | None = None
 
     # ------------------------------------------------------------------ queue management
     @property
@@ -95,10 +99,15 @@ class Scheduler:
             else:
                 self._num_waiting -= 1  # its heap entry is skipped when it surfaces
             seq.status = status
-            self.kv_cache.free(seq)
+            self._release(seq)
+
+    def _release(self, seq: Sequence) -> None:
+        self.kv_cache.free(seq)
+        if self.on_release is not None:
+            self.on_release(seq)
 
     def _preempt(self, seq: Sequence) -> None:
-        self.kv_cache.free(seq)
+        self._release(seq)
         seq.num_computed_tokens = 0
         seq.status = SequenceStatus.PREEMPTED
         seq.num_preemptions += 1
@@ -145,6 +154,11 @@ class Scheduler:
             if not cached and leader is not None and leader.status == SequenceStatus.RUNNING:
                 cached = self.kv_cache.shared_prompt_blocks(leader, seq)
             num_computed = len(cached) * block_size
+            # An encoder–decoder sequence runs its encoder in its first step: its cost counts
+            # against the budget, and it waits for a step with room unless it is alone.
+            encoder_cost = seq.encoder_cost
+            if encoder_cost and out.scheduled and encoder_cost >= budget:
+                break
             num_new = seq.num_tokens - num_computed
             if not self.config.enable_chunked_prefill and num_new > budget:
                 break
@@ -162,7 +176,7 @@ class Scheduler:
             seq.status = SequenceStatus.RUNNING
             self.running.append(seq)
             out.scheduled.append(self._scheduled(seq, num_new))
-            budget -= num_new
+            budget -= num_new + encoder_cost
         for seq in blocked:
             self._push_waiting(seq)
         return out

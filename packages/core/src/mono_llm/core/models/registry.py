@@ -219,8 +219,28 @@ def _vision_language_models() -> list[ModelSpec]:
     ]
 
 
+def _speech_models() -> list[ModelSpec]:
+    return [
+        # Whisper, tiny ... large-v3-turbo: the encoder once per request on log-mel features,
+        # the decoder with cross-attention on the paged cache; proj_out is tied to the embedding.
+        ModelSpec(
+            "WhisperForConditionalGeneration",
+            "whisper",
+            "WhisperForConditionalGeneration",
+            ("generate",),
+            kind=ModelKind.ENCODER_DECODER,
+            modalities=frozenset({"text", "audio"}),
+            weights=WeightNaming(
+                skip_prefixes=("proj_out.",), add_prefix="model.", top_level=("proj_out.",)
+            ),
+            config_view="full",
+        ),
+    ]
+
+
 _SPECS: dict[str, ModelSpec] = {
-    spec.architecture: spec for spec in _llama_family() + _bert_family() + _vision_language_models()
+    spec.architecture: spec
+    for spec in _llama_family() + _bert_family() + _vision_language_models() + _speech_models()
 }
 
 
@@ -261,6 +281,15 @@ def resolve_spec(architectures: list[str]) -> ModelSpec:
             f"{', '.join(supported_architectures())}."
         )
     return spec
+
+
+def supports_transcription(architectures: list[str]) -> bool:
+    """Whether a model of these architectures turns speech into text (the audio endpoints):
+    an encoder–decoder whose requests carry audio."""
+    spec = find_spec(architectures)
+    return (
+        spec is not None and spec.kind is ModelKind.ENCODER_DECODER and "audio" in spec.modalities
+    )
 
 
 def resolve_model_class(architectures: list[str]) -> tuple[type, str]:

@@ -59,6 +59,10 @@ class SequenceSlice:
     # prompt) and the offset of positions past the prompt (layers/mrope.py).
     mrope_positions: Any = None
     mrope_delta: int = 0
+    # Encoder–decoder models: the key of this sequence's encoder output in the runner, and
+    # its encoder input (e.g. log-mel features), encoded when the key is not there yet.
+    encoder_key: str | None = None
+    encoder_features: torch.Tensor | None = None
 
     @property
     def has_mm_input(self) -> bool:

@@ -18,9 +18,11 @@ without them feed token ids on the eager path.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
+from collections.abc import Iterator
 
 import torch
 
@@ -28,7 +30,11 @@ from mono_llm.core.config import EngineConfig
 from mono_llm.core.distributed.group import TensorParallelGroup
 from mono_llm.core.layers.attention import AttentionMetadata
 from mono_llm.core.layers.ops import HOST_SYNCING_REFERENCES, torch_ops_requested
-from mono_llm.core.models.interface import EngineModel, SupportsMultiModal
+from mono_llm.core.models.interface import (
+    EngineModel,
+    SupportsEncoderDecoder,
+    SupportsMultiModal,
+)
 from mono_llm.core.models.loader import build_model
 from mono_llm.core.multimodal.encoder_cache import EncoderCache
 from mono_llm.core.worker.batch import LogitsWanted, ModelBatch, SequenceSlice
@@ -38,6 +44,7 @@ from mono_llm.core.worker.cuda_graphs import (
     prefill_graph_sizes,
 )
 from mono_llm.core.worker.decode_speculation import DecodeSpeculation
+from mono_llm.core.worker.encoder_outputs import EncoderOutputs
 from mono_llm.core.worker.input_buffers import InputBuffers
 from mono_llm.core.worker.kv_memory import PagedKVCache, determine_num_blocks, profile_kv_budget
 from mono_llm.core.worker.mm_embedder import MultiModalEmbedder
@@ -97,6 +104,12 @@ class ModelRunner:
                 self.model, EncoderCache(max_tokens=self.max_num_tokens)
             )
         self.uses_mrope = bool(getattr(self.model, "uses_mrope", False))
+        # Encoder–decoder models (Whisper): encoder outputs live per sequence beside the KV
+        # cache; their steps read them by sequence, which a captured graph cannot.
+        self.encoder_outputs: EncoderOutputs | None = None
+        if isinstance(self.model, SupportsEncoderDecoder):
+            self.encoder_outputs = EncoderOutputs(self.model, config, self.device, self.dtype)
+            self.max_num_seqs = sched.max_num_seqs  # lowered when few pool slots fit
 
         self._use_cuda = self.device.type == "cuda"
         self.buffers: InputBuffers | None = None
@@ -130,14 +143,48 @@ class ModelRunner:
             logger.warning(
                 "CUDA graphs disabled: %s run through host-syncing references", redirected
             )
-        elif self._use_cuda and not config.enforce_eager:
+        elif self._use_cuda and not config.enforce_eager and self.encoder_outputs is None:
             self._capture_graphs(config.cuda_graph_max_prefill_tokens)
 
     # ------------------------------------------------------------------ public API
 
+    @property
+    def is_encoder_decoder(self) -> bool:
+        return self.encoder_outputs is not None
+
+    @property
+    def encoder_input_shape(self) -> tuple[int, ...] | None:
+        """Shape of one request's encoder input (Whisper: (n_mels, 3000)); None without one."""
+        return self.encoder_outputs.input_shape if self.encoder_outputs is not None else None
+
+    @property
+    def num_encoder_positions(self) -> int:
+        """Encoder positions of one request (its encoder's cost in a step's budget)."""
+        return self.encoder_outputs.num_positions if self.encoder_outputs is not None else 0
+
+    def free_encoder_output(self, key: str) -> None:
+        """Drop a sequence's encoder output (finished, aborted or preempted)."""
+        if self.encoder_outputs is not None:
+            self.encoder_outputs.free(key)
+
+    @contextlib.contextmanager
+    def _encoder_step(self, batch: ModelBatch) -> Iterator[None]:
+        """Around a step of an encoder–decoder model: encode new sequences, install the
+        step's cross-attention inputs."""
+        if self.encoder_outputs is None:
+            yield
+            return
+        metadata = self.encoder_outputs.step_metadata(batch.slices)
+        with self.model.cross_context.use(metadata):  # type: ignore[attr-defined]
+            yield
+
     @torch.inference_mode()
     def execute(self, batch: ModelBatch) -> torch.Tensor:
         """Float32 logits [sum(batch.logits_row_counts()), vocab] on `self.device`."""
+        with self._encoder_step(batch):
+            return self._execute(batch)
+
+    def _execute(self, batch: ModelBatch) -> torch.Tensor:
         speculation, self._speculation = self._speculation, None
         if self.mm_embedder is not None:
             self.mm_embedder.fill_overrides(batch.slices)
@@ -180,7 +227,8 @@ class ModelRunner:
     def execute_hidden(self, batch: ModelBatch) -> torch.Tensor:
         """Final hidden states [batch.num_tokens, hidden] of every token (for pooling)."""
         self._speculation = None  # its staged buffers are overwritten below
-        hidden, _ = self.forward(self.prepare(batch))
+        with self._encoder_step(batch):
+            hidden, _ = self.forward(self.prepare(batch))
         return hidden
 
     def prepare(self, batch: ModelBatch) -> StepInputs:
@@ -315,7 +363,12 @@ class ModelRunner:
                 remaining -= n
                 table = list(range(i * blocks_per_seq, (i + 1) * blocks_per_seq))
                 slices.append(SequenceSlice([0] * n, 0, table, LogitsWanted.NONE))
-            with torch.inference_mode():
+            with torch.inference_mode(), contextlib.ExitStack() as stack:
+                if self.encoder_outputs is not None:
+                    # The encoder's peak: a budget's worth of requests encoded at once.
+                    metadata = self.encoder_outputs.profile_metadata(slices, tokens)
+                    cross = self.model.cross_context  # type: ignore[attr-defined]
+                    stack.enter_context(cross.use(metadata))
                 encoded = None
                 profile_items = getattr(self.model, "profile_items", None)
                 if self.mm_embedder is not None and profile_items is not None:

@@ -1,0 +1,157 @@
+"""Thin HTTP layer of POST /v1/audio/transcriptions and POST /v1/audio/translations."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+
+from mono_llm.core.models.whisper_prompt import language_name
+from mono_llm.openai_api.audio.formats import to_srt, to_vtt
+from mono_llm.openai_api.audio.protocol import (
+    DeltaText,
+    TranscriptionResponse,
+    TranscriptionSegment,
+    TranscriptionStreamChoice,
+    TranscriptionStreamResponse,
+    TranscriptionUsage,
+    TranscriptionVerboseResponse,
+)
+from mono_llm.openai_api.audio.serving import AudioServing, Prepared, usage_seconds
+from mono_llm.openai_api.errors import ErrorResponse, OpenAIError
+from mono_llm.openai_api.protocol import UsageInfo
+from mono_llm.openai_api.server_state import server_state
+from mono_llm.openai_api.streaming import (
+    SSE_DONE,
+    EventStreamResponse,
+    sse_event,
+    unless_disconnected,
+)
+
+router = APIRouter(tags=["audio"])
+
+ERROR_RESPONSES: dict[int | str, dict] = {
+    code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 500, 501, 503)
+}
+_FORM_BODY = {
+    "requestBody": {
+        "content": {"multipart/form-data": {"schema": {"type": "object", "required": ["file"]}}}
+    }
+}
+
+
+def _serving(raw: Request) -> AudioServing:
+    serving = server_state(raw).audio
+    if serving is None:
+        raise OpenAIError("No served model supports audio transcription.", 404)
+    return serving
+
+
+@router.post("/v1/audio/transcriptions", responses=ERROR_RESPONSES, openapi_extra=_FORM_BODY)
+async def create_transcription(raw_request: Request) -> Response:
+    """Transcribe an uploaded audio file (multipart form: file, model, language, ...)."""
+    return await _handle(raw_request, "transcribe")
+
+
+@router.post("/v1/audio/translations", responses=ERROR_RESPONSES, openapi_extra=_FORM_BODY)
+async def create_translation(raw_request: Request) -> Response:
+    """Translate the speech of an uploaded audio file into English text."""
+    return await _handle(raw_request, "translate")
+
+
+async def _handle(raw: Request, task: str) -> Response:
+    serving = _serving(raw)
+    upload = await serving.parse(raw)
+    prepared = await serving.prepare(upload, task)
+    request = upload.request
+    if request.stream:
+        return EventStreamResponse(_events(serving, prepared, task))
+    fmt = request.response_format
+    timestamps = fmt in ("srt", "vtt", "verbose_json")
+    transcript = await unless_disconnected(
+        raw, serving.transcribe(prepared, task, timestamps=timestamps)
+    )
+    if transcript is None:  # the client left
+        return Response(status_code=499)
+    usage = TranscriptionUsage(seconds=usage_seconds(transcript.duration_s))
+    if fmt == "text":
+        return PlainTextResponse(transcript.text + "\n")
+    if fmt == "srt":
+        return PlainTextResponse(to_srt(transcript.segments))
+    if fmt == "vtt":
+        return PlainTextResponse(to_vtt(transcript.segments), media_type="text/vtt")
+    if fmt == "verbose_json":
+        body = TranscriptionVerboseResponse(
+            task="translate" if task == "translate" else "transcribe",
+            language=language_name(transcript.language),
+            duration=round(transcript.duration_s, 3),
+            text=transcript.text,
+            segments=[
+                TranscriptionSegment.model_validate(s, from_attributes=True)
+                for s in transcript.segments
+            ],
+            usage=usage,
+        )
+        return JSONResponse(body.model_dump())
+    return JSONResponse(TranscriptionResponse(text=transcript.text, usage=usage).model_dump())
+
+
+async def _events(
+    serving: AudioServing, prepared: Prepared, task: str
+) -> AsyncGenerator[str, None]:
+    request = prepared.upload.request
+    model = prepared.upload.model.name
+    kind = "translation.chunk" if task == "translate" else "transcription.chunk"
+    chunk_id = TranscriptionStreamResponse(model=model).id
+    prompt_tokens = completion_tokens = 0
+    finish_reason = stop_reason = None
+    async for delta, out in serving.stream(prepared, task):
+        completion_tokens += len(out.outputs[0].token_ids)
+        if out.finished:
+            prompt_tokens += len(out.prompt_token_ids)
+            finish_reason, stop_reason = out.outputs[0].finish_reason, out.outputs[0].stop_reason
+        if not delta:
+            continue
+        usage = None
+        if request.stream_include_usage and request.stream_continuous_usage_stats:
+            usage = UsageInfo(
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens,
+                total_tokens=prompt_tokens + completion_tokens,
+            )
+        yield sse_event(
+            TranscriptionStreamResponse(
+                id=chunk_id,
+                object=kind,
+                model=model,
+                choices=[TranscriptionStreamChoice(delta=DeltaText(content=delta))],
+                usage=usage,
+            )
+        )
+    yield sse_event(
+        TranscriptionStreamResponse(
+            id=chunk_id,
+            object=kind,
+            model=model,
+            choices=[
+                TranscriptionStreamChoice(
+                    delta=DeltaText(), finish_reason=finish_reason, stop_reason=stop_reason
+                )
+            ],
+        )
+    )
+    if request.stream_include_usage:
+        yield sse_event(
+            TranscriptionStreamResponse(
+                id=chunk_id,
+                object=kind,
+                model=model,
+                usage=UsageInfo(
+                    prompt_tokens=prompt_tokens,
+                    completion_tokens=completion_tokens,
+                    total_tokens=prompt_tokens + completion_tokens,
+                ),
+            )
+        )
+    yield SSE_DONE
