@@ -38,11 +38,15 @@ from mono_llm.openai_api.metrics import ServerMetrics
 from mono_llm.openai_api.models.router import router as models_router
 from mono_llm.openai_api.pooling.router import router as pooling_router
 from mono_llm.openai_api.pooling.serving import model_tasks, warm_up_pooling
+from mono_llm.openai_api.reasoning import get_reasoning_parser
 from mono_llm.openai_api.request_guards import (
     BodyLimitsMiddleware,
     InternalErrorMiddleware,
     JsonTextMiddleware,
 )
+from mono_llm.openai_api.responses.router import router as responses_router
+from mono_llm.openai_api.responses.serving import ResponsesServing
+from mono_llm.openai_api.responses.store import ResponseStore
 from mono_llm.openai_api.served_models import ServedModel, ServedModels
 from mono_llm.openai_api.server_state import ServerArgs, ServerState
 from mono_llm.openai_api.shutdown import DrainingMiddleware, watch_engines
@@ -151,6 +155,10 @@ def build_app(
         if not args.tool_call_parser:
             raise ValueError("--enable-auto-tool-choice needs --tool-call-parser.")
         tool_parser = get_tool_parser(args.tool_call_parser)
+    reasoning_parser = (
+        get_reasoning_parser(args.reasoning_parser) if args.reasoning_parser else None
+    )
+    response_store = ResponseStore(args.responses_store_max_entries, args.responses_store_ttl_s)
     specs = _as_list(engines)
     if not specs:
         raise ValueError("build_app needs at least one model.")
@@ -176,6 +184,14 @@ def build_app(
             registry = ServedModels(models)
             metrics = ServerMetrics(lambda: [(m.name, m.engine) for m in registry])
             media = MediaInputs(args)
+            chat = ChatServing(
+                registry,
+                metrics,
+                prompt_tokens_details=args.enable_prompt_tokens_details,
+                tool_parser=tool_parser,
+                media=media,
+                reasoning_parser=reasoning_parser,
+            )
             state = ServerState(
                 args=args,
                 registry=registry,
@@ -183,15 +199,10 @@ def build_app(
                 completion=CompletionServing(
                     registry, metrics, prompt_tokens_details=args.enable_prompt_tokens_details
                 ),
-                chat=ChatServing(
-                    registry,
-                    metrics,
-                    prompt_tokens_details=args.enable_prompt_tokens_details,
-                    tool_parser=tool_parser,
-                    media=media,
-                ),
+                chat=chat,
                 tokenization=TokenizationServing(registry, media),
                 media=media,
+                responses=ResponsesServing(chat, response_store),
             )
             app.state.server = state
             for model in models:
@@ -236,6 +247,7 @@ def build_app(
         models_router,
         completion_router,
         chat_router,
+        responses_router,
         tokenization_router,
         pooling_router,
     ):

@@ -43,6 +43,7 @@ from mono_llm.openai_api.media import MediaInputs, image_limit
 from mono_llm.openai_api.metrics import ServerMetrics
 from mono_llm.openai_api.pooling.serving import model_tasks
 from mono_llm.openai_api.protocol import UsageInfo
+from mono_llm.openai_api.reasoning import ReasoningParser
 from mono_llm.openai_api.sampling import build_sampling_params, resolve_max_tokens
 from mono_llm.openai_api.served_models import ServedModel, ServedModels
 from mono_llm.openai_api.serving_base import ServingBase
@@ -112,10 +113,12 @@ class ChatServing(ServingBase):
         prompt_tokens_details: bool = False,
         tool_parser: ToolParser | None = None,
         media: MediaInputs | None = None,
+        reasoning_parser: ReasoningParser | None = None,
     ) -> None:
         super().__init__(registry, metrics, prompt_tokens_details=prompt_tokens_details)
         self.media = media  # image fetching and preprocessing (None: images refused)
         self.tool_parser = tool_parser  # --enable-auto-tool-choice --tool-call-parser
+        self.reasoning_parser = reasoning_parser  # --reasoning-parser
 
     def _auto_parser(
         self, request: ChatCompletionRequest, forced: ForcedToolChoice | None
