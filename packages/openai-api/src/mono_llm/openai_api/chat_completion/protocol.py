@@ -88,7 +88,9 @@ class ChatResponseMessage(OpenAIBaseModel):
     role: str = "assistant"
     content: str | None = None
     refusal: str | None = None  # OpenAI's field; never set here
+    # With --reasoning-parser: the thinking, under vLLM's older and newer names.
     reasoning_content: str | None = None
+    reasoning: str | None = None
     tool_calls: list[dict[str, Any]] = Field(default_factory=list)
 
     @model_serializer(mode="wrap")
@@ -124,6 +126,7 @@ class DeltaMessage(OpenAIBaseModel):
     role: str | None = None
     content: str | None = None
     reasoning_content: str | None = None
+    reasoning: str | None = None
     tool_calls: list[dict[str, Any]] | None = None
 
     @model_serializer(mode="wrap")

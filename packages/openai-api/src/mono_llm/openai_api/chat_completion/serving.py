@@ -7,6 +7,7 @@ with finish_reason on the last one; then the usage chunk when asked, then `data:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
@@ -43,7 +44,7 @@ from mono_llm.openai_api.media import MediaInputs, image_limit
 from mono_llm.openai_api.metrics import ServerMetrics
 from mono_llm.openai_api.pooling.serving import model_tasks
 from mono_llm.openai_api.protocol import UsageInfo
-from mono_llm.openai_api.reasoning import ReasoningParser
+from mono_llm.openai_api.reasoning import ReasoningParser, ReasoningStream
 from mono_llm.openai_api.sampling import build_sampling_params, resolve_max_tokens
 from mono_llm.openai_api.served_models import ServedModel, ServedModels
 from mono_llm.openai_api.serving_base import ServingBase
@@ -219,11 +220,40 @@ class ChatServing(ServingBase):
                     400,
                     param="tool_choice",
                 )
-            params.structured_outputs = StructuredOutputsParams(json=forced.schema)
+            # Arguments are read by programs: compact JSON, no free whitespace between
+            # tokens (a weak model would otherwise spend its budget on newlines).
+            params.structured_outputs = StructuredOutputsParams(
+                json=forced.schema, disable_any_whitespace=True
+            )
+        # JSON (response_format, json schemas, forced tool calls) applies to the answer after
+        # the thinking, unless the template already closed the thinking block (thinking
+        # switched off). A regex, choice or grammar covers the whole reply: it may spell the
+        # thinking block out itself.
+        splitter = self.reasoning_stream(model, prompt)
+        structured = params.structured_outputs
+        if (
+            splitter is not None
+            and structured is not None
+            and (structured.json is not None or structured.json_object)
+            and not splitter.in_answer
+        ):
+            structured.reasoning_end = splitter.parser.end
         stream = await start_engine_request(
             model, prompt, params, request_id, priority=request.priority, metrics=self.metrics
         )
         return model, request_id, prompt, stream
+
+    @staticmethod
+    def prompt_text(model: ServedModel, prompt: PromptInput) -> str:
+        """The prompt's text (its end decides whether the template opened a thinking block)."""
+        if prompt.text is not None:
+            return prompt.text
+        return model.tokenizer.decode(prompt.token_ids[-32:])
+
+    def reasoning_stream(self, model: ServedModel, prompt: PromptInput) -> ReasoningStream | None:
+        if self.reasoning_parser is None:
+            return None
+        return ReasoningStream(self.reasoning_parser, self.prompt_text(model, prompt))
 
     def _echo_text(self, request: ChatCompletionRequest) -> str:
         """vLLM's `echo`: the final assistant message being continued, sent back first."""
@@ -268,19 +298,24 @@ class ChatServing(ServingBase):
                 logprobs = chat_logprobs(
                     state.token_ids, state.logprobs, token_text, num_top=request.top_logprobs or 0
                 )
-            message = ChatResponseMessage(role=ASSISTANT, content=echo + state.full_text)
+            text, reasoning = state.full_text, None
+            splitter = self.reasoning_stream(model, prompt)
+            if splitter is not None:  # tools and JSON are read from the answer only
+                reasoning, text = splitter.parser.split(text, self.prompt_text(model, prompt))
+            message = ChatResponseMessage(role=ASSISTANT, content=echo + text)
             finish_reason = state.finish_reason
-            tool_calls = forced.tool_calls(state.full_text) if forced is not None else None
+            tool_calls = forced.tool_calls(text) if forced is not None else None
             if tool_calls is not None:
                 message = ChatResponseMessage(role=ASSISTANT, content="", tool_calls=tool_calls)
                 finish_reason = _tool_finish_reason(forced, finish_reason)
             elif auto is not None:
-                parsed = auto.parse(state.full_text)
+                parsed = auto.parse(text)
                 if parsed.tool_calls:
                     message = ChatResponseMessage(
                         role=ASSISTANT, content=parsed.content, tool_calls=parsed.tool_calls
                     )
                     finish_reason = "tool_calls" if finish_reason == "stop" else finish_reason
+            message.reasoning_content = message.reasoning = reasoning
             if request.parallel_tool_calls is False:
                 message.tool_calls = message.tool_calls[:1]
             choices.append(
@@ -408,6 +443,7 @@ class ChatServing(ServingBase):
         auto = self._auto_parser(request, forced)
         tool_states: dict[int, StreamingToolState] = {}
         tool_call_ids: dict[int, str] = {}
+        splitters: dict[int, ReasoningStream | None] = {}
         firsts: list[RequestOutput] = []  # the first output (cached tokens)
 
         def usage() -> UsageInfo:
@@ -437,6 +473,24 @@ class ChatServing(ServingBase):
                             delta=DeltaMessage(role=ASSISTANT, content=echo),
                         )
                     )
+                splitter = splitters.setdefault(
+                    completion.index, self.reasoning_stream(model, prompt)
+                )
+                if splitter is not None:
+                    # The thinking goes out as its own deltas; what follows sees only the
+                    # answer, as the non-streamed reply does.
+                    thought, answer = splitter.feed(completion.text)
+                    if completion.finish_reason is not None:
+                        rest_thought, rest_answer = splitter.finish()
+                        thought, answer = thought + rest_thought, answer + rest_answer
+                    if thought:
+                        yield chunk(
+                            ChatCompletionResponseStreamChoice(
+                                index=completion.index,
+                                delta=DeltaMessage(reasoning_content=thought, reasoning=thought),
+                            )
+                        )
+                    completion = dataclasses.replace(completion, text=answer)
                 state.add(completion)
                 if forced is not None:
                     event = self._tool_call_delta(forced, state, completion, tool_call_ids)

@@ -11,6 +11,9 @@ item before the message; tool calls and JSON are read from the answer only.
 - qwen3: reasoning only when the reply opens with `<think>` (thinking can be switched off,
   and the template then writes an empty block into the prompt); otherwise all is answer.
 
+For both, a prompt that ends with `<think>` means the reply starts inside the block, and one
+that ends with `</think>` (thinking switched off) that the reply is all answer.
+
 The non-streamed split runs the streaming splitter over the whole text, so the two agree.
 """
 
@@ -52,12 +55,16 @@ class ReasoningStream:
     def __init__(self, parser: ReasoningParser, prompt: str | None = None) -> None:
         self.parser = parser
         self.phase = "start"  # start | reasoning | answer
-        if prompt is not None and prompt.rstrip().endswith(parser.end):
-            # The template closed the block itself (thinking switched off): all is answer.
-            self.phase = "answer"
         self.pending = ""
         self.saw_reasoning = False
         self.reasoning_text = ""  # all reasoning sent so far
+        tail = prompt.rstrip() if prompt is not None else ""
+        if tail.endswith(parser.end):
+            # The template closed the block itself (thinking switched off): all is answer.
+            self.phase = "answer"
+        elif tail.endswith(parser.start):
+            # The template opened the block: the reply starts inside it.
+            self._enter_reasoning()
 
     def feed(self, delta: str) -> tuple[str, str]:
         """(reasoning, answer) text that can be sent now."""
