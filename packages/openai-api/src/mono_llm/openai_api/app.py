@@ -22,7 +22,7 @@ from mono_llm.core.sampling_params import RequestOutputKind, SamplingParams
 from mono_llm.openai_api._version import __version__
 from mono_llm.openai_api.chat_completion.router import router as chat_router
 from mono_llm.openai_api.chat_completion.serving import ChatServing
-from mono_llm.openai_api.chat_completion.tool_parsers import get_tool_parser
+from mono_llm.openai_api.chat_completion.tool_parsers import AUTO, get_tool_parser
 from mono_llm.openai_api.chat_template import ChatTemplate, load_chat_template
 from mono_llm.openai_api.completion.router import router as completion_router
 from mono_llm.openai_api.completion.serving import CompletionServing
@@ -150,11 +150,13 @@ def build_app(
     a model by its served name; `served_model_aliases[i]` adds names for model i.
     """
     args = server_args or ServerArgs()
-    tool_parser = None
+    tool_parser: Any = None
     if args.enable_auto_tool_choice:
         if not args.tool_call_parser:
             raise ValueError("--enable-auto-tool-choice needs --tool-call-parser.")
-        tool_parser = get_tool_parser(args.tool_call_parser)
+        tool_parser = (
+            AUTO if args.tool_call_parser == AUTO else get_tool_parser(args.tool_call_parser)
+        )
     reasoning_parser = (
         get_reasoning_parser(args.reasoning_parser) if args.reasoning_parser else None
     )

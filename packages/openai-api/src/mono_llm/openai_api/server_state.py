@@ -43,7 +43,7 @@ class ServerArgs:
     enable_auto_tool_choice: bool = False
     """Under tool_choice auto (the default with tools), read tool calls out of the reply with --tool-call-parser and return them as tool_calls."""
     tool_call_parser: str | None = None
-    """Format of the model's tool calls: hermes, llama3_json or mistral."""
+    """Format of the model's tool calls: hermes, llama3_json, mistral, pythonic, qwen3_coder, deepseek_v3, or auto (chosen per model from its chat template)."""
     reasoning_parser: str | None = None
     """Split a reasoning model's `<think>...</think>` from its answer: deepseek_r1 (the reply starts inside the block) or qwen3 (the reply opens it). Chat replies then carry reasoning_content and reasoning; /v1/responses a reasoning item."""
     responses_store_max_entries: int = 1000

@@ -30,7 +30,13 @@ from mono_llm.openai_api.chat_completion.tool_choice import (
     forced_tool_choice,
     new_tool_call_id,
 )
-from mono_llm.openai_api.chat_completion.tool_parsers import StreamingToolState, ToolParser
+from mono_llm.openai_api.chat_completion.tool_parsers import (
+    AUTO,
+    StreamingToolState,
+    ToolParser,
+    get_tool_parser,
+    parser_name_for_template,
+)
 from mono_llm.openai_api.engine_requests import (
     ChoiceState,
     PromptInput,
@@ -112,25 +118,42 @@ class ChatServing(ServingBase):
         metrics: ServerMetrics | None,
         *,
         prompt_tokens_details: bool = False,
-        tool_parser: ToolParser | None = None,
+        tool_parser: ToolParser | str | None = None,
         media: MediaInputs | None = None,
         reasoning_parser: ReasoningParser | None = None,
     ) -> None:
         super().__init__(registry, metrics, prompt_tokens_details=prompt_tokens_details)
         self.media = media  # image fetching and preprocessing (None: images refused)
-        self.tool_parser = tool_parser  # --enable-auto-tool-choice --tool-call-parser
+        # --enable-auto-tool-choice --tool-call-parser: a parser, or "auto" (per model, from
+        # its chat template)
+        self.tool_parser = tool_parser
+        self._template_parsers: dict[str, ToolParser | None] = {}
         self.reasoning_parser = reasoning_parser  # --reasoning-parser
 
+    def model_tool_parser(self, model: ServedModel) -> ToolParser | None:
+        """The tool parser for `model` (with `auto`, the one its chat template speaks)."""
+        if self.tool_parser != AUTO:
+            return self.tool_parser if isinstance(self.tool_parser, ToolParser) else None
+        if model.name not in self._template_parsers:
+            template = model.chat_template.template or getattr(
+                model.tokenizer, "chat_template", None
+            )
+            if isinstance(template, dict):  # named templates: look at all of them
+                template = "\n".join(str(t) for t in template.values())
+            name = parser_name_for_template(template if isinstance(template, str) else None)
+            self._template_parsers[model.name] = get_tool_parser(name) if name else None
+        return self._template_parsers[model.name]
+
     def _auto_parser(
-        self, request: ChatCompletionRequest, forced: ForcedToolChoice | None
+        self, request: ChatCompletionRequest, forced: ForcedToolChoice | None, model: ServedModel
     ) -> ToolParser | None:
         """The parser that reads tool calls out of free text, under tool_choice auto."""
         if forced is None and request.tools and request.tool_choice in (None, "auto"):
-            return self.tool_parser
+            return self.model_tool_parser(model)
         return None
 
     def _check_auto_tool_choice(
-        self, request: ChatCompletionRequest, forced: ForcedToolChoice | None
+        self, request: ChatCompletionRequest, forced: ForcedToolChoice | None, model: ServedModel
     ) -> None:
         """vLLM's 400s for tool_choice auto: tools given (explicit "auto" or no tool_choice)
         on a server that cannot read calls out of the reply. Answering with plain content
@@ -147,6 +170,13 @@ class ChatServing(ServingBase):
                 "When using `tool_choice`, `tools` must be set.", 400, param="tool_choice"
             )
         auto = forced is None and request.tools and request.tool_choice in (None, "auto")
+        if auto and self.tool_parser == AUTO and self.model_tool_parser(model) is None:
+            raise OpenAIError(
+                f"--tool-call-parser auto found no known tool-call format in the chat template "
+                f"of {model.name}; name the parser with --tool-call-parser.",
+                400,
+                param="tool_choice",
+            )
         if auto and self.tool_parser is None:
             raise OpenAIError(
                 '"auto" tool choice requires --enable-auto-tool-choice and '
@@ -173,7 +203,7 @@ class ChatServing(ServingBase):
             tasks.check("generate", model=model.name)
         request_id = f"chatcmpl-{base_request_id(raw_request, request.request_id)}"
         forced = forced_tool_choice(request)
-        self._check_auto_tool_choice(request, forced)
+        self._check_auto_tool_choice(request, forced, model)
 
         takes_images = self.media is not None and image_limit(model) > 0
         image_urls: list[str] | None = [] if takes_images else None
@@ -273,7 +303,7 @@ class ChatServing(ServingBase):
     ) -> ChatCompletionResponse:
         model, request_id, prompt, stream = await self.start(request, raw_request)
         forced = forced_tool_choice(request)
-        auto = self._auto_parser(request, forced)
+        auto = self._auto_parser(request, forced, model)
         states: dict[int, ChoiceState] = {}
         prompt_positions = None
         first: RequestOutput | None = None
@@ -387,24 +417,21 @@ class ChatServing(ServingBase):
         tool_states: dict[int, StreamingToolState],
         completion: CompletionOutput,
     ) -> ChatCompletionResponseStreamChoice | None:
-        """Content streams until a tool call starts; the calls go out whole at the end."""
+        """Content streams until a tool call starts; then each call's name, and its
+        arguments as they are generated."""
         tool_state = tool_states.setdefault(completion.index, StreamingToolState(parser))
-        content = tool_state.feed(completion.text)
         finish = completion.finish_reason
-        calls: list[dict[str, Any]] = []
-        if finish is not None:
-            rest, calls = tool_state.finish()
-            content += rest
-            if calls and finish == "stop":
+        if finish is None:
+            content, calls = tool_state.feed(completion.text)
+        else:
+            content, calls = tool_state.finish(completion.text)
+            if tool_state.called and finish == "stop":
                 finish = "tool_calls"
         if not content and not calls and finish is None:
             return None
         return ChatCompletionResponseStreamChoice(
             index=completion.index,
-            delta=DeltaMessage(
-                content=content or None,
-                tool_calls=[{"index": i, **c} for i, c in enumerate(calls)] or None,
-            ),
+            delta=DeltaMessage(content=content or None, tool_calls=calls or None),
             finish_reason=finish,
             stop_reason=completion.stop_reason,
         )
@@ -440,7 +467,7 @@ class ChatServing(ServingBase):
         prompt_tokens = prompt.num_tokens
         states: dict[int, ChoiceState] = {}
         forced = forced_tool_choice(request)
-        auto = self._auto_parser(request, forced)
+        auto = self._auto_parser(request, forced, model)
         tool_states: dict[int, StreamingToolState] = {}
         tool_call_ids: dict[int, str] = {}
         splitters: dict[int, ReasoningStream | None] = {}

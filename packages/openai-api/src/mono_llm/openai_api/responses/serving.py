@@ -151,7 +151,7 @@ class ResponsesServing:
             prompt_text=prompt.text,
             stream=stream,
             forced=forced,
-            auto=self.chat._auto_parser(chat_request, forced),
+            auto=self.chat._auto_parser(chat_request, forced, model),
             input_items=input_items,
             history=history,
             created_at=int(time.time()),
@@ -170,7 +170,15 @@ class ResponsesServing:
         tools = StreamingToolState(run.auto) if run.auto is not None else None
         forced, parallel = run.forced, run.request.parallel_tool_calls
         required: list[str] = []
-        calls_made = 0
+
+        def parsed(content: str, deltas: list[dict[str, Any]]) -> None:
+            builder.text(content)
+            for delta in deltas:
+                if delta["index"] > 0 and not parallel:
+                    continue
+                if "id" in delta:
+                    builder.call_start(delta["function"]["name"])
+                builder.call_arguments(delta["function"]["arguments"])
 
         def answer(text: str) -> None:
             if forced is not None and forced.mode == "named":
@@ -180,19 +188,24 @@ class ResponsesServing:
             elif forced is not None:
                 required.append(text)
             elif tools is not None:
-                builder.text(tools.feed(text))
+                tool_text.append(text)  # sent one engine step later (see below)
             else:
                 builder.text(text)
 
         def whole_calls(calls: list[dict[str, Any]]) -> None:
-            nonlocal calls_made
             for call in calls[: 1 if not parallel else None]:
                 builder.call(call["function"]["name"], call["function"]["arguments"])
-                calls_made += 1
 
+        # With a tool parser, each step's answer text is fed one step late, so the last piece
+        # goes to `finish` whole, as chat streaming does (a call it completes is not sent
+        # half first).
+        tool_text: list[str] = []
         output_tokens, finish, first = 0, None, None
         async for output in run.stream:
             first = first or output
+            if tools is not None and tool_text:
+                parsed(*tools.feed("".join(tool_text)))
+                tool_text.clear()
             for completion in output.outputs:
                 output_tokens += len(completion.token_ids)
                 finish = completion.finish_reason or finish
@@ -216,9 +229,7 @@ class ResponsesServing:
             else:
                 whole_calls(calls)
         elif tools is not None:
-            rest, calls = tools.finish()
-            builder.text(rest)
-            whole_calls(calls)
+            parsed(*tools.finish("".join(tool_text)))
         reasoning_tokens = 0
         if reasoning is not None and reasoning.reasoning_text:
             tokenizer = run.model.tokenizer
