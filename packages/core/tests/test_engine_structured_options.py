@@ -11,7 +11,7 @@ import torch
 from transformers import AutoTokenizer
 
 from mono_llm.core import LLM, SamplingParams, StructuredOutputsParams
-from mono_llm.core.structured_outputs import XGrammarBackend
+from mono_llm.core.engine.structured_outputs import XGrammarBackend
 from mono_llm.core.testing import fixture_path
 
 xgrammar = pytest.importorskip("xgrammar")
