@@ -25,9 +25,10 @@ from mono_llm.core.outputs import RequestOutput
 from mono_llm.openai_api.chat_completion.protocol import ChatCompletionRequest
 from mono_llm.openai_api.chat_completion.serving import ChatServing
 from mono_llm.openai_api.chat_completion.tool_choice import ForcedToolChoice, forced_tool_choice
-from mono_llm.openai_api.chat_completion.tool_parsers import StreamingToolState, ToolParser
+from mono_llm.openai_api.chat_completion.tool_parsers import ToolParser
 from mono_llm.openai_api.errors import OpenAIError, from_exception
 from mono_llm.openai_api.reasoning import ReasoningStream
+from mono_llm.openai_api.reply_router import ReplySummary, route_reply
 from mono_llm.openai_api.responses.conversation import (
     chat_response_format,
     chat_tool_choice,
@@ -166,81 +167,31 @@ class ResponsesServing:
     async def _generate(self, run: _Run, builder: OutputBuilder) -> AsyncGenerator[None, None]:
         """Feed the engine's output into `builder`; yields after each engine step."""
         parser = self.chat.reasoning_parser
-        reasoning = ReasoningStream(parser, run.prompt_text) if parser is not None else None
-        tools = StreamingToolState(run.auto) if run.auto is not None else None
-        forced, parallel = run.forced, run.request.parallel_tool_calls
-        required: list[str] = []
-
-        def parsed(content: str, deltas: list[dict[str, Any]]) -> None:
-            builder.text(content)
-            for delta in deltas:
-                if delta["index"] > 0 and not parallel:
-                    continue
-                if "id" in delta:
-                    builder.call_start(delta["function"]["name"])
-                builder.call_arguments(delta["function"]["arguments"])
-
-        def answer(text: str) -> None:
-            if forced is not None and forced.mode == "named":
-                if text and not builder.in_call:
-                    builder.call_start(forced.function_name or "")
-                builder.call_arguments(text)
-            elif forced is not None:
-                required.append(text)
-            elif tools is not None:
-                tool_text.append(text)  # sent one engine step later (see below)
-            else:
-                builder.text(text)
-
-        def whole_calls(calls: list[dict[str, Any]]) -> None:
-            for call in calls[: 1 if not parallel else None]:
-                builder.call(call["function"]["name"], call["function"]["arguments"])
-
-        # With a tool parser, each step's answer text is fed one step late, so the last piece
-        # goes to `finish` whole, as chat streaming does (a call it completes is not sent
-        # half first).
-        tool_text: list[str] = []
-        output_tokens, finish, first = 0, None, None
-        async for output in run.stream:
-            first = first or output
-            if tools is not None and tool_text:
-                parsed(*tools.feed("".join(tool_text)))
-                tool_text.clear()
-            for completion in output.outputs:
-                output_tokens += len(completion.token_ids)
-                finish = completion.finish_reason or finish
-                if reasoning is not None:
-                    thought, text = reasoning.feed(completion.text)
-                    builder.reasoning(thought)
-                    answer(text)
-                else:
-                    answer(completion.text)
+        summary = ReplySummary()
+        async for _ in route_reply(
+            run.stream,
+            builder,
+            summary,
+            reasoning=ReasoningStream(parser, run.prompt_text) if parser is not None else None,
+            forced=run.forced,
+            tool_parser=run.auto,
+            parallel_tool_calls=run.request.parallel_tool_calls,
+        ):
             yield
-        if reasoning is not None:
-            thought, text = reasoning.finish()
-            builder.reasoning(thought)
-            answer(text)
-        if forced is not None and forced.mode == "named" and not builder.in_call:
-            builder.call_start(forced.function_name or "")
-        elif forced is not None and forced.mode == "required":
-            calls = forced.tool_calls("".join(required))
-            if calls is None:
-                builder.text("".join(required))
-            else:
-                whole_calls(calls)
-        elif tools is not None:
-            parsed(*tools.finish("".join(tool_text)))
         reasoning_tokens = 0
-        if reasoning is not None and reasoning.reasoning_text:
+        if summary.reasoning_text:
             tokenizer = run.model.tokenizer
             reasoning_tokens = len(
-                tokenizer(reasoning.reasoning_text, add_special_tokens=False).input_ids
+                tokenizer(summary.reasoning_text, add_special_tokens=False).input_ids
             )
-        cached = first.num_cached_tokens if first is not None else 0
+        output_tokens = summary.output_tokens
         builder.finish(
-            incomplete=finish == "length",
+            incomplete=summary.finish_reason == "length",
             usage=usage(
-                run.prompt_tokens, output_tokens, cached, min(reasoning_tokens, output_tokens)
+                run.prompt_tokens,
+                output_tokens,
+                summary.cached_tokens,
+                min(reasoning_tokens, output_tokens),
             ),
         )
 
