@@ -34,6 +34,8 @@ from mono_llm.openai_api.http_middleware import (
     resolve_api_keys,
 )
 from mono_llm.openai_api.media import MediaInputs
+from mono_llm.openai_api.messages.router import router as messages_router
+from mono_llm.openai_api.messages.serving import MessagesServing
 from mono_llm.openai_api.metrics import ServerMetrics
 from mono_llm.openai_api.models.router import router as models_router
 from mono_llm.openai_api.pooling.router import router as pooling_router
@@ -205,6 +207,7 @@ def build_app(
                 tokenization=TokenizationServing(registry, media),
                 media=media,
                 responses=ResponsesServing(chat, response_store),
+                messages=MessagesServing(chat),
             )
             app.state.server = state
             for model in models:
@@ -250,6 +253,7 @@ def build_app(
         completion_router,
         chat_router,
         responses_router,
+        messages_router,
         tokenization_router,
         pooling_router,
     ):

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from mono_llm.openai_api.chat_completion.serving import ChatServing
     from mono_llm.openai_api.completion.serving import CompletionServing
     from mono_llm.openai_api.media import MediaInputs
+    from mono_llm.openai_api.messages.serving import MessagesServing
     from mono_llm.openai_api.metrics import ServerMetrics
     from mono_llm.openai_api.responses.serving import ResponsesServing
     from mono_llm.openai_api.served_models import ServedModels
@@ -112,6 +113,7 @@ class ServerState:
     tokenization: TokenizationServing
     media: MediaInputs | None = None
     responses: ResponsesServing | None = None
+    messages: MessagesServing | None = None
     ready: bool = False  # models loaded and warmed up
     draining: bool = False  # shutting down: not ready for new traffic
     inflight: int = 0  # API requests being served (probes excluded)

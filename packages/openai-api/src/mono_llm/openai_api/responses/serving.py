@@ -22,7 +22,10 @@ from typing import Any
 from starlette.requests import Request
 
 from mono_llm.core.outputs import RequestOutput
-from mono_llm.openai_api.chat_completion.protocol import ChatCompletionRequest
+from mono_llm.openai_api.chat_completion.protocol import (
+    ChatCompletionRequest,
+    passthrough_extras,
+)
 from mono_llm.openai_api.chat_completion.serving import ChatServing
 from mono_llm.openai_api.chat_completion.tool_choice import ForcedToolChoice, forced_tool_choice
 from mono_llm.openai_api.chat_completion.tool_parsers import ToolParser
@@ -62,14 +65,6 @@ class _Run:
     created_at: int
 
 
-# Chat request fields a Responses body may carry as extras; the rest have Responses names.
-_CHAT_EXTRAS = frozenset(ChatCompletionRequest.model_fields) - {
-    "messages", "tools", "tool_choice", "response_format", "max_tokens", "max_completion_tokens",
-    "stream", "stream_options", "n", "best_of", "use_beam_search", "echo", "logprobs",
-    "top_logprobs", "prompt_logprobs", "chat_template",
-}  # fmt: skip
-
-
 def sse(event: dict[str, Any]) -> str:
     """One Responses stream event (`event:` line with the type, as OpenAI sends)."""
     return f"event: {event['type']}\ndata: {json.dumps(event, ensure_ascii=False)}\n\n"
@@ -99,9 +94,7 @@ class ResponsesServing:
             "request_id": response_id,
         }
         # vLLM's sampling extras (logit_bias, stop, ignore_eos, ...) pass through extra_body.
-        for key, value in (request.model_extra or {}).items():
-            if key in _CHAT_EXTRAS and key not in body:
-                body[key] = value
+        body = passthrough_extras(request.model_extra, body)
         if request.reasoning is not None and request.reasoning.effort is not None:
             body["reasoning_effort"] = request.reasoning.effort
         try:
