@@ -6,6 +6,7 @@ import itertools
 from collections.abc import Sequence as SequenceABC
 from typing import Any
 
+from mono_llm.core.beam_search import BeamSearchOutput, BeamSearchParams, beam_search, step_params
 from mono_llm.core.config import EngineArgs
 from mono_llm.core.engine.core import EngineCore
 from mono_llm.core.engine.offline_loop import run_until_finished
@@ -72,6 +73,37 @@ class LLM(PoolingLLMMixin):
                 f"Got {len(prompts)} prompts but {len(priority)} priorities.", param="priority"
             )
         return self._run(prompts, params_list, use_tqdm, priority)
+
+    def beam_search(
+        self, prompts: PromptType | SequenceABC[PromptType], params: BeamSearchParams
+    ) -> list[BeamSearchOutput]:
+        """Beam search for each prompt (vLLM's `LLM.beam_search`): the best
+        `params.beam_width` hypotheses, best first (see `mono_llm.core.beam_search`)."""
+        if isinstance(prompts, (str, dict)):
+            prompts = [prompts]
+        tokenizer = self.get_tokenizer()
+        eos = set(self.llm_engine.eos_token_ids)
+        request = step_params(params)
+
+        def step(token_lists: list[list[int]]) -> list[Any]:
+            outputs = self.generate(
+                [TokensPrompt(prompt_token_ids=tokens) for tokens in token_lists],
+                request,
+                use_tqdm=False,
+            )
+            return [o.outputs[0].logprobs[0] for o in outputs]
+
+        results = []
+        for prompt in prompts:
+            if isinstance(prompt, str):
+                token_ids = list(tokenizer(prompt).input_ids)
+            else:
+                token_ids = list(prompt["prompt_token_ids"])
+            sequences = beam_search(token_ids, params, eos, step)
+            for sequence in sequences:
+                sequence.text = tokenizer.decode(sequence.output_tokens, skip_special_tokens=True)
+            results.append(BeamSearchOutput(sequences))
+        return results
 
     def chat(
         self,
