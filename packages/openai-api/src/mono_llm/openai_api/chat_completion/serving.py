@@ -16,6 +16,7 @@ from starlette.requests import Request
 from mono_llm.core.errors import check_prompt_chars
 from mono_llm.core.outputs import CompletionOutput, RequestOutput
 from mono_llm.core.sampling_params import StructuredOutputsParams
+from mono_llm.openai_api.beam_search import start_beam_search
 from mono_llm.openai_api.chat_completion.protocol import (
     ChatCompletionRequest,
     ChatCompletionResponse,
@@ -268,9 +269,12 @@ class ChatServing(ServingBase):
             and not splitter.in_answer
         ):
             structured.reasoning_end = splitter.parser.end
-        stream = await start_engine_request(
-            model, prompt, params, request_id, priority=request.priority, metrics=self.metrics
-        )
+        if request.use_beam_search:
+            stream = await start_beam_search(model, prompt, request, max_tokens, request_id)
+        else:
+            stream = await start_engine_request(
+                model, prompt, params, request_id, priority=request.priority, metrics=self.metrics
+            )
         return model, request_id, prompt, stream
 
     @staticmethod
