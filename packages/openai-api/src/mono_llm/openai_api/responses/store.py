@@ -23,7 +23,7 @@ class StoredResponse:
     input_items: list[dict[str, Any]]  # this request's input items, with ids
     messages: list[dict[str, Any]]  # the whole conversation so far (no instructions)
     task: asyncio.Task[Any] | None = None  # a background run
-    stored_at: float = field(default_factory=time.monotonic)
+    stored_at: float = field(default_factory=lambda: time.monotonic())
 
     @property
     def running(self) -> bool:
