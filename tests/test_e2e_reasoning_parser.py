@@ -132,3 +132,58 @@ def test_responses_reasoning_item_and_events(reasoning_server) -> None:
     ]
     assert events[done].text == thought
     assert events[-1].response.output_text == response.output_text
+
+
+@pytest.fixture(scope="module")
+def r1_server(server_factory, tmp_path_factory):
+    """tiny-qwen3 with `<think>`/`</think>` as plain added tokens (as in real reasoning models:
+    they stay in the text), served with --reasoning-parser deepseek_r1."""
+    import shutil
+
+    from mono_llm.core import AsyncEngineArgs
+    from mono_llm.core.testing import fixture_path
+    from mono_llm.openai_api import ServerArgs, build_app
+
+    folder = tmp_path_factory.mktemp("r1") / "model"
+    shutil.copytree(fixture_path(QWEN3), folder)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        config = json.loads((folder / name).read_text())
+        entries = config.get("added_tokens") or list(config["added_tokens_decoder"].values())
+        for entry in entries:
+            if entry["content"] in ("<think>", "</think>"):
+                entry["special"] = False
+        (folder / name).write_text(json.dumps(config, ensure_ascii=False))
+    engine = AsyncEngineArgs(model=str(folder), served_model_name=QWEN3)
+    with server_factory(build_app([engine], ServerArgs(reasoning_parser="deepseek_r1"))) as running:
+        yield running
+
+
+def test_json_applies_after_the_thinking(r1_server) -> None:
+    """A bias makes `</think>` the model's first choice. If the JSON grammar applied from the
+    first token it would forbid `</think>`, and the whole JSON would read as (unclosed)
+    reasoning; gated until `</think>`, the thinking ends at once and the answer is the JSON.
+    The schema holds no strings, so `</think>` cannot come back inside the answer."""
+    from transformers import AutoTokenizer
+
+    client = r1_server.openai()
+    tokenizer = AutoTokenizer.from_pretrained(
+        r1_server.app.state.server.registry.resolve(QWEN3).root
+    )
+    bias = {str(i): 20 for i in range(len(tokenizer)) if tokenizer.decode([i]) == "}"}
+    bias[str(tokenizer.convert_tokens_to_ids("</think>"))] = 100
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"],
+              "additionalProperties": False}  # fmt: skip
+    for stream in (False, True):
+        reply = client.chat.completions.create(
+            model=QWEN3, messages=MESSAGES, max_tokens=50, temperature=0, stream=stream,
+            response_format={"type": "json_schema", "json_schema": {"name": "n", "schema": schema}},
+            extra_body={"logit_bias": bias, "structured_outputs": {"disable_any_whitespace": True}},
+        )  # fmt: skip
+        if stream:
+            deltas = [c.choices[0].delta for c in reply if c.choices]
+            content = "".join(d.content or "" for d in deltas)
+            thought = "".join(d.model_extra.get("reasoning_content") or "" for d in deltas)
+        else:
+            content = reply.choices[0].message.content
+            thought = reply.choices[0].message.reasoning_content
+        assert thought in ("", None) and isinstance(json.loads(content)["n"], int), content
