@@ -28,7 +28,10 @@ def reasoning_server(server_factory):
     from mono_llm.openai_api import ServerArgs, build_app
 
     engine = AsyncEngineArgs(model=str(fixture_path(QWEN3)), served_model_name=QWEN3)
-    args = ServerArgs(reasoning_parser="qwen3")
+    # auto: the fixture's ChatML template shows no tool-call format (see the last test).
+    args = ServerArgs(
+        reasoning_parser="qwen3", enable_auto_tool_choice=True, tool_call_parser="auto"
+    )
     with server_factory(build_app([engine], args)) as running:
         yield running
 
@@ -132,6 +135,17 @@ def test_responses_reasoning_item_and_events(reasoning_server) -> None:
     ]
     assert events[done].text == thought
     assert events[-1].response.output_text == response.output_text
+
+
+def test_auto_tool_parser_without_a_known_format_is_a_clear_400(reasoning_server) -> None:
+    import openai
+
+    client = reasoning_server.openai()
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+    with pytest.raises(openai.BadRequestError, match="--tool-call-parser") as info:
+        client.chat.completions.create(model=QWEN3, messages=MESSAGES, tools=tools, max_tokens=2)
+    assert info.value.body["param"] == "tool_choice"
+    assert client.chat.completions.create(model=QWEN3, messages=MESSAGES, max_tokens=2).choices
 
 
 @pytest.fixture(scope="module")

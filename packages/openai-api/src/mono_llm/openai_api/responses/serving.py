@@ -188,13 +188,12 @@ class ResponsesServing:
             ),
         )
 
-    def _store(self, run: _Run, response: dict[str, Any], task: Any = None) -> None:
+    def _store(self, run: _Run, response: dict[str, Any]) -> None:
+        """Keep a finished response and its whole conversation (with store=true)."""
         if not run.request.store:
             return
         messages = run.history + output_to_messages(response["output"])
-        entry = StoredResponse(
-            response=response, input_items=run.input_items, messages=messages, task=task
-        )
+        entry = StoredResponse(response=response, input_items=run.input_items, messages=messages)
         self.store.put(run.response_id, entry)
 
     # ------------------------------------------------------------------ entry points
