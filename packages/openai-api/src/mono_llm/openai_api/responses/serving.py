@@ -229,7 +229,8 @@ class ResponsesServing:
             self._store(run, builder.response)
         except Exception as exc:  # the status line is sent already: report in-band
             error = from_exception(exc)
-            builder.fail(str(error.status), error.message, error.param)
+            code = "server_error" if error.status >= 500 else "invalid_request_error"
+            builder.fail(code, error.message, error.param)
             for event in builder.take_events():
                 yield sse(event)
         finally:
