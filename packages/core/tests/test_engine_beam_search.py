@@ -53,3 +53,13 @@ def test_beam_search_reaches_beyond_greedy(llm) -> None:
     (beams,) = llm.beam_search(["Once upon"], BeamSearchParams(beam_width=4, max_tokens=5))
     assert beams.sequences[0].cum_logprob >= greedy.cumulative_logprob - 1e-4
     assert len(beams.sequences) == 4
+
+
+def test_prompts_in_lockstep_equal_one_at_a_time(llm) -> None:
+    params = BeamSearchParams(beam_width=2, max_tokens=4)
+    prompts = ["The quick brown fox", {"prompt_token_ids": [5, 6, 7]}]
+    together = llm.beam_search(prompts, params)
+    alone = [llm.beam_search([p], params)[0] for p in prompts]
+    assert [[s.tokens for s in o.sequences] for o in together] == [
+        [s.tokens for s in o.sequences] for o in alone
+    ]

@@ -115,6 +115,39 @@ def _best(
     return every[: params.beam_width]
 
 
+class BeamSearch:
+    """One prompt's search, advanced one step at a time (so a caller can run the beams of
+    many prompts as one batch of engine requests per step)."""
+
+    def __init__(
+        self, prompt_token_ids: list[int], params: BeamSearchParams, eos: set[int]
+    ) -> None:
+        self.params = params
+        self.eos = eos
+        self.beams = [BeamSearchSequence(list(prompt_token_ids), len(prompt_token_ids))]
+        self.finished: list[BeamSearchSequence] = []
+        self.steps = 0
+
+    @property
+    def done(self) -> bool:
+        return (
+            not self.beams
+            or self.steps >= self.params.max_tokens
+            or _settled(self.finished, self.beams, self.params)
+        )
+
+    def prompts(self) -> list[list[int]]:
+        """The token lists to run for the next step (one per live beam)."""
+        return [beam.tokens for beam in self.beams]
+
+    def advance(self, step_logprobs: list[dict[int, Logprob]]) -> None:
+        self.beams = _advance(self.beams, step_logprobs, self.params, self.eos, self.finished)
+        self.steps += 1
+
+    def result(self) -> list[BeamSearchSequence]:
+        return _best(self.finished, self.beams, self.params)
+
+
 def beam_search(
     prompt_token_ids: list[int],
     params: BeamSearchParams,
@@ -122,13 +155,10 @@ def beam_search(
     step: Callable[[list[list[int]]], list[dict[int, Logprob]]],
 ) -> list[BeamSearchSequence]:
     """Beam search with a synchronous `step` (token lists -> next-token log-probabilities)."""
-    beams = [BeamSearchSequence(list(prompt_token_ids), len(prompt_token_ids))]
-    finished: list[BeamSearchSequence] = []
-    for _ in range(params.max_tokens):
-        beams = _advance(beams, step([b.tokens for b in beams]), params, eos_token_ids, finished)
-        if not beams or _settled(finished, beams, params):
-            break
-    return _best(finished, beams, params)
+    search = BeamSearch(prompt_token_ids, params, eos_token_ids)
+    while not search.done:
+        search.advance(step(search.prompts()))
+    return search.result()
 
 
 async def beam_search_async(
@@ -138,14 +168,10 @@ async def beam_search_async(
     step: Callable[[list[list[int]]], Awaitable[list[dict[int, Logprob]]]],
 ) -> list[BeamSearchSequence]:
     """`beam_search` with an asynchronous `step` (the server's engine)."""
-    beams = [BeamSearchSequence(list(prompt_token_ids), len(prompt_token_ids))]
-    finished: list[BeamSearchSequence] = []
-    for _ in range(params.max_tokens):
-        logprobs = await step([b.tokens for b in beams])
-        beams = _advance(beams, logprobs, params, eos_token_ids, finished)
-        if not beams or _settled(finished, beams, params):
-            break
-    return _best(finished, beams, params)
+    search = BeamSearch(prompt_token_ids, params, eos_token_ids)
+    while not search.done:
+        search.advance(await step(search.prompts()))
+    return search.result()
 
 
 def _settled(
@@ -153,8 +179,8 @@ def _settled(
 ) -> bool:
     """True once `width` hypotheses have finished and no running beam can still beat the
     worst of them (log-probabilities only fall as a beam grows)."""
-    if len(finished) < params.beam_width:
-        return False
+    if len(finished) < params.beam_width or not running:
+        return len(finished) >= params.beam_width
     worst = sorted(b.score(params.length_penalty) for b in finished)[-params.beam_width]
     best_running = max(b.score(params.length_penalty) for b in running)
     return params.length_penalty >= 0 and best_running <= worst
