@@ -21,8 +21,8 @@ from mono_llm.openai_api.engine_requests import PromptInput, start_engine_reques
 from mono_llm.openai_api.errors import OpenAIError
 
 if TYPE_CHECKING:
-    from mono_llm.openai_api.model_registry import ServedModel
     from mono_llm.openai_api.protocol import SamplingExtras
+    from mono_llm.openai_api.served_models import ServedModel
 
 
 def check_beam_search_request(request: SamplingExtras) -> None:
