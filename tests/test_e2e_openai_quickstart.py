@@ -249,7 +249,7 @@ def test_validation_errors_are_400_naming_the_field(server) -> None:
     assert bad_param.status_code == 400 and bad_param.json()["error"]["param"] == "top_p"
     for body, param in (
         ({"prompt": "x", "stream_options": {"include_usage": True}}, "stream_options"),
-        ({"prompt": "x", "use_beam_search": True}, "use_beam_search"),
+        ({"prompt": "x", "use_beam_search": True, "stream": True}, "stream"),
     ):
         response = httpx.post(
             f"{server.v1}/completions", headers=server.headers(), json={"model": LLAMA, **body}

@@ -523,7 +523,9 @@ def close_the_json() -> dict:
         if not text.strip():
             bias[str(i)] = -100
         elif set(text.strip()) <= set('"}],'):
-            bias[str(i)] = 20
+            # Forced calls are compact JSON (no whitespace to wander into): close strings
+            # first, then prefer ending the list of calls over continuing it.
+            bias[str(i)] = 30 if '"' in text else 25 if "]" in text else 20
     return {"temperature": 0, "logit_bias": bias}
 
 
@@ -778,9 +780,8 @@ def test_health_ping_version_metrics(plain) -> None:
 
 def test_unbuilt_routes_and_media_parts_are_clear_errors(openai_api_base) -> None:
     client = OpenAI(api_key="EMPTY", base_url=openai_api_base)
-    with pytest.raises(openai.NotFoundError) as info:
-        client.responses.create(model=MODEL, input="Tell me a joke.")
-    assert "/v1/responses" in info.value.message and "not supported" in info.value.message
+    with pytest.raises(openai.NotFoundError, match="files API is not supported"):
+        client.files.list()
     with pytest.raises(openai.NotFoundError, match="audio API is not supported"):
         client.audio.transcriptions.create(model=MODEL, file=("a.wav", b"RIFF"))
     with pytest.raises(openai.NotFoundError, match="images API is not supported"):
@@ -835,7 +836,8 @@ def test_parallel_tool_calls_false_keeps_the_first_call(client) -> None:
         parallel_tool_calls=False, stream=True,
     )  # fmt: skip
     streamed = [c for chunk in stream for c in (chunk.choices[0].delta.tool_calls or [])]
-    assert [c.index for c in streamed] == [0]
+    # One call: its name, then its argument pieces.
+    assert {c.index for c in streamed} == {0} and sum(1 for c in streamed if c.id) == 1
 
 
 def test_structured_outputs_docs_page(openai_api_base, close_the_json) -> None:

@@ -68,20 +68,21 @@ def test_streaming_holds_back_a_possible_marker() -> None:
             "</tool_call>",
         ]
     ]
-    assert "".join(out) == "Hello "
-    assert out[0] == "Hello "  # "<to" held back: it may start a call
-    rest, calls = state.finish()
-    assert rest == "" and [c["function"]["name"] for c in calls] == ["a"]
+    assert "".join(content for content, _ in out) == "Hello"
+    assert out[0][0] == "Hello"  # "<to" held back: it may start a call (and " " may end it)
+    assert out[3][1][0]["function"] == {"name": "a", "arguments": ""}  # the name first
+    assert out[4][1] == [{"index": 0, "function": {"arguments": "{}"}}]
+    assert state.finish() == ("", []) and state.called
 
     plain = StreamingToolState(get_tool_parser("hermes"))
-    pieces = [plain.feed(p) for p in ["a <", "b", " c"]]
-    assert pieces == ["a ", "<b", " c"]  # released once it cannot be a marker
+    pieces = [plain.feed(p)[0] for p in ["a <", "b", " c"]]
+    assert pieces == ["a", " <b", " c"]  # released once it cannot be a marker
     assert plain.finish() == ("", [])
 
 
 def test_streaming_unparsable_call_falls_back_to_content() -> None:
     state = StreamingToolState(get_tool_parser("llama3_json"))
-    assert state.feed("  ") == ""  # leading whitespace: a JSON call may still follow
-    assert state.feed('{"name": "a", "parame') == ""
+    assert state.feed("  ") == ("", [])  # leading whitespace: a JSON call may still follow
+    assert state.feed('{"nam') == ("", [])  # no complete name yet: nothing sent
     rest, calls = state.finish()  # cut by max_tokens: not a call after all
-    assert calls == [] and rest == '  {"name": "a", "parame'
+    assert calls == [] and rest == '  {"nam'

@@ -35,6 +35,7 @@ _EXPORTS: dict[str, str] = {
     "EngineDeadError": "errors",
     "EngineOverloadedError": "errors",
     "LLM": "llm",
+    "BeamSearchParams": "beam_search",
     "AsyncLLM": "async_llm",
     "PoolingParams": "pooling_params",
     "PoolingRequestOutput": "outputs",

@@ -6,6 +6,7 @@ import itertools
 from collections.abc import Sequence as SequenceABC
 from typing import Any
 
+from mono_llm.core.beam_search import BeamSearch, BeamSearchOutput, BeamSearchParams, step_params
 from mono_llm.core.config import EngineArgs
 from mono_llm.core.engine.core import EngineCore
 from mono_llm.core.engine.offline_loop import run_until_finished
@@ -72,6 +73,45 @@ class LLM(PoolingLLMMixin):
                 f"Got {len(prompts)} prompts but {len(priority)} priorities.", param="priority"
             )
         return self._run(prompts, params_list, use_tqdm, priority)
+
+    def beam_search(
+        self, prompts: PromptType | SequenceABC[PromptType], params: BeamSearchParams
+    ) -> list[BeamSearchOutput]:
+        """Beam search for each prompt (vLLM's `LLM.beam_search`): the best
+        `params.beam_width` hypotheses, best first (see `mono_llm.core.beam_search`). The
+        searches run in lockstep: one batch of one-token requests per step for all prompts."""
+        if isinstance(prompts, (str, dict)):
+            prompts = [prompts]
+        tokenizer = self.get_tokenizer()
+        eos = set(self.llm_engine.eos_token_ids)
+        searches = [
+            BeamSearch(
+                list(tokenizer(p).input_ids) if isinstance(p, str) else list(p["prompt_token_ids"]),
+                params,
+                eos,
+            )
+            for p in prompts
+        ]
+        request = step_params(params)
+        while live := [s for s in searches if not s.done]:
+            batches = [s.prompts() for s in live]
+            outputs = self.generate(
+                [TokensPrompt(prompt_token_ids=t) for batch in batches for t in batch],
+                request,
+                use_tqdm=False,
+            )
+            position = 0
+            for search, batch in zip(live, batches, strict=True):
+                chunk = outputs[position : position + len(batch)]
+                search.advance([o.outputs[0].logprobs[0] for o in chunk])
+                position += len(batch)
+        results = []
+        for search in searches:
+            sequences = search.result()
+            for sequence in sequences:
+                sequence.text = tokenizer.decode(sequence.output_tokens, skip_special_tokens=True)
+            results.append(BeamSearchOutput(sequences))
+        return results
 
     def chat(
         self,

@@ -56,6 +56,15 @@ class StructuredOutputsParams:
     grammar: str | None = None
     json_object: bool | None = None
     structural_tag: str | None = None
+    # JSON options (vLLM's names): no whitespace between JSON tokens; whether objects may
+    # hold properties their schema does not list (None: xgrammar's strict default, no);
+    # a regex for the whitespace allowed between JSON tokens.
+    disable_any_whitespace: bool = False
+    disable_additional_properties: bool | None = None
+    whitespace_pattern: str | None = None
+    # A reasoning model's end-of-thinking marker (e.g. "</think>"): the constraint applies
+    # only to what is generated after it, so the model thinks freely first.
+    reasoning_end: str | None = None
 
     def __post_init__(self) -> None:
         given = [

@@ -27,7 +27,7 @@ from mono_llm.openai_api.audio.router import router as audio_router
 from mono_llm.openai_api.audio.serving import AudioServing, warm_up_transcription
 from mono_llm.openai_api.chat_completion.router import router as chat_router
 from mono_llm.openai_api.chat_completion.serving import ChatServing
-from mono_llm.openai_api.chat_completion.tool_parsers import get_tool_parser
+from mono_llm.openai_api.chat_completion.tool_parsers import AUTO, get_tool_parser
 from mono_llm.openai_api.chat_template import ChatTemplate, load_chat_template
 from mono_llm.openai_api.completion.router import router as completion_router
 from mono_llm.openai_api.completion.serving import CompletionServing
@@ -39,15 +39,21 @@ from mono_llm.openai_api.http_middleware import (
     resolve_api_keys,
 )
 from mono_llm.openai_api.media import MediaInputs
+from mono_llm.openai_api.messages.router import router as messages_router
+from mono_llm.openai_api.messages.serving import MessagesServing
 from mono_llm.openai_api.metrics import ServerMetrics
 from mono_llm.openai_api.models.router import router as models_router
 from mono_llm.openai_api.pooling.router import router as pooling_router
 from mono_llm.openai_api.pooling.serving import model_tasks, warm_up_pooling
+from mono_llm.openai_api.reasoning import get_reasoning_parser
 from mono_llm.openai_api.request_guards import (
     BodyLimitsMiddleware,
     InternalErrorMiddleware,
     JsonTextMiddleware,
 )
+from mono_llm.openai_api.responses.router import router as responses_router
+from mono_llm.openai_api.responses.serving import ResponsesServing
+from mono_llm.openai_api.responses.store import ResponseStore
 from mono_llm.openai_api.served_models import ServedModel, ServedModels
 from mono_llm.openai_api.server_state import ServerArgs, ServerState
 from mono_llm.openai_api.shutdown import DrainingMiddleware, watch_engines
@@ -166,11 +172,17 @@ def build_app(
     a model by its served name; `served_model_aliases[i]` adds names for model i.
     """
     args = server_args or ServerArgs()
-    tool_parser = None
+    tool_parser: Any = None
     if args.enable_auto_tool_choice:
         if not args.tool_call_parser:
             raise ValueError("--enable-auto-tool-choice needs --tool-call-parser.")
-        tool_parser = get_tool_parser(args.tool_call_parser)
+        tool_parser = (
+            AUTO if args.tool_call_parser == AUTO else get_tool_parser(args.tool_call_parser)
+        )
+    reasoning_parser = (
+        get_reasoning_parser(args.reasoning_parser) if args.reasoning_parser else None
+    )
+    response_store = ResponseStore(args.responses_store_max_entries, args.responses_store_ttl_s)
     specs = _as_list(engines)
     if not specs:
         raise ValueError("build_app needs at least one model.")
@@ -198,6 +210,14 @@ def build_app(
             registry = ServedModels(models)
             metrics = ServerMetrics(lambda: [(m.name, m.engine) for m in registry])
             media = MediaInputs(args)
+            chat = ChatServing(
+                registry,
+                metrics,
+                prompt_tokens_details=args.enable_prompt_tokens_details,
+                tool_parser=tool_parser,
+                media=media,
+                reasoning_parser=reasoning_parser,
+            )
             state = ServerState(
                 args=args,
                 registry=registry,
@@ -205,13 +225,7 @@ def build_app(
                 completion=CompletionServing(
                     registry, metrics, prompt_tokens_details=args.enable_prompt_tokens_details
                 ),
-                chat=ChatServing(
-                    registry,
-                    metrics,
-                    prompt_tokens_details=args.enable_prompt_tokens_details,
-                    tool_parser=tool_parser,
-                    media=media,
-                ),
+                chat=chat,
                 tokenization=TokenizationServing(registry, media),
                 media=media,
                 audio=AudioServing(
@@ -221,6 +235,8 @@ def build_app(
                 )
                 if serves_audio
                 else None,
+                responses=ResponsesServing(chat, response_store),
+                messages=MessagesServing(chat),
             )
             app.state.server = state
             for model in models:
@@ -265,6 +281,8 @@ def build_app(
         models_router,
         completion_router,
         chat_router,
+        responses_router,
+        messages_router,
         tokenization_router,
         pooling_router,
     ):

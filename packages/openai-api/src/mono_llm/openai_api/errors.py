@@ -173,7 +173,6 @@ def validation_error_to_openai(exc: RequestValidationError) -> OpenAIError:
 # OpenAI API families this server does not serve (yet): a client calling one learns that
 # the route is unsupported, not merely "Not Found".
 _UNSERVED_OPENAI_ROUTES = {
-    "/v1/responses": "the Responses API",
     "/v1/audio": "the audio API",
     "/v1/realtime": "the Realtime API",
     "/v1/images": "the images API",

@@ -63,11 +63,14 @@ class ApiKeyMiddleware:
         self.keys = [k.encode() for k in api_keys]
 
     def _authorized(self, scope: Scope) -> bool:
-        header = Headers(scope=scope).get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer":
+        headers = Headers(scope=scope)
+        scheme, _, token = headers.get("authorization", "").partition(" ")
+        if scheme.lower() == "bearer":
+            candidate = token.strip().encode()
+        elif "x-api-key" in headers:  # how the anthropic client sends its key
+            candidate = headers["x-api-key"].strip().encode()
+        else:
             return False
-        candidate = token.strip().encode()
         # Compare against every key in constant time so timing reveals nothing about keys.
         return any([hmac.compare_digest(candidate, key) for key in self.keys])
 
@@ -79,11 +82,17 @@ class ApiKeyMiddleware:
         if path in OPEN_PATHS or path.startswith(OPEN_PREFIXES) or self._authorized(scope):
             await self.app(scope, receive, send)
             return
-        response = OpenAIError(
-            "Invalid or missing API key: send `Authorization: Bearer <key>`.",
+        error = OpenAIError(
+            "Invalid or missing API key: send `Authorization: Bearer <key>` "
+            "(or `x-api-key: <key>`).",
             401,
             type="AuthenticationError",
-        ).to_json_response()
+        )
+        response = error.to_json_response()
+        if path.startswith("/v1/messages"):  # Anthropic's clients read Anthropic's shape
+            from mono_llm.openai_api.messages.protocol import anthropic_error_response
+
+            response = anthropic_error_response(error)
         if scope["type"] == "websocket":
             await send({"type": "websocket.close", "code": 1008})
             return

@@ -155,9 +155,9 @@ class SamplingExtras(OpenAIBaseModel):
                 "best_of different from n is not supported with stream=true.", 400, param="best_of"
             )
         if self.use_beam_search:
-            raise OpenAIError(
-                "use_beam_search is not supported by mono-llm.", 400, param="use_beam_search"
-            )
+            from mono_llm.openai_api.beam_search import check_beam_search_request
+
+            check_beam_search_request(self)
         if self.logits_processors:
             raise OpenAIError(
                 "logits_processors is not supported by mono-llm.", 400, param="logits_processors"

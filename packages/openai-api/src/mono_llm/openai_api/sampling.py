@@ -29,17 +29,11 @@ _OPENAI_DEFAULTS = {
 }
 
 
-# vLLM's StructuredOutputsParams options that tune its backends; accepted and ignored here
-# (xgrammar's defaults apply), so requests written for vLLM keep working.
-_BACKEND_OPTIONS = frozenset(
-    {
-        "disable_fallback",
-        "disable_any_whitespace",
-        "disable_additional_properties",
-        "whitespace_pattern",
-        "backend",
-    }
-)
+# vLLM's StructuredOutputsParams options that pick or tune its backends; accepted and ignored
+# here (xgrammar is the one backend), so requests written for vLLM keep working. The JSON
+# options (disable_any_whitespace, disable_additional_properties, whitespace_pattern) are
+# StructuredOutputsParams fields and take effect.
+_BACKEND_OPTIONS = frozenset({"disable_fallback", "backend"})
 
 
 def structured_outputs_of(request: SamplingExtras) -> StructuredOutputsParams | None:

@@ -15,7 +15,9 @@ if TYPE_CHECKING:
     from mono_llm.openai_api.chat_completion.serving import ChatServing
     from mono_llm.openai_api.completion.serving import CompletionServing
     from mono_llm.openai_api.media import MediaInputs
+    from mono_llm.openai_api.messages.serving import MessagesServing
     from mono_llm.openai_api.metrics import ServerMetrics
+    from mono_llm.openai_api.responses.serving import ResponsesServing
     from mono_llm.openai_api.served_models import ServedModels
     from mono_llm.openai_api.tokenization.serving import TokenizationServing
 
@@ -43,7 +45,13 @@ class ServerArgs:
     enable_auto_tool_choice: bool = False
     """Under tool_choice auto (the default with tools), read tool calls out of the reply with --tool-call-parser and return them as tool_calls."""
     tool_call_parser: str | None = None
-    """Format of the model's tool calls: hermes, llama3_json or mistral."""
+    """Format of the model's tool calls: hermes, llama3_json, mistral, pythonic, qwen3_coder, deepseek_v3, or auto (chosen per model from its chat template)."""
+    reasoning_parser: str | None = None
+    """Split a reasoning model's `<think>...</think>` from its answer: deepseek_r1 (the reply starts inside the block) or qwen3 (the reply opens it). Chat replies then carry reasoning_content and reasoning; /v1/responses a reasoning item."""
+    responses_store_max_entries: int = 1000
+    """How many /v1/responses results (store=true, the default) the server keeps for previous_response_id, GET and background polling; the least recently used go first."""
+    responses_store_ttl_s: float = 3600.0
+    """Seconds a stored /v1/responses result is kept."""
     enable_prompt_tokens_details: bool = False
     """Report prefix-cache hits as usage.prompt_tokens_details.cached_tokens."""
     disable_fastapi_docs: bool = False
@@ -110,6 +118,8 @@ class ServerState:
     tokenization: TokenizationServing
     media: MediaInputs | None = None
     audio: AudioServing | None = None  # only when a served model transcribes
+    responses: ResponsesServing | None = None
+    messages: MessagesServing | None = None
     ready: bool = False  # models loaded and warmed up
     draining: bool = False  # shutting down: not ready for new traffic
     inflight: int = 0  # API requests being served (probes excluded)

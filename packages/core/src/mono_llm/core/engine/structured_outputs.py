@@ -108,6 +108,34 @@ class GrammarMatcher:
         return bool(self._matcher.is_terminated())
 
 
+class ReasoningGate:
+    """A matcher that allows every token until the reasoning end marker has been generated,
+    then constrains what follows (structured outputs apply to the answer, not the thinking)."""
+
+    def __init__(self, matcher: GrammarMatcher, marker: str, tokenizer: Any) -> None:
+        self._matcher = matcher
+        self._marker = marker
+        self._tokenizer = tokenizer
+        self._tail = ""  # the last generated characters, to spot the marker
+        self._active = False
+
+    def fill_next_token_bitmask(self, bitmask: torch.Tensor, index: int) -> None:
+        if self._active:
+            self._matcher.fill_next_token_bitmask(bitmask, index)
+        else:
+            bitmask[index].fill_(-1)
+
+    def accept_token(self, token_id: int) -> bool:
+        if self._active:
+            return self._matcher.accept_token(token_id)
+        self._tail = (self._tail + self._tokenizer.decode([token_id]))[-4 * len(self._marker) :]
+        self._active = self._marker in self._tail
+        return True
+
+    def is_terminated(self) -> bool:
+        return self._active and self._matcher.is_terminated()
+
+
 _XGRAMMAR_PREFIX = re.compile(r"\[\d{2}:\d{2}:\d{2}\] \S+:\d+: ")
 
 
@@ -129,11 +157,14 @@ class XGrammarBackend:
         self._lock = threading.Lock()
 
     def __call__(self, params: StructuredOutputsParams, tokenizer: Any, vocab_size: int) -> Any:
-        return GrammarMatcher(self._xgr.GrammarMatcher(self.compile(params)))
+        matcher = GrammarMatcher(self._xgr.GrammarMatcher(self.compile(params)))
+        if params.reasoning_end:
+            return ReasoningGate(matcher, params.reasoning_end, tokenizer)
+        return matcher
 
     def compile(self, params: StructuredOutputsParams) -> Any:
         key = _cache_key(params)
-        check_grammar_size(*key)
+        check_grammar_size(*_source_key(params))
         with self._lock:
             compiled = self._cache.get(key)
             if compiled is not None:
@@ -147,7 +178,7 @@ class XGrammarBackend:
         if not owner:  # the same source is compiling for another request: share it
             return pending.result()
         try:
-            compiled = self._compile_or_explain(key)
+            compiled = self._compile_or_explain(params)
         except BaseException as exc:
             with self._lock:
                 self._inflight.pop(key, None)
@@ -159,16 +190,17 @@ class XGrammarBackend:
         pending.set_result(compiled)
         return compiled
 
-    def _compile_or_explain(self, key: tuple[str, str]) -> Any:
+    def _compile_or_explain(self, params: StructuredOutputsParams) -> Any:
         try:
-            return self._compile(*key)
+            return self._compile(*_source_key(params), _json_options(params))
         except InvalidRequestError:
             raise
         except Exception as exc:  # xgrammar reports bad schemas/regexes/grammars as RuntimeError
             # xgrammar prefixes its messages with "[hh:mm:ss] /its/source.cc:123: ".
             reason = _XGRAMMAR_PREFIX.sub("", str(exc)).strip()
             raise InvalidRequestError(
-                f"Invalid {key[0]} for structured outputs: {reason}", param="structured_outputs"
+                f"Invalid {_source_key(params)[0]} for structured outputs: {reason}",
+                param="structured_outputs",
             ) from exc
 
     def _remember(self, key: tuple[str, str], compiled: Any) -> None:
@@ -200,12 +232,35 @@ class XGrammarBackend:
             return self._compiler.compile_structural_tag(items, list(tag.get("triggers", [])))
         return self._compiler.compile_structural_tag(source)
 
-    def _compile(self, kind: str, source: str) -> Any:
+    def _compile_json(self, schema: str, options: tuple[Any, ...]) -> Any:
+        compact, strict, whitespace = options
+        if whitespace is not None:
+            # xgrammar has no whitespace option: write the schema's EBNF with its whitespace
+            # rule replaced by the pattern's (both are plain EBNF text).
+            from xgrammar.testing import _regex_to_ebnf
+
+            ebnf = str(self._xgr.Grammar.from_json_schema(schema, strict_mode=strict))
+            rule = _regex_to_ebnf(whitespace).replace("root ::=", "json_whitespace ::=", 1)
+            return self._compiler.compile_grammar(
+                ebnf.replace("[ \\n\\r\\t]*", "json_whitespace") + "\n" + rule
+            )
+        return self._compiler.compile_json_schema(
+            schema,
+            any_whitespace=not compact,
+            separators=(",", ":") if compact else None,
+            strict_mode=strict,
+        )
+
+    def _compile(
+        self, kind: str, source: str, options: tuple[Any, ...] = (False, True, None)
+    ) -> Any:
         compiler = self._compiler
         if kind == "json":
-            return compiler.compile_json_schema(source)
+            return self._compile_json(source, options)
         if kind == "json_object":
-            return compiler.compile_builtin_json_grammar()
+            # Any JSON *object* (the builtin JSON grammar also allows a top-level array or
+            # scalar, which JSON-mode clients cannot use).
+            return self._compile_json('{"type": "object"}', (options[0], False, options[2]))
         if kind == "regex":
             return compiler.compile_regex(source)
         if kind in ("choice", "grammar"):
@@ -226,7 +281,20 @@ def _grammar_bytes(compiled: Any) -> int:
     return int(getattr(compiled, "memory_size_bytes", 0) or 0)
 
 
+def _json_options(params: StructuredOutputsParams) -> tuple[Any, ...]:
+    """(compact, strict, whitespace pattern) for JSON grammars."""
+    strict = params.disable_additional_properties is not False
+    return bool(params.disable_any_whitespace), strict, params.whitespace_pattern
+
+
 def _cache_key(params: StructuredOutputsParams) -> tuple[str, str]:
+    key = _source_key(params)
+    if key[0] in ("json", "json_object"):  # the options change the compiled JSON grammar
+        return f"{key[0]}{_json_options(params)}", key[1]
+    return key
+
+
+def _source_key(params: StructuredOutputsParams) -> tuple[str, str]:
     if params.json is not None:
         schema = params.json
         return "json", schema if isinstance(schema, str) else json.dumps(schema, sort_keys=True)

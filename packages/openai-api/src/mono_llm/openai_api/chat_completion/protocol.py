@@ -70,6 +70,20 @@ class ChatCompletionRequest(SamplingExtras):
         )
 
 
+# Chat request fields that the Responses and Messages APIs accept as extras (vLLM's sampling
+# extras through `extra_body`); the others have names of their own there.
+PASSTHROUGH_FIELDS = frozenset(ChatCompletionRequest.model_fields) - {
+    "messages", "tools", "tool_choice", "response_format", "max_tokens", "max_completion_tokens",
+    "stream", "stream_options", "n", "best_of", "use_beam_search", "echo", "logprobs",
+    "top_logprobs", "prompt_logprobs", "chat_template",
+}  # fmt: skip
+
+
+def passthrough_extras(extras: dict[str, Any] | None, body: dict[str, Any]) -> dict[str, Any]:
+    """`body` plus the chat fields among a request's unknown fields (`body` wins)."""
+    return {**{k: v for k, v in (extras or {}).items() if k in PASSTHROUGH_FIELDS}, **body}
+
+
 class ChatCompletionLogProb(OpenAIBaseModel):
     token: str
     logprob: float = -9999.0
@@ -88,7 +102,9 @@ class ChatResponseMessage(OpenAIBaseModel):
     role: str = "assistant"
     content: str | None = None
     refusal: str | None = None  # OpenAI's field; never set here
+    # With --reasoning-parser: the thinking, under vLLM's older and newer names.
     reasoning_content: str | None = None
+    reasoning: str | None = None
     tool_calls: list[dict[str, Any]] = Field(default_factory=list)
 
     @model_serializer(mode="wrap")
@@ -124,6 +140,7 @@ class DeltaMessage(OpenAIBaseModel):
     role: str | None = None
     content: str | None = None
     reasoning_content: str | None = None
+    reasoning: str | None = None
     tool_calls: list[dict[str, Any]] | None = None
 
     @model_serializer(mode="wrap")

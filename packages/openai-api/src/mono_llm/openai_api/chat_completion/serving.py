@@ -7,6 +7,7 @@ with finish_reason on the last one; then the usage chunk when asked, then `data:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
@@ -15,6 +16,7 @@ from starlette.requests import Request
 from mono_llm.core.errors import check_prompt_chars
 from mono_llm.core.outputs import CompletionOutput, RequestOutput
 from mono_llm.core.sampling_params import StructuredOutputsParams
+from mono_llm.openai_api.beam_search import start_beam_search
 from mono_llm.openai_api.chat_completion.protocol import (
     ChatCompletionRequest,
     ChatCompletionResponse,
@@ -29,7 +31,13 @@ from mono_llm.openai_api.chat_completion.tool_choice import (
     forced_tool_choice,
     new_tool_call_id,
 )
-from mono_llm.openai_api.chat_completion.tool_parsers import StreamingToolState, ToolParser
+from mono_llm.openai_api.chat_completion.tool_parsers import (
+    AUTO,
+    StreamingToolState,
+    ToolParser,
+    get_tool_parser,
+    parser_name_for_template,
+)
 from mono_llm.openai_api.engine_requests import (
     ChoiceState,
     PromptInput,
@@ -43,6 +51,7 @@ from mono_llm.openai_api.media import MediaInputs, image_limit
 from mono_llm.openai_api.metrics import ServerMetrics
 from mono_llm.openai_api.pooling.serving import model_tasks
 from mono_llm.openai_api.protocol import UsageInfo
+from mono_llm.openai_api.reasoning import ReasoningParser, ReasoningStream
 from mono_llm.openai_api.sampling import build_sampling_params, resolve_max_tokens
 from mono_llm.openai_api.served_models import ServedModel, ServedModels
 from mono_llm.openai_api.serving_base import ServingBase
@@ -110,23 +119,42 @@ class ChatServing(ServingBase):
         metrics: ServerMetrics | None,
         *,
         prompt_tokens_details: bool = False,
-        tool_parser: ToolParser | None = None,
+        tool_parser: ToolParser | str | None = None,
         media: MediaInputs | None = None,
+        reasoning_parser: ReasoningParser | None = None,
     ) -> None:
         super().__init__(registry, metrics, prompt_tokens_details=prompt_tokens_details)
         self.media = media  # image fetching and preprocessing (None: images refused)
-        self.tool_parser = tool_parser  # --enable-auto-tool-choice --tool-call-parser
+        # --enable-auto-tool-choice --tool-call-parser: a parser, or "auto" (per model, from
+        # its chat template)
+        self.tool_parser = tool_parser
+        self._template_parsers: dict[str, ToolParser | None] = {}
+        self.reasoning_parser = reasoning_parser  # --reasoning-parser
+
+    def model_tool_parser(self, model: ServedModel) -> ToolParser | None:
+        """The tool parser for `model` (with `auto`, the one its chat template speaks)."""
+        if self.tool_parser != AUTO:
+            return self.tool_parser if isinstance(self.tool_parser, ToolParser) else None
+        if model.name not in self._template_parsers:
+            template = model.chat_template.template or getattr(
+                model.tokenizer, "chat_template", None
+            )
+            if isinstance(template, dict):  # named templates: look at all of them
+                template = "\n".join(str(t) for t in template.values())
+            name = parser_name_for_template(template if isinstance(template, str) else None)
+            self._template_parsers[model.name] = get_tool_parser(name) if name else None
+        return self._template_parsers[model.name]
 
     def _auto_parser(
-        self, request: ChatCompletionRequest, forced: ForcedToolChoice | None
+        self, request: ChatCompletionRequest, forced: ForcedToolChoice | None, model: ServedModel
     ) -> ToolParser | None:
         """The parser that reads tool calls out of free text, under tool_choice auto."""
         if forced is None and request.tools and request.tool_choice in (None, "auto"):
-            return self.tool_parser
+            return self.model_tool_parser(model)
         return None
 
     def _check_auto_tool_choice(
-        self, request: ChatCompletionRequest, forced: ForcedToolChoice | None
+        self, request: ChatCompletionRequest, forced: ForcedToolChoice | None, model: ServedModel
     ) -> None:
         """vLLM's 400s for tool_choice auto: tools given (explicit "auto" or no tool_choice)
         on a server that cannot read calls out of the reply. Answering with plain content
@@ -143,6 +171,13 @@ class ChatServing(ServingBase):
                 "When using `tool_choice`, `tools` must be set.", 400, param="tool_choice"
             )
         auto = forced is None and request.tools and request.tool_choice in (None, "auto")
+        if auto and self.tool_parser == AUTO and self.model_tool_parser(model) is None:
+            raise OpenAIError(
+                f"--tool-call-parser auto found no known tool-call format in the chat template "
+                f"of {model.name}; name the parser with --tool-call-parser.",
+                400,
+                param="tool_choice",
+            )
         if auto and self.tool_parser is None:
             raise OpenAIError(
                 '"auto" tool choice requires --enable-auto-tool-choice and '
@@ -169,7 +204,7 @@ class ChatServing(ServingBase):
             tasks.check("generate", model=model.name)
         request_id = f"chatcmpl-{base_request_id(raw_request, request.request_id)}"
         forced = forced_tool_choice(request)
-        self._check_auto_tool_choice(request, forced)
+        self._check_auto_tool_choice(request, forced, model)
 
         takes_images = self.media is not None and image_limit(model) > 0
         image_urls: list[str] | None = [] if takes_images else None
@@ -216,11 +251,43 @@ class ChatServing(ServingBase):
                     400,
                     param="tool_choice",
                 )
-            params.structured_outputs = StructuredOutputsParams(json=forced.schema)
-        stream = await start_engine_request(
-            model, prompt, params, request_id, priority=request.priority, metrics=self.metrics
-        )
+            # Arguments are read by programs: compact JSON, no free whitespace between
+            # tokens (a weak model would otherwise spend its budget on newlines).
+            params.structured_outputs = StructuredOutputsParams(
+                json=forced.schema, disable_any_whitespace=True
+            )
+        # JSON (response_format, json schemas, forced tool calls) applies to the answer after
+        # the thinking, unless the template already closed the thinking block (thinking
+        # switched off). A regex, choice or grammar covers the whole reply: it may spell the
+        # thinking block out itself.
+        splitter = self.reasoning_stream(model, prompt)
+        structured = params.structured_outputs
+        if (
+            splitter is not None
+            and structured is not None
+            and (structured.json is not None or structured.json_object)
+            and not splitter.in_answer
+        ):
+            structured.reasoning_end = splitter.parser.end
+        if request.use_beam_search:
+            stream = await start_beam_search(model, prompt, request, max_tokens, request_id)
+        else:
+            stream = await start_engine_request(
+                model, prompt, params, request_id, priority=request.priority, metrics=self.metrics
+            )
         return model, request_id, prompt, stream
+
+    @staticmethod
+    def prompt_text(model: ServedModel, prompt: PromptInput) -> str:
+        """The prompt's text (its end decides whether the template opened a thinking block)."""
+        if prompt.text is not None:
+            return prompt.text
+        return model.tokenizer.decode(prompt.token_ids[-32:])
+
+    def reasoning_stream(self, model: ServedModel, prompt: PromptInput) -> ReasoningStream | None:
+        if self.reasoning_parser is None:
+            return None
+        return ReasoningStream(self.reasoning_parser, self.prompt_text(model, prompt))
 
     def _echo_text(self, request: ChatCompletionRequest) -> str:
         """vLLM's `echo`: the final assistant message being continued, sent back first."""
@@ -240,7 +307,7 @@ class ChatServing(ServingBase):
     ) -> ChatCompletionResponse:
         model, request_id, prompt, stream = await self.start(request, raw_request)
         forced = forced_tool_choice(request)
-        auto = self._auto_parser(request, forced)
+        auto = self._auto_parser(request, forced, model)
         states: dict[int, ChoiceState] = {}
         prompt_positions = None
         first: RequestOutput | None = None
@@ -265,19 +332,24 @@ class ChatServing(ServingBase):
                 logprobs = chat_logprobs(
                     state.token_ids, state.logprobs, token_text, num_top=request.top_logprobs or 0
                 )
-            message = ChatResponseMessage(role=ASSISTANT, content=echo + state.full_text)
+            text, reasoning = state.full_text, None
+            splitter = self.reasoning_stream(model, prompt)
+            if splitter is not None:  # tools and JSON are read from the answer only
+                reasoning, text = splitter.parser.split(text, self.prompt_text(model, prompt))
+            message = ChatResponseMessage(role=ASSISTANT, content=echo + text)
             finish_reason = state.finish_reason
-            tool_calls = forced.tool_calls(state.full_text) if forced is not None else None
+            tool_calls = forced.tool_calls(text) if forced is not None else None
             if tool_calls is not None:
                 message = ChatResponseMessage(role=ASSISTANT, content="", tool_calls=tool_calls)
                 finish_reason = _tool_finish_reason(forced, finish_reason)
             elif auto is not None:
-                parsed = auto.parse(state.full_text)
+                parsed = auto.parse(text)
                 if parsed.tool_calls:
                     message = ChatResponseMessage(
                         role=ASSISTANT, content=parsed.content, tool_calls=parsed.tool_calls
                     )
                     finish_reason = "tool_calls" if finish_reason == "stop" else finish_reason
+            message.reasoning_content = message.reasoning = reasoning
             if request.parallel_tool_calls is False:
                 message.tool_calls = message.tool_calls[:1]
             choices.append(
@@ -349,24 +421,21 @@ class ChatServing(ServingBase):
         tool_states: dict[int, StreamingToolState],
         completion: CompletionOutput,
     ) -> ChatCompletionResponseStreamChoice | None:
-        """Content streams until a tool call starts; the calls go out whole at the end."""
+        """Content streams until a tool call starts; then each call's name, and its
+        arguments as they are generated."""
         tool_state = tool_states.setdefault(completion.index, StreamingToolState(parser))
-        content = tool_state.feed(completion.text)
         finish = completion.finish_reason
-        calls: list[dict[str, Any]] = []
-        if finish is not None:
-            rest, calls = tool_state.finish()
-            content += rest
-            if calls and finish == "stop":
+        if finish is None:
+            content, calls = tool_state.feed(completion.text)
+        else:
+            content, calls = tool_state.finish(completion.text)
+            if tool_state.called and finish == "stop":
                 finish = "tool_calls"
         if not content and not calls and finish is None:
             return None
         return ChatCompletionResponseStreamChoice(
             index=completion.index,
-            delta=DeltaMessage(
-                content=content or None,
-                tool_calls=[{"index": i, **c} for i, c in enumerate(calls)] or None,
-            ),
+            delta=DeltaMessage(content=content or None, tool_calls=calls or None),
             finish_reason=finish,
             stop_reason=completion.stop_reason,
         )
@@ -402,9 +471,10 @@ class ChatServing(ServingBase):
         prompt_tokens = prompt.num_tokens
         states: dict[int, ChoiceState] = {}
         forced = forced_tool_choice(request)
-        auto = self._auto_parser(request, forced)
+        auto = self._auto_parser(request, forced, model)
         tool_states: dict[int, StreamingToolState] = {}
         tool_call_ids: dict[int, str] = {}
+        splitters: dict[int, ReasoningStream | None] = {}
         firsts: list[RequestOutput] = []  # the first output (cached tokens)
 
         def usage() -> UsageInfo:
@@ -434,6 +504,24 @@ class ChatServing(ServingBase):
                             delta=DeltaMessage(role=ASSISTANT, content=echo),
                         )
                     )
+                splitter = splitters.setdefault(
+                    completion.index, self.reasoning_stream(model, prompt)
+                )
+                if splitter is not None:
+                    # The thinking goes out as its own deltas; what follows sees only the
+                    # answer, as the non-streamed reply does.
+                    thought, answer = splitter.feed(completion.text)
+                    if completion.finish_reason is not None:
+                        rest_thought, rest_answer = splitter.finish()
+                        thought, answer = thought + rest_thought, answer + rest_answer
+                    if thought:
+                        yield chunk(
+                            ChatCompletionResponseStreamChoice(
+                                index=completion.index,
+                                delta=DeltaMessage(reasoning_content=thought, reasoning=thought),
+                            )
+                        )
+                    completion = dataclasses.replace(completion, text=answer)
                 state.add(completion)
                 if forced is not None:
                     event = self._tool_call_delta(forced, state, completion, tool_call_ids)

@@ -66,7 +66,10 @@ class ForcedToolChoice:
         if not isinstance(calls, list):
             return None
         return [
-            self._call(str(call.get("name")), json.dumps(call.get("parameters", {})))
+            self._call(
+                str(call.get("name")),
+                json.dumps(call.get("parameters", {}), ensure_ascii=False, separators=(",", ":")),
+            )
             for call in calls
             if isinstance(call, dict)
         ]

@@ -15,6 +15,7 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from starlette.requests import Request
 
 from mono_llm.core.outputs import RequestOutput
+from mono_llm.openai_api.beam_search import start_beam_search
 from mono_llm.openai_api.completion.protocol import (
     CompletionLogProbs,
     CompletionRequest,
@@ -98,7 +99,9 @@ class CompletionServing(ServingBase):
                     prompt_logprobs=prompt_logprobs,
                 )
                 submissions.append(
-                    start_engine_request(
+                    start_beam_search(model, prompt, request, max_tokens, f"{request_id}-{i}")
+                    if request.use_beam_search
+                    else start_engine_request(
                         model,
                         prompt,
                         params,
