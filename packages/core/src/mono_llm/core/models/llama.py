@@ -32,6 +32,7 @@ from mono_llm.core.layers.parallel import (
     divide,
 )
 from mono_llm.core.layers.rotary import RotaryEmbedding, rope_settings
+from mono_llm.core.models.weight_loading import checkpoint_param, copy_checkpoint_tensor
 
 logger = logging.getLogger(__name__)
 
@@ -323,25 +324,19 @@ class LlamaForCausalLM(nn.Module):
             for fragment, (fused, shard) in _FUSED_SHARDS.items():
                 if fragment in name:
                     target = name.replace(fragment, fused)
-                    param = self._param(params, target, name)
+                    param = checkpoint_param(params, target, name)
                     module = self.get_submodule(target.rsplit(".", 1)[0])
                     assert isinstance(module, MergedLinear)
                     module.load_shard(param, shard, tensor)
                     loaded.add(f"{target}:{shard}")
                     break
             else:
-                param = self._param(params, name, name)
+                param = checkpoint_param(params, name)
                 module = self.get_submodule(name.rsplit(".", 1)[0])
                 if hasattr(module, "load_checkpoint"):  # a tensor-parallel layer: its slice
                     module.load_checkpoint(param, tensor)
-                    loaded.add(name)
-                    continue
-                if param.shape != tensor.shape:
-                    raise UnsupportedModelError(
-                        f"checkpoint tensor {name} has shape {tuple(tensor.shape)}, the model "
-                        f"expects {tuple(param.shape)}"
-                    )
-                param.data.copy_(tensor)
+                else:
+                    copy_checkpoint_tensor(param, name, tensor)
                 loaded.add(name)
         return loaded
 
@@ -357,10 +352,3 @@ class LlamaForCausalLM(nn.Module):
             if name not in fused:
                 expected.add(name)
         return expected
-
-    @staticmethod
-    def _param(params: dict[str, nn.Parameter], target: str, source: str) -> nn.Parameter:
-        param = params.get(target)
-        if param is None:
-            raise UnsupportedModelError(f"checkpoint tensor {source} matches no model parameter")
-        return param

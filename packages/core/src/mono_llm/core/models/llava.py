@@ -26,6 +26,7 @@ from mono_llm.core.layers.attention import ForwardContext, PagedAttention
 from mono_llm.core.layers.rotary import RotaryEmbedding
 from mono_llm.core.models.clip import ClipVisionSettings, ClipVisionTower
 from mono_llm.core.models.registry import WeightNaming, resolve_spec
+from mono_llm.core.models.weight_loading import checkpoint_param, copy_checkpoint_tensor
 from mono_llm.core.multimodal.inputs import MultiModalItem
 
 _DECODER_BY_MODEL_TYPE = {
@@ -237,15 +238,7 @@ class LlavaForConditionalGeneration(nn.Module):
                     continue
                 if name.endswith("position_ids"):
                     continue
-            param = params.get(name)
-            if param is None:
-                raise UnsupportedModelError(f"checkpoint tensor {name} matches no model parameter")
-            if param.shape != tensor.shape:
-                raise UnsupportedModelError(
-                    f"checkpoint tensor {name} has shape {tuple(tensor.shape)}, the model "
-                    f"expects {tuple(param.shape)}"
-                )
-            param.data.copy_(tensor)
+            copy_checkpoint_tensor(checkpoint_param(params, name), name, tensor)
             loaded.add(name)
         loaded.update(f"language_model.{n}" for n in self.language_model.load_weights(decoder))
         return loaded

@@ -25,6 +25,7 @@ from mono_llm.core.layers.rotary import RotaryEmbedding
 from mono_llm.core.models.llama import LlamaForCausalLM
 from mono_llm.core.models.qwen2_vl_vision import Qwen2VisionSettings, Qwen2VisionTransformer
 from mono_llm.core.models.registry import WeightNaming, resolve_spec
+from mono_llm.core.models.weight_loading import checkpoint_param, copy_checkpoint_tensor
 from mono_llm.core.multimodal.inputs import MultiModalItem
 from mono_llm.core.multimodal.prompt import mrope_section
 
@@ -171,15 +172,7 @@ class Qwen2VLForConditionalGeneration(nn.Module):
                 if mapped is not None:
                     decoder.append((mapped, tensor))
                 continue
-            param = params.get(name)
-            if param is None:
-                raise UnsupportedModelError(f"checkpoint tensor {name} matches no model parameter")
-            if param.shape != tensor.shape:
-                raise UnsupportedModelError(
-                    f"checkpoint tensor {name} has shape {tuple(tensor.shape)}, the model "
-                    f"expects {tuple(param.shape)}"
-                )
-            param.data.copy_(tensor)
+            copy_checkpoint_tensor(checkpoint_param(params, name), name, tensor)
             loaded.add(name)
         loaded.update(f"language_model.{n}" for n in self.language_model.load_weights(decoder))
         return loaded

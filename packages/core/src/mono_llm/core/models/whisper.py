@@ -27,6 +27,7 @@ from torch import nn
 from mono_llm.core.errors import UnsupportedModelError
 from mono_llm.core.layers.attention import ForwardContext, PagedAttention
 from mono_llm.core.layers.cross_attention import CrossAttentionContext, cross_attention
+from mono_llm.core.models.weight_loading import checkpoint_param, copy_checkpoint_tensor
 
 _ACTIVATIONS = {"gelu": F.gelu, "gelu_new": lambda x: F.gelu(x, approximate="tanh"), "relu": F.relu}
 # Buffers or unused heads some exports carry next to the weights.
@@ -327,15 +328,7 @@ class WhisperForConditionalGeneration(nn.Module):
                 continue  # proj_out is tied to the token embedding
             if not name.startswith("model."):
                 name = f"model.{name}"
-            param = params.get(name)
-            if param is None:
-                raise UnsupportedModelError(f"checkpoint tensor {name} matches no model parameter")
-            if param.shape != tensor.shape:
-                raise UnsupportedModelError(
-                    f"checkpoint tensor {name} has shape {tuple(tensor.shape)}, the model "
-                    f"expects {tuple(param.shape)}"
-                )
-            param.data.copy_(tensor)
+            copy_checkpoint_tensor(checkpoint_param(params, name), name, tensor)
             loaded.add(name)
         return loaded
 
