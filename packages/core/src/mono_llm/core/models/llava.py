@@ -13,7 +13,6 @@ Checkpoints come in several namings (`language_model.model.*` or `model.language
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,11 +21,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from mono_llm.core.errors import InvalidRequestError, UnsupportedModelError
-from mono_llm.core.layers.attention import ForwardContext, PagedAttention
-from mono_llm.core.layers.rotary import RotaryEmbedding
 from mono_llm.core.models.clip import ClipVisionSettings, ClipVisionTower
-from mono_llm.core.models.registry import WeightNaming, resolve_spec
-from mono_llm.core.models.weight_loading import checkpoint_param, copy_checkpoint_tensor
+from mono_llm.core.models.registry import resolve_spec
+from mono_llm.core.models.vision_language import VisionLanguageModel
 from mono_llm.core.multimodal.inputs import MultiModalItem
 
 _DECODER_BY_MODEL_TYPE = {
@@ -103,20 +100,16 @@ class LlavaProjector(nn.Module):
         return self.linear_2(self._act(self.linear_1(features)))
 
 
-class LlavaForConditionalGeneration(nn.Module):
+class LlavaForConditionalGeneration(VisionLanguageModel):
     """Vision tower + projector + decoder; the decoder keeps its own module (and KV cache)."""
 
     def __init__(
         self, settings: LlavaSettings, vision: ClipVisionSettings, language_model: nn.Module
     ) -> None:
-        super().__init__()
+        super().__init__(language_model)
         self.settings = settings
         self.vision_tower = ClipVisionTower(vision)
         self.multi_modal_projector = LlavaProjector(settings)
-        self.language_model = language_model
-        # How the decoder's own checkpoint names map (its registry spec), applied to the
-        # names under `language_model.`.
-        self.decoder_naming = WeightNaming()
 
     @classmethod
     def from_hf_config(
@@ -139,42 +132,6 @@ class LlavaForConditionalGeneration(nn.Module):
     @property
     def image_token_id(self) -> int:
         return self.settings.image_token_id
-
-    @property
-    def forward_context(self) -> ForwardContext:
-        return self.language_model.forward_context
-
-    @property
-    def vocab_size(self) -> int:
-        return self.language_model.vocab_size
-
-    @property
-    def hidden_size(self) -> int:
-        return self.language_model.hidden_size
-
-    def tie_weights(self) -> None:
-        self.language_model.tie_weights()
-
-    def attention_layers(self) -> list[PagedAttention]:
-        return self.language_model.attention_layers()
-
-    def rotary_embeddings(self) -> list[RotaryEmbedding]:
-        return self.language_model.rotary_embeddings()
-
-    def embed_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.language_model.embed_input_ids(input_ids)
-
-    def forward(
-        self,
-        input_ids: torch.Tensor | None,
-        positions: torch.Tensor,
-        inputs_embeds: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Final hidden states [num_tokens, hidden] from token ids or merged embeddings."""
-        return self.language_model(input_ids, positions, inputs_embeds=inputs_embeds)
-
-    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.language_model.compute_logits(hidden)
 
     def check_multimodal_item(self, item: MultiModalItem) -> None:
         """Refuse, at admission, an image this tower cannot take (a step must never fail)."""
@@ -222,31 +179,14 @@ class LlavaForConditionalGeneration(nn.Module):
         return list(features)
 
     # ------------------------------------------------------------------ weights
-    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
-        params = dict(self.named_parameters())
-        loaded: set[str] = set()
-        decoder: list[tuple[str, torch.Tensor]] = []
-        for name, tensor in weights:
-            name = _canonical_name(name)
-            if name.startswith("language_model."):
-                mapped = self.decoder_naming.map(name.removeprefix("language_model."))
-                if mapped is not None:
-                    decoder.append((mapped, tensor))
-                continue
-            if name.startswith("vision_tower."):
-                if not self.vision_tower.used(name.removeprefix("vision_tower.")):
-                    continue
-                if name.endswith("position_ids"):
-                    continue
-            copy_checkpoint_tensor(checkpoint_param(params, name), name, tensor)
-            loaded.add(name)
-        loaded.update(f"language_model.{n}" for n in self.language_model.load_weights(decoder))
-        return loaded
-
-    def expected_weights(self) -> set[str]:
-        expected = {f"language_model.{n}" for n in self.language_model.expected_weights()}
-        expected.update(n for n, _ in self.named_parameters() if not n.startswith("language_"))
-        return expected
+    def _module_name(self, name: str) -> str | None:
+        name = _canonical_name(name)
+        if name.startswith("vision_tower."):
+            if not self.vision_tower.used(name.removeprefix("vision_tower.")):
+                return None
+            if name.endswith("position_ids"):
+                return None
+        return name
 
 
 def _canonical_name(name: str) -> str:

@@ -12,37 +12,35 @@ Checkpoint names: `visual.*`, `model.*`, `lm_head.*` (as released), or transform
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 
 import torch
-from torch import nn
 
 from mono_llm.core.errors import InvalidRequestError, UnsupportedModelError
-from mono_llm.core.layers.attention import ForwardContext, PagedAttention
 from mono_llm.core.layers.mrope import mrope_prompt_positions
-from mono_llm.core.layers.rotary import RotaryEmbedding
 from mono_llm.core.models.llama import LlamaForCausalLM
 from mono_llm.core.models.qwen2_vl_vision import Qwen2VisionSettings, Qwen2VisionTransformer
-from mono_llm.core.models.registry import WeightNaming, resolve_spec
-from mono_llm.core.models.weight_loading import checkpoint_param, copy_checkpoint_tensor
+from mono_llm.core.models.registry import resolve_spec
+from mono_llm.core.models.vision_language import VisionLanguageModel
 from mono_llm.core.multimodal.inputs import MultiModalItem
 from mono_llm.core.multimodal.prompt import mrope_section
 
 
-class Qwen2VLForConditionalGeneration(nn.Module):
-    """Vision transformer + Qwen2 decoder with M-RoPE (Qwen2-VL and Qwen2.5-VL)."""
+class Qwen2VLForConditionalGeneration(VisionLanguageModel):
+    """Vision transformer + Qwen2 decoder with M-RoPE (Qwen2-VL and Qwen2.5-VL).
+
+    `forward`'s positions are [num_tokens] (text, shifted by each sequence's M-RoPE delta) or
+    [3, num_tokens] (steps that prefill media).
+    """
 
     uses_mrope = True
 
     def __init__(
         self, vision: Qwen2VisionSettings, language_model: LlamaForCausalLM, image_token_id: int
     ) -> None:
-        super().__init__()
+        super().__init__(language_model)
         self.visual = Qwen2VisionTransformer(vision)
-        self.language_model = language_model
         self.image_token_id = image_token_id
-        self.decoder_naming = WeightNaming()  # the Qwen2 decoder's checkpoint names
 
     @classmethod
     def from_hf_config(
@@ -68,43 +66,6 @@ class Qwen2VLForConditionalGeneration(nn.Module):
         return model
 
     # ------------------------------------------------------------------ engine interface
-    @property
-    def forward_context(self) -> ForwardContext:
-        return self.language_model.forward_context
-
-    @property
-    def vocab_size(self) -> int:
-        return self.language_model.vocab_size
-
-    @property
-    def hidden_size(self) -> int:
-        return self.language_model.hidden_size
-
-    def tie_weights(self) -> None:
-        self.language_model.tie_weights()
-
-    def attention_layers(self) -> list[PagedAttention]:
-        return self.language_model.attention_layers()
-
-    def rotary_embeddings(self) -> list[RotaryEmbedding]:
-        return self.language_model.rotary_embeddings()
-
-    def embed_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.language_model.embed_input_ids(input_ids)
-
-    def forward(
-        self,
-        input_ids: torch.Tensor | None,
-        positions: torch.Tensor,
-        inputs_embeds: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """positions: [num_tokens] (text, shifted by each sequence's M-RoPE delta) or
-        [3, num_tokens] (steps that prefill media)."""
-        return self.language_model(input_ids, positions, inputs_embeds=inputs_embeds)
-
-    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.language_model.compute_logits(hidden)
-
     def check_multimodal_item(self, item: MultiModalItem) -> None:
         """Refuse, at admission, an image whose patches, grid and token count disagree."""
         s = self.visual.settings
@@ -158,29 +119,12 @@ class Qwen2VLForConditionalGeneration(nn.Module):
         return mrope_prompt_positions(num_tokens, items, self.visual.settings.spatial_merge_size)
 
     # ------------------------------------------------------------------ weights
-    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
-        params = dict(self.named_parameters())
-        loaded: set[str] = set()
-        decoder: list[tuple[str, torch.Tensor]] = []
-        for name, tensor in weights:
-            if name.startswith("model.visual."):
-                name = name.removeprefix("model.")
-            if name.startswith("model.language_model."):
-                name = "model." + name.removeprefix("model.language_model.")
-            if not name.startswith("visual."):
-                mapped = self.decoder_naming.map(name)
-                if mapped is not None:
-                    decoder.append((mapped, tensor))
-                continue
-            copy_checkpoint_tensor(checkpoint_param(params, name), name, tensor)
-            loaded.add(name)
-        loaded.update(f"language_model.{n}" for n in self.language_model.load_weights(decoder))
-        return loaded
-
-    def expected_weights(self) -> set[str]:
-        expected = {f"language_model.{n}" for n in self.language_model.expected_weights()}
-        expected.update(n for n, _ in self.named_parameters() if n.startswith("visual."))
-        return expected
+    def _module_name(self, name: str) -> str | None:
+        if name.startswith("model.visual."):
+            name = name.removeprefix("model.")
+        if name.startswith("model.language_model."):
+            name = "model." + name.removeprefix("model.language_model.")
+        return name if name.startswith("visual.") else f"language_model.{name}"
 
 
 def _grid(item: MultiModalItem) -> tuple[int, int, int]:
