@@ -1,5 +1,8 @@
 """Per-step attention metadata, the forward context that carries it, and the paged attention layer.
 
+`StepContext` (the per-model slot the runner installs metadata in) and `attend_paged` (the
+kernel choice over a paged cache) are shared with cross-attention (layers/cross_attention.py).
+
 The runner builds one `AttentionMetadata` per step and installs it in the model's
 `ForwardContext`; attention layers read it from there, so model `forward(positions, hidden)`
 signatures stay as small as the HF modules they mirror. Each model instance owns its own
@@ -14,11 +17,14 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 import torch
 from torch import nn
 
 from mono_llm.core.layers.ops import ops
+
+M = TypeVar("M")
 
 
 @dataclass(slots=True)
@@ -35,34 +41,88 @@ class AttentionMetadata:
     causal: bool = True  # False for encoder (pooling) models
 
 
-class ForwardContext:
-    """The current step's attention metadata for one model instance.
+class StepContext(Generic[M]):
+    """One model instance's slot for the current step's metadata of one kind.
 
-    A model creates one and hands it to every layer that reads step metadata; its runner
+    A model creates one and hands it to every layer that reads that metadata; its runner
     installs the metadata around each forward pass. Never module-level: that would be state
     shared by every engine in the process.
     """
 
-    __slots__ = ("_attention",)
+    __slots__ = ("_metadata",)
+    # Why a layer that finds no metadata fails: it ran outside a step.
+    _unset_message = "ran outside a model step (no metadata set)"
 
     def __init__(self) -> None:
-        self._attention: AttentionMetadata | None = None
+        self._metadata: M | None = None
 
-    @property
-    def attention(self) -> AttentionMetadata:
-        if self._attention is None:
-            raise RuntimeError("attention ran outside a model step (no AttentionMetadata set)")
-        return self._attention
+    def _current(self) -> M:
+        if self._metadata is None:
+            raise RuntimeError(self._unset_message)
+        return self._metadata
 
     @contextlib.contextmanager
-    def use(self, metadata: AttentionMetadata) -> Iterator[AttentionMetadata]:
+    def use(self, metadata: M) -> Iterator[M]:
         """Install `metadata` for the duration of one forward pass (or graph capture)."""
-        previous = self._attention
-        self._attention = metadata
+        previous = self._metadata
+        self._metadata = metadata
         try:
             yield metadata
         finally:
-            self._attention = previous
+            self._metadata = previous
+
+
+class ForwardContext(StepContext[AttentionMetadata]):
+    """The current step's attention metadata for one model instance."""
+
+    __slots__ = ()
+    _unset_message = "attention ran outside a model step (no AttentionMetadata set)"
+
+    @property
+    def attention(self) -> AttentionMetadata:
+        return self._current()
+
+
+def attend_paged(
+    query: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    query_start_loc: torch.Tensor,
+    seq_lens: torch.Tensor,
+    scale: float,
+    *,
+    decode_only: bool,
+    causal: bool,
+    max_query_len: int,
+    max_seq_len: int,
+) -> torch.Tensor:
+    """query [num_tokens, num_heads, head_dim] over keys/values already in paged blocks ->
+    [num_tokens, num_heads, head_dim]: the decode kernel when every sequence has one query
+    token (`decode_only`), else the general one. Self-attention and cross-attention both read
+    their caches through here, so a kernel change reaches both."""
+    if decode_only:
+        return ops.paged_decode_attention(
+            query,
+            key_cache,
+            value_cache,
+            block_tables,
+            seq_lens,
+            scale,
+            max_seq_len=max_seq_len,
+        )
+    return ops.paged_attention(
+        query,
+        key_cache,
+        value_cache,
+        block_tables,
+        query_start_loc,
+        seq_lens,
+        scale,
+        causal=causal,
+        max_query_len=max_query_len,
+        max_seq_len=max_seq_len,
+    )
 
 
 class PagedAttention(nn.Module):
@@ -104,17 +164,7 @@ class PagedAttention(nn.Module):
         if key_cache is None or value_cache is None:
             raise RuntimeError("PagedAttention has no KV cache bound")
         ops.write_kv_cache(key, value, key_cache, value_cache, metadata.slot_mapping)
-        if metadata.decode_only:
-            return ops.paged_decode_attention(
-                query,
-                key_cache,
-                value_cache,
-                metadata.block_tables,
-                metadata.seq_lens,
-                self.scale,
-                max_seq_len=metadata.max_seq_len,
-            )
-        return ops.paged_attention(
+        return attend_paged(
             query,
             key_cache,
             value_cache,
@@ -122,6 +172,7 @@ class PagedAttention(nn.Module):
             metadata.query_start_loc,
             metadata.seq_lens,
             self.scale,
+            decode_only=metadata.decode_only,
             causal=metadata.causal,
             max_query_len=metadata.max_query_len,
             max_seq_len=metadata.max_seq_len,

@@ -12,14 +12,12 @@ module-level, so engines sharing a process never see each other's entries).
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 
-from mono_llm.core.layers.ops import ops
+from mono_llm.core.layers.attention import StepContext, attend_paged
 
 
 @dataclass(slots=True)
@@ -35,28 +33,15 @@ class CrossAttentionMetadata:
     encoder_len: int
 
 
-class CrossAttentionContext:
+class CrossAttentionContext(StepContext[CrossAttentionMetadata]):
     """The current step's `CrossAttentionMetadata` for one model instance."""
 
-    __slots__ = ("_metadata",)
-
-    def __init__(self) -> None:
-        self._metadata: CrossAttentionMetadata | None = None
+    __slots__ = ()
+    _unset_message = "cross-attention ran outside a step (no encoder keys/values set)"
 
     @property
     def metadata(self) -> CrossAttentionMetadata:
-        if self._metadata is None:
-            raise RuntimeError("cross-attention ran outside a step (no encoder keys/values set)")
-        return self._metadata
-
-    @contextlib.contextmanager
-    def use(self, metadata: CrossAttentionMetadata) -> Iterator[CrossAttentionMetadata]:
-        previous = self._metadata
-        self._metadata = metadata
-        try:
-            yield metadata
-        finally:
-            self._metadata = previous
+        return self._current()
 
 
 def cross_attention(
@@ -64,25 +49,15 @@ def cross_attention(
 ) -> torch.Tensor:
     """query [num_tokens, num_heads, head_dim] -> [num_tokens, num_heads, head_dim], each
     token attending over every encoder position of its own sequence (no mask)."""
-    key_cache, value_cache = metadata.key_caches[layer], metadata.value_caches[layer]
-    if metadata.max_query_len == 1:
-        return ops.paged_decode_attention(
-            query,
-            key_cache,
-            value_cache,
-            metadata.block_tables,
-            metadata.seq_lens,
-            scale,
-            max_seq_len=metadata.encoder_len,
-        )
-    return ops.paged_attention(
+    return attend_paged(
         query,
-        key_cache,
-        value_cache,
+        metadata.key_caches[layer],
+        metadata.value_caches[layer],
         metadata.block_tables,
         metadata.query_start_loc,
         metadata.seq_lens,
         scale,
+        decode_only=metadata.max_query_len == 1,
         causal=False,
         max_query_len=metadata.max_query_len,
         max_seq_len=metadata.encoder_len,
