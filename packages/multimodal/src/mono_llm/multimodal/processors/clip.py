@@ -16,15 +16,11 @@ from PIL import Image
 
 from mono_llm.multimodal.decode import to_rgb
 from mono_llm.multimodal.processors.base import (
-    BICUBIC,
-    OPENAI_CLIP_MEAN,
-    OPENAI_CLIP_STD,
     ProcessedImage,
-    channel_values,
     check_aspect_ratio,
     fingerprint,
-    rescale_and_normalize,
 )
+from mono_llm.multimodal.processors.settings import ImageProcessorSettings
 
 
 class ClipImageProcessor:
@@ -46,41 +42,19 @@ class ClipImageProcessor:
         if isinstance(crop, int):
             crop = {"height": crop, "width": crop}
         self.crop_size = (int(crop["height"]), int(crop["width"]))
-        self.do_resize = bool(config.get("do_resize", True))
         self.do_center_crop = bool(config.get("do_center_crop", True))
-        self.do_rescale = bool(config.get("do_rescale", True))
-        self.do_normalize = bool(config.get("do_normalize", True))
-        self.rescale_factor = float(config.get("rescale_factor", 1 / 255))
-        self.resample = int(config.get("resample", BICUBIC))
-        self.image_mean = channel_values(config.get("image_mean"), OPENAI_CLIP_MEAN)
-        self.image_std = channel_values(config.get("image_std"), OPENAI_CLIP_STD)
+        self.settings = ImageProcessorSettings.from_config(config)
         self.num_tokens = num_tokens
+        own = ("shortest_edge", "resize_to", "crop_size", "do_center_crop", "num_tokens")
         self.fingerprint = fingerprint(
-            "clip",
-            {
-                k: getattr(self, k)
-                for k in (
-                    "shortest_edge",
-                    "resize_to",
-                    "crop_size",
-                    "do_resize",
-                    "do_center_crop",
-                    "do_rescale",
-                    "do_normalize",
-                    "rescale_factor",
-                    "resample",
-                    "image_mean",
-                    "image_std",
-                    "num_tokens",
-                )
-            },
+            "clip", {**self.settings.as_dict(), **{k: getattr(self, k) for k in own}}
         )
 
     def output_size(self, width: int, height: int) -> tuple[int, int]:
         """(height, width) of pixel_values for an image of this size."""
         if self.do_center_crop:
             return self.crop_size
-        if self.do_resize:
+        if self.settings.do_resize:
             return self._resized_size(height, width)
         return height, width
 
@@ -92,21 +66,14 @@ class ClipImageProcessor:
 
     def __call__(self, image: Image.Image) -> ProcessedImage:
         image = to_rgb(image)
-        if self.do_resize:
+        if self.settings.do_resize:
             height, width = self._resized_size(image.height, image.width)
-            image = image.resize((width, height), resample=self.resample)
+            image = image.resize((width, height), resample=self.settings.resample)
         array = np.asarray(image)  # [H, W, 3] uint8
         if self.do_center_crop:
             array = center_crop(array, self.crop_size)
         chw = np.ascontiguousarray(array.transpose(2, 0, 1))
-        pixels = rescale_and_normalize(
-            chw,
-            do_rescale=self.do_rescale,
-            rescale_factor=self.rescale_factor,
-            do_normalize=self.do_normalize,
-            mean=self.image_mean,
-            std=self.image_std,
-        )
+        pixels = self.settings.to_pixel_values(chw)
         return ProcessedImage(
             pixel_values=torch.from_numpy(pixels), num_tokens=self.num_tokens or 0
         )

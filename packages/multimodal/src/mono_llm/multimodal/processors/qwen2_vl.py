@@ -18,15 +18,11 @@ from PIL import Image
 
 from mono_llm.multimodal.decode import to_rgb
 from mono_llm.multimodal.processors.base import (
-    BICUBIC,
-    OPENAI_CLIP_MEAN,
-    OPENAI_CLIP_STD,
     ProcessedImage,
-    channel_values,
     check_aspect_ratio,
     fingerprint,
-    rescale_and_normalize,
 )
+from mono_llm.multimodal.processors.settings import ImageProcessorSettings
 
 
 def smart_resize(
@@ -66,34 +62,12 @@ class Qwen2VLImageProcessor:
         self.patch_size = int(config.get("patch_size", 14))
         self.temporal_patch_size = int(config.get("temporal_patch_size", 2))
         self.merge_size = int(config.get("merge_size", 2))
-        self.do_resize = bool(config.get("do_resize", True))
-        self.do_rescale = bool(config.get("do_rescale", True))
-        self.do_normalize = bool(config.get("do_normalize", True))
-        self.rescale_factor = float(config.get("rescale_factor", 1 / 255))
-        self.resample = int(config.get("resample", BICUBIC))
-        self.image_mean = channel_values(config.get("image_mean"), OPENAI_CLIP_MEAN)
-        self.image_std = channel_values(config.get("image_std"), OPENAI_CLIP_STD)
+        self.settings = ImageProcessorSettings.from_config(config)
         if self.min_pixels > self.max_pixels:
             raise ValueError(f"min_pixels {self.min_pixels} > max_pixels {self.max_pixels}")
+        own = ("min_pixels", "max_pixels", "patch_size", "temporal_patch_size", "merge_size")
         self.fingerprint = fingerprint(
-            "qwen2_vl",
-            {
-                k: getattr(self, k)
-                for k in (
-                    "min_pixels",
-                    "max_pixels",
-                    "patch_size",
-                    "temporal_patch_size",
-                    "merge_size",
-                    "do_resize",
-                    "do_rescale",
-                    "do_normalize",
-                    "rescale_factor",
-                    "resample",
-                    "image_mean",
-                    "image_std",
-                )
-            },
+            "qwen2_vl", {**self.settings.as_dict(), **{k: getattr(self, k) for k in own}}
         )
 
     @property
@@ -102,7 +76,7 @@ class Qwen2VLImageProcessor:
 
     def resized_size(self, width: int, height: int) -> tuple[int, int]:
         """(height, width) the image is resized to."""
-        if not self.do_resize:
+        if not self.settings.do_resize:
             return height, width
         return smart_resize(height, width, self.factor, self.min_pixels, self.max_pixels)
 
@@ -124,16 +98,9 @@ class Qwen2VLImageProcessor:
                 f"image size {new_w}x{new_h} is not a multiple of {self.factor}; enable do_resize"
             )
         if (new_h, new_w) != (image.height, image.width):
-            image = image.resize((new_w, new_h), resample=self.resample)
+            image = image.resize((new_w, new_h), resample=self.settings.resample)
         chw = np.ascontiguousarray(np.asarray(image).transpose(2, 0, 1))
-        pixels = rescale_and_normalize(
-            chw,
-            do_rescale=self.do_rescale,
-            rescale_factor=self.rescale_factor,
-            do_normalize=self.do_normalize,
-            mean=self.image_mean,
-            std=self.image_std,
-        )
+        pixels = self.settings.to_pixel_values(chw)
         patches, grid_h, grid_w = self._patchify(pixels)
         num_tokens = grid_h * grid_w // (self.merge_size**2)
         return ProcessedImage(
