@@ -115,12 +115,14 @@ class ClipAttention(nn.Module):
         return self.out_proj(out.transpose(1, 2).reshape(batch, length, hidden))
 
 
-class ClipMLP(nn.Module):
-    def __init__(self, s: ClipVisionSettings) -> None:
+class VisionMLP(nn.Module):
+    """fc1, activation, fc2: the MLP of CLIP's and Qwen2-VL's vision blocks (same names)."""
+
+    def __init__(self, hidden_size: int, intermediate_size: int, hidden_act: str) -> None:
         super().__init__()
-        self.fc1 = nn.Linear(s.hidden_size, s.intermediate_size)
-        self.fc2 = nn.Linear(s.intermediate_size, s.hidden_size)
-        self._act = vision_activation(s.hidden_act)
+        self.fc1 = nn.Linear(hidden_size, intermediate_size)
+        self.fc2 = nn.Linear(intermediate_size, hidden_size)
+        self._act = vision_activation(hidden_act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(self._act(self.fc1(x)))
@@ -132,7 +134,7 @@ class ClipEncoderLayer(nn.Module):
         self.layer_norm1 = nn.LayerNorm(s.hidden_size, eps=s.layer_norm_eps)
         self.self_attn = ClipAttention(s)
         self.layer_norm2 = nn.LayerNorm(s.hidden_size, eps=s.layer_norm_eps)
-        self.mlp = ClipMLP(s)
+        self.mlp = VisionMLP(s.hidden_size, s.intermediate_size, s.hidden_act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.self_attn(self.layer_norm1(x))

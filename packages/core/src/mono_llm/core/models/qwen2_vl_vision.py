@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mono_llm.core.models.clip import vision_activation
+from mono_llm.core.models.clip import VisionMLP, vision_activation
 
 
 class VisionRMSNorm(nn.Module):
@@ -134,17 +134,6 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
     return (xf * cos[:, None] + rotated * sin[:, None]).to(x.dtype)
 
 
-class Qwen2VisionMLP(nn.Module):
-    def __init__(self, s: Qwen2VisionSettings) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(s.embed_dim, s.mlp_hidden)
-        self.fc2 = nn.Linear(s.mlp_hidden, s.embed_dim)
-        self._act = vision_activation(s.hidden_act)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self._act(self.fc1(x)))
-
-
 class Qwen2_5VisionMLP(nn.Module):
     def __init__(self, s: Qwen2VisionSettings) -> None:
         super().__init__()
@@ -167,7 +156,9 @@ class Qwen2VisionBlock(nn.Module):
         self.norm1 = _norm(s)
         self.norm2 = _norm(s)
         self.attn = Qwen2VisionAttention(s)
-        self.mlp = Qwen2_5VisionMLP(s) if s.qwen2_5 else Qwen2VisionMLP(s)
+        self.mlp = (
+            Qwen2_5VisionMLP(s) if s.qwen2_5 else VisionMLP(s.embed_dim, s.mlp_hidden, s.hidden_act)
+        )
 
     def forward(
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, bounds: list[int]
