@@ -45,6 +45,7 @@ from mono_llm.openai_api.metrics import ServerMetrics
 from mono_llm.openai_api.models.router import router as models_router
 from mono_llm.openai_api.pooling.router import router as pooling_router
 from mono_llm.openai_api.pooling.serving import model_tasks, warm_up_pooling
+from mono_llm.openai_api.realtime.router import router as realtime_router
 from mono_llm.openai_api.reasoning import get_reasoning_parser
 from mono_llm.openai_api.request_guards import (
     BodyLimitsMiddleware,
@@ -289,6 +290,7 @@ def build_app(
         app.include_router(router)
     if serves_audio:
         app.include_router(audio_router)
+        app.include_router(realtime_router)
     if offline:
         install_offline_docs(app)
 

@@ -1,0 +1,40 @@
+"""Thin WebSocket layer of /v1/realtime; registered only when a served model transcribes."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, WebSocket
+
+from mono_llm.openai_api.realtime.session import (
+    CLOSE_TRY_AGAIN,
+    RealtimeLimits,
+    RealtimeSession,
+)
+
+router = APIRouter(tags=["realtime"])
+
+
+@router.websocket("/v1/realtime")
+async def realtime(websocket: WebSocket) -> None:
+    """Streaming transcription: see docs/http-api.md for the events of both protocols."""
+    state = getattr(websocket.app.state, "server", None)
+    if state is None or not state.ready or state.draining or state.audio is None:
+        await websocket.close(CLOSE_TRY_AGAIN, "the server is not ready")
+        return
+    args = state.args
+    limits = RealtimeLimits(
+        max_buffer_s=args.max_realtime_buffer_s,
+        max_session_s=args.max_realtime_session_s,
+        partial_interval_s=args.realtime_partial_interval_s,
+    )
+    # OpenAI's clients name a model in the URL (?model=...); used when this server serves it.
+    model = websocket.query_params.get("model")
+    served = {name for m in state.registry for name in m.names}
+    session = RealtimeSession(
+        websocket,
+        state.audio,
+        state.registry,
+        limits,
+        intent=websocket.query_params.get("intent"),
+        default_model=model if model in served else None,
+    )
+    await session.run()
