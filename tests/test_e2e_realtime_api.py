@@ -29,7 +29,11 @@ from websockets.exceptions import ConnectionClosed  # noqa: E402
 
 MODEL = "whisper-tiny-en"
 KEY = "realtime-key"
-TEXT = "The quick brown fox jumps over the lazy dog. Then it runs back into the forest."
+TEXT = (
+    "The quick brown fox jumps over the lazy dog. Then it runs back into the forest, "
+    "where a small bird sings in the tall green tree. The dog wakes up and barks at the "
+    "moon, and everyone in the village hears it."
+)
 FRAME_S = 0.1
 
 

@@ -28,7 +28,7 @@ from mono_llm.openai_api.model_registry import ServedModel
 
 SAMPLING_RATE = 16000
 # Shorter audio decodes to noise ("you", "Thank you."): no partials before this much.
-MIN_PARTIAL_S = 0.5
+MIN_PARTIAL_S = 1.0
 _WORD = re.compile(r"\s*\S+")
 
 
