@@ -208,9 +208,7 @@ def test_openai_protocol_manual_commit_at_24khz(server: Any, clip: np.ndarray) -
     assert completed["transcript"] == expected
     assert completed["usage"]["type"] == "duration" and completed["usage"]["seconds"] > 1
     deltas = [
-        (t, e)
-        for t, e in log
-        if e["type"] == "conversation.item.input_audio_transcription.delta"
+        (t, e) for t, e in log if e["type"] == "conversation.item.input_audio_transcription.delta"
     ]
     assert all(e["item_id"] == committed["item_id"] for _, e in deltas)
     assert "".join(e["delta"] for _, e in deltas) == completed["transcript"]
@@ -262,9 +260,7 @@ def test_openai_ga_session_with_server_vad_and_subprotocol_key(
     assert "lazy dog" in events[-1]["transcript"].lower()
 
 
-def test_bad_events_get_error_events_and_the_session_goes_on(
-    server: Any, clip: np.ndarray
-) -> None:
+def test_bad_events_get_error_events_and_the_session_goes_on(server: Any, clip: np.ndarray) -> None:
     async def session() -> list[dict]:
         errors = []
         async with connect(_url(server), additional_headers=_auth()) as ws:
@@ -349,7 +345,9 @@ def test_oversized_buffer_gets_an_error_and_close_1009(server: Any) -> None:
             await ws.recv()
             with pytest.raises(ConnectionClosed) as closed:
                 for _ in range(40):  # the server buffers at most 30 s
-                    await ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": second}))
+                    await ws.send(
+                        json.dumps({"type": "input_audio_buffer.append", "audio": second})
+                    )
                 while True:
                     event = json.loads(await asyncio.wait_for(ws.recv(), 30))
                     if event["type"] == "error":
@@ -381,3 +379,21 @@ def test_eight_concurrent_sessions_finish(server: Any, clip: np.ndarray) -> None
 
     assert asyncio.run(all_sessions()) == [expected] * 8
     assert httpx.get(f"{server.base_url}/health").status_code == 200
+
+
+@pytest.mark.parametrize("protocol", ["vllm", "openai"])
+def test_realtime_client_cli_prints_the_transcript(
+    server: Any, clip: np.ndarray, tmp_path: Path, capsys: Any, protocol: str
+) -> None:
+    from mono_llm.openai_api.cli import main
+
+    wav = _wav(clip, 16000)
+    (tmp_path / "clip.wav").write_bytes(wav)
+    expected = _offline(server, wav if protocol == "vllm" else _wav(_at_24k(clip), 24000))
+    argv = ["realtime-client", str(tmp_path / "clip.wav"), "--url", _url(server)]
+    argv += ["--api-key", KEY, "--speed", "0", "--protocol", protocol]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert out.rstrip().endswith(f"[final] {expected}")
+    assert main([*argv[:-4], "--api-key", "wrong"]) == 1
+    assert "1008" in capsys.readouterr().err

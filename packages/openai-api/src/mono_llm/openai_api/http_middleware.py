@@ -77,9 +77,7 @@ class ApiKeyMiddleware:
                 if offered.startswith(WS_KEY_PROTOCOL):
                     candidates.append(offered[len(WS_KEY_PROTOCOL) :])
         # Compare against every key in constant time so timing reveals nothing about keys.
-        return any(
-            [hmac.compare_digest(c.encode(), key) for c in candidates for key in self.keys]
-        )
+        return any([hmac.compare_digest(c.encode(), key) for c in candidates for key in self.keys])
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket") or scope.get("method") == "OPTIONS":

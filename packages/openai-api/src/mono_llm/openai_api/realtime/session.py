@@ -131,7 +131,9 @@ class RealtimeSession:
                     await self._emit(p.VllmSessionCreated())
                 await self._receive_loop()
         except TimeoutError:
-            await self._try_error("session_expired", "The session reached --max-realtime-session-s.")
+            await self._try_error(
+                "session_expired", "The session reached --max-realtime-session-s."
+            )
             close = CloseConnection(CLOSE_POLICY, "session time limit reached")
         except CloseConnection as exc:
             close = exc
@@ -468,9 +470,7 @@ class RealtimeSession:
             self._maybe_partial()
             return
         if self.dialect == "openai" and (self.utterance is None or not self.utterance.num_samples):
-            raise EventError(
-                "input_audio_buffer_commit_empty", "The input audio buffer is empty."
-            )
+            raise EventError("input_audio_buffer_commit_empty", "The input audio buffer is empty.")
         self.streaming = False
         if self.vad is not None:
             self.vad.reset()
@@ -480,9 +480,7 @@ class RealtimeSession:
     async def _commit_utterance(self) -> None:
         utterance = self._current()
         if self.pending_finals >= MAX_PENDING_COMMITS:
-            raise EventError(
-                "processing_error", "Too many commits are waiting to be transcribed."
-            )
+            raise EventError("processing_error", "Too many commits are waiting to be transcribed.")
         await self._stop_partial()
         if self.resampler is not None:  # the resampler's delayed tail belongs here
             utterance.add(self.resampler.flush())
