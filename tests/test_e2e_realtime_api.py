@@ -360,6 +360,24 @@ def test_oversized_buffer_gets_an_error_and_close_1009(server: Any) -> None:
     assert httpx.get(f"{server.base_url}/health").status_code == 200
 
 
+def test_oversized_event_gets_an_error_and_close_1009(server: Any) -> None:
+    huge = json.dumps({"type": "input_audio_buffer.append", "audio": "A" * (9 * 1024 * 1024)})
+
+    async def session() -> tuple[dict, int | None]:
+        async with connect(_url(server), additional_headers=_auth(), max_size=None) as ws:
+            await ws.recv()
+            await ws.send(huge)
+            error = json.loads(await asyncio.wait_for(ws.recv(), 30))
+            with pytest.raises(ConnectionClosed) as closed:
+                await asyncio.wait_for(ws.recv(), 30)
+            return error, closed.value.rcvd.code if closed.value.rcvd else None
+
+    error, code = asyncio.run(session())
+    assert error["code"] == "event_too_large"
+    assert code == 1009
+    assert httpx.get(f"{server.base_url}/health").status_code == 200
+
+
 def test_eight_concurrent_sessions_finish(server: Any, clip: np.ndarray) -> None:
     expected = _offline(server, _wav(clip, 16000))
     frames = _frames(clip, 16000)

@@ -170,3 +170,14 @@ def test_websocket_without_the_key_is_closed_with_1008(headers: dict, subprotoco
             with pytest.raises(WebSocketDisconnect) as closed:
                 ws.receive_text()
             assert closed.value.code == 1008
+
+
+def test_realtime_flags_must_be_positive() -> None:
+    from mono_llm.openai_api.realtime.session import RealtimeLimits
+    from mono_llm.openai_api.server_state import ServerArgs
+
+    assert RealtimeLimits.from_args(ServerArgs()).partial_interval_s == 0.5
+    with pytest.raises(ValueError, match="--max-realtime-buffer-s"):
+        RealtimeLimits.from_args(ServerArgs(max_realtime_buffer_s=0))
+    with pytest.raises(ValueError, match="--realtime-partial-interval-s"):
+        RealtimeLimits.from_args(ServerArgs(realtime_partial_interval_s=-1))

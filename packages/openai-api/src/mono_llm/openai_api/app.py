@@ -46,6 +46,7 @@ from mono_llm.openai_api.models.router import router as models_router
 from mono_llm.openai_api.pooling.router import router as pooling_router
 from mono_llm.openai_api.pooling.serving import model_tasks, warm_up_pooling
 from mono_llm.openai_api.realtime.router import router as realtime_router
+from mono_llm.openai_api.realtime.session import RealtimeLimits
 from mono_llm.openai_api.reasoning import get_reasoning_parser
 from mono_llm.openai_api.request_guards import (
     BodyLimitsMiddleware,
@@ -190,6 +191,8 @@ def build_app(
     aliases = [list(a) for a in (served_model_aliases or [])]
     # Audio routes exist only when a served model transcribes (decided from config.json).
     serves_audio = any(supports_transcription(_architectures(spec)) for spec in specs)
+    if serves_audio:
+        RealtimeLimits.from_args(args)  # bad --max-realtime-* flags fail here, not per session
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

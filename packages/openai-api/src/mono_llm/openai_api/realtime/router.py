@@ -20,12 +20,7 @@ async def realtime(websocket: WebSocket) -> None:
     if state is None or not state.ready or state.draining or state.audio is None:
         await websocket.close(CLOSE_TRY_AGAIN, "the server is not ready")
         return
-    args = state.args
-    limits = RealtimeLimits(
-        max_buffer_s=args.max_realtime_buffer_s,
-        max_session_s=args.max_realtime_session_s,
-        partial_interval_s=args.realtime_partial_interval_s,
-    )
+    limits = RealtimeLimits.from_args(state.args)
     # OpenAI's clients name a model in the URL (?model=...); used when this server serves it.
     model = websocket.query_params.get("model")
     served = {name for m in state.registry for name in m.names}

@@ -62,6 +62,25 @@ class RealtimeLimits:
     max_session_s: float = 3600.0
     partial_interval_s: float = 0.5
 
+    def __post_init__(self) -> None:
+        flags = {
+            "max_buffer_s": "--max-realtime-buffer-s",
+            "max_session_s": "--max-realtime-session-s",
+            "partial_interval_s": "--realtime-partial-interval-s",
+        }
+        for name, flag in flags.items():
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{flag} must be > 0, got {getattr(self, name)}")
+
+    @classmethod
+    def from_args(cls, args: Any) -> RealtimeLimits:
+        """From the server flags; a ValueError naming the bad one."""
+        return cls(
+            max_buffer_s=args.max_realtime_buffer_s,
+            max_session_s=args.max_realtime_session_s,
+            partial_interval_s=args.realtime_partial_interval_s,
+        )
+
 
 class CloseConnection(Exception):
     def __init__(self, code: int, reason: str) -> None:
