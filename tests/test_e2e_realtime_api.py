@@ -416,3 +416,35 @@ def test_realtime_client_cli_prints_the_transcript(
     assert out.rstrip().endswith(f"[final] {expected}")
     assert main([*argv[:-4], "--api-key", "wrong"]) == 1
     assert "1008" in capsys.readouterr().err
+
+
+def test_openai_client_realtime_transcription_session(server: Any, clip: np.ndarray) -> None:
+    """The official `openai` client's realtime connection, unchanged, against this server."""
+    client = server.openai(websocket_base_url=_url(server).removesuffix("/realtime"))
+    clip24 = _at_24k(clip[: 6 * 16000])
+    with client.realtime.connect(model=MODEL) as connection:
+        connection.session.update(
+            session={
+                "type": "transcription",
+                "audio": {
+                    "input": {
+                        "format": {"type": "audio/pcm", "rate": 24000},
+                        "transcription": {"model": MODEL},
+                        "turn_detection": None,
+                    }
+                },
+            }
+        )
+        for frame in _frames(clip24, 24000):
+            connection.input_audio_buffer.append(audio=frame)
+        connection.input_audio_buffer.commit()
+        kinds = []
+        for event in connection:
+            kinds.append(event.type)
+            assert event.type != "error", event
+            if event.type == "conversation.item.input_audio_transcription.completed":
+                transcript = event.transcript
+                break
+    assert kinds[0] == "session.created" and "session.updated" in kinds
+    assert "input_audio_buffer.committed" in kinds
+    assert transcript == _offline(server, _wav(clip24, 24000))
