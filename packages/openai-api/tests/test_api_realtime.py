@@ -181,3 +181,27 @@ def test_realtime_flags_must_be_positive() -> None:
         RealtimeLimits.from_args(ServerArgs(max_realtime_buffer_s=0))
     with pytest.raises(ValueError, match="--realtime-partial-interval-s"):
         RealtimeLimits.from_args(ServerArgs(realtime_partial_interval_s=-1))
+
+
+def test_a_client_that_stops_reading_is_closed_not_buffered_for(monkeypatch: Any) -> None:
+    from mono_llm.openai_api.realtime import session as session_module
+    from mono_llm.openai_api.realtime.session import (
+        CloseConnection,
+        RealtimeLimits,
+        RealtimeSession,
+    )
+
+    monkeypatch.setattr(session_module, "SEND_STALL_S", 0.05)
+
+    async def go() -> CloseConnection:
+        session = RealtimeSession(None, None, None, RealtimeLimits())  # type: ignore[arg-type]
+        for _ in range(session_module.SEND_QUEUE_EVENTS):  # nobody drains the outbox
+            await session._emit(p.TranscriptionDelta(delta="x"))
+        with pytest.raises(CloseConnection) as closed:
+            await session._emit(p.TranscriptionDelta(delta="one too many"))
+        assert session.outbox.qsize() == session_module.SEND_QUEUE_EVENTS
+        assert session._stalled
+        return closed.value
+
+    closed = asyncio.run(go())
+    assert closed.code == 1008 and "not reading" in closed.reason
