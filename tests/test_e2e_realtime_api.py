@@ -337,6 +337,12 @@ def test_wrong_or_missing_key_closes_with_1008(server: Any, headers: dict, proto
     assert httpx.get(f"{server.base_url}/health").status_code == 200
 
 
+def test_plain_http_get_is_told_to_use_a_websocket(server: Any) -> None:
+    response = httpx.get(f"{server.v1}/realtime", headers=server.headers())
+    assert response.status_code == 426 and response.headers["upgrade"] == "websocket"
+    assert "WebSocket" in response.json()["error"]["message"]
+
+
 def test_oversized_buffer_gets_an_error_and_close_1009(server: Any) -> None:
     second = base64.b64encode(np.zeros(16000, dtype=np.int16).tobytes()).decode()
 

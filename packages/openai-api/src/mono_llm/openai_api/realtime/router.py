@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, WebSocket
 
+from mono_llm.openai_api.errors import OpenAIError
 from mono_llm.openai_api.realtime.session import (
     CLOSE_TRY_AGAIN,
     RealtimeLimits,
@@ -33,3 +34,13 @@ async def realtime(websocket: WebSocket) -> None:
         default_model=model if model in served else None,
     )
     await session.run()
+
+
+@router.get("/v1/realtime", include_in_schema=False)
+async def realtime_over_http() -> None:
+    """A plain HTTP request learns that this is a WebSocket endpoint (not a 404)."""
+    raise OpenAIError(
+        "/v1/realtime is a WebSocket endpoint: connect with ws:// or wss://.",
+        426,
+        headers={"Upgrade": "websocket"},
+    )
