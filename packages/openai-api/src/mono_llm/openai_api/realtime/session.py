@@ -31,7 +31,6 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from mono_llm.core.models.registry import supports_transcription
 from mono_llm.openai_api.audio.serving import AudioServing, Transcript, import_audio
 from mono_llm.openai_api.errors import OpenAIError
-from mono_llm.openai_api.model_registry import ModelRegistry, ServedModel
 from mono_llm.openai_api.protocol import UsageInfo
 from mono_llm.openai_api.realtime import protocol as p
 from mono_llm.openai_api.realtime.transcriber import (
@@ -39,6 +38,7 @@ from mono_llm.openai_api.realtime.transcriber import (
     Utterance,
     UtteranceTranscriber,
 )
+from mono_llm.openai_api.served_models import ServedModel, ServedModels
 
 logger = logging.getLogger("mono_llm.openai_api.realtime")
 
@@ -101,7 +101,7 @@ class RealtimeSession:
         self,
         websocket: WebSocket,
         serving: AudioServing,
-        registry: ModelRegistry,
+        registry: ServedModels,
         limits: RealtimeLimits,
         *,
         intent: str | None = None,

@@ -24,7 +24,7 @@ import numpy as np
 
 from mono_llm.openai_api.audio.protocol import TranscriptionRequest
 from mono_llm.openai_api.audio.serving import AudioServing, Transcript, Upload, import_audio
-from mono_llm.openai_api.model_registry import ServedModel
+from mono_llm.openai_api.served_models import ServedModel
 
 SAMPLING_RATE = 16000
 # Shorter audio decodes to noise ("you", "Thank you."): no partials before this much.
@@ -129,9 +129,9 @@ class UtteranceTranscriber:
 
     async def final(self, utterance: Utterance) -> tuple[Transcript, str]:
         """The offline transcription of the whole utterance and the delta completing the sent
-        text to it. If the final decode revised words already sent (rare: more context
-        changed an agreed word), the delta is only what follows the common part, and the
-        final text (authoritative) differs from the concatenated deltas."""
+        text to it. If the final decode revised a word already sent (the rest of the audio
+        changed how Whisper hears its start), no delta can complete the sent text: the delta
+        is empty and the final text (authoritative) differs from the concatenated deltas."""
         if not utterance.num_samples:
             return Transcript("", self.request.language or "", 0.0, []), ""
         transcript = await self._decode(utterance.samples())
