@@ -130,7 +130,10 @@ def _run(args: argparse.Namespace) -> int:
     try:
         frames = _pcm16_frames(args.file, 24000 if args.protocol == "openai" else 16000)
     except ImportError:
-        print("error: realtime-client needs the audio extra: pip install mono-llm[audio]")
+        print(
+            "error: realtime-client needs the audio extra: pip install mono-llm[audio]",
+            file=sys.stderr,
+        )
         return 2
     except (OSError, ValueError) as exc:
         print(f"error: cannot read {args.file}: {exc}", file=sys.stderr)
