@@ -45,6 +45,8 @@ from mono_llm.openai_api.metrics import ServerMetrics
 from mono_llm.openai_api.models.router import router as models_router
 from mono_llm.openai_api.pooling.router import router as pooling_router
 from mono_llm.openai_api.pooling.serving import model_tasks, warm_up_pooling
+from mono_llm.openai_api.realtime.router import router as realtime_router
+from mono_llm.openai_api.realtime.session import RealtimeLimits
 from mono_llm.openai_api.reasoning import get_reasoning_parser
 from mono_llm.openai_api.request_guards import (
     BodyLimitsMiddleware,
@@ -189,6 +191,8 @@ def build_app(
     aliases = [list(a) for a in (served_model_aliases or [])]
     # Audio routes exist only when a served model transcribes (decided from config.json).
     serves_audio = any(supports_transcription(_architectures(spec)) for spec in specs)
+    if serves_audio:
+        RealtimeLimits.from_args(args)  # bad --max-realtime-* flags fail here, not per session
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -289,6 +293,7 @@ def build_app(
         app.include_router(router)
     if serves_audio:
         app.include_router(audio_router)
+        app.include_router(realtime_router)
     if offline:
         install_offline_docs(app)
 

@@ -25,6 +25,7 @@ OPEN_PATHS = frozenset(
      "/docs/oauth2-redirect", "/favicon.ico"}
 )  # fmt: skip
 OPEN_PREFIXES = ("/static/",)
+WS_KEY_PROTOCOL = "openai-insecure-api-key."
 
 
 def resolve_api_keys(
@@ -65,14 +66,18 @@ class ApiKeyMiddleware:
     def _authorized(self, scope: Scope) -> bool:
         headers = Headers(scope=scope)
         scheme, _, token = headers.get("authorization", "").partition(" ")
-        if scheme.lower() == "bearer":
-            candidate = token.strip().encode()
-        elif "x-api-key" in headers:  # how the anthropic client sends its key
-            candidate = headers["x-api-key"].strip().encode()
-        else:
-            return False
+        candidates = [token.strip()] if scheme.lower() == "bearer" else []
+        if "x-api-key" in headers:  # how the anthropic client sends its key
+            candidates.append(headers["x-api-key"].strip())
+        if scope["type"] == "websocket":
+            # Browsers cannot set headers on a WebSocket: OpenAI's clients send the key as a
+            # subprotocol, `openai-insecure-api-key.<key>`.
+            for offered in headers.get("sec-websocket-protocol", "").split(","):
+                offered = offered.strip()
+                if offered.startswith(WS_KEY_PROTOCOL):
+                    candidates.append(offered[len(WS_KEY_PROTOCOL) :])
         # Compare against every key in constant time so timing reveals nothing about keys.
-        return any([hmac.compare_digest(candidate, key) for key in self.keys])
+        return any([hmac.compare_digest(c.encode(), key) for c in candidates for key in self.keys])
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket") or scope.get("method") == "OPTIONS":
@@ -94,7 +99,13 @@ class ApiKeyMiddleware:
 
             response = anthropic_error_response(error)
         if scope["type"] == "websocket":
-            await send({"type": "websocket.close", "code": 1008})
+            # Accept, then close with 1008 (policy) and a reason: a refused handshake would
+            # only show the client an HTTP 403.
+            await receive()  # websocket.connect
+            await send({"type": "websocket.accept"})
+            await send(
+                {"type": "websocket.close", "code": 1008, "reason": "invalid or missing API key"}
+            )
             return
         await response(scope, receive, send)
 

@@ -104,6 +104,12 @@ class ServerArgs:
     """Largest audio upload /v1/audio/transcriptions and /translations accept, in MB (larger: HTTP 413)."""
     max_audio_duration_s: float = 3600.0
     """Longest decoded audio those endpoints accept, in seconds."""
+    max_realtime_buffer_s: float = 600.0
+    """/v1/realtime: most seconds of uncommitted audio one session may buffer (more: an error event and close code 1009)."""
+    max_realtime_session_s: float = 3600.0
+    """/v1/realtime: longest a session may stay open, in seconds (then close code 1008)."""
+    realtime_partial_interval_s: float = 0.5
+    """/v1/realtime: seconds of new audio between two partial decodes (lower: earlier partial text, more decoding)."""
 
 
 @dataclass(slots=True)

@@ -81,6 +81,8 @@ class Transcript:
     language: str
     duration_s: float
     segments: list[Segment]
+    prompt_tokens: int = 0  # decoder prompt tokens, over every window
+    completion_tokens: int = 0
 
 
 @dataclass(slots=True)
@@ -167,10 +169,8 @@ class AudioServing:
             self._tokens[model.name] = tokens
         return tokens
 
-    async def prepare(self, upload: Upload, task: str) -> Prepared:
-        """Decode, split and featurize the audio; validate language, task and prompt."""
-        audio = import_audio()
-        request, model = upload.request, upload.model
+    def check_task(self, request: TranscriptionRequest, model: ServedModel, task: str) -> None:
+        """400 unless the model can do `task` in the requested language."""
         tokens = self.tokens_of(model)
         language = request.language
         if language is not None and tokens.is_multilingual and language not in tokens.languages:
@@ -194,35 +194,58 @@ class AudioServing:
                     400,
                     param="language",
                 )
-        limits = audio.AudioLimits(
-            max_bytes=self.max_file_bytes, max_duration_s=self.max_duration_s
-        )
-        config = audio.WhisperFeatureConfig.from_preprocessor_config(_preprocessor(model))
 
-        def decode() -> tuple[torch.Tensor, list[float], list[float], float]:
-            decoded = audio.decode_audio(
-                upload.data, sampling_rate=config.sampling_rate, limits=limits
-            )
-            samples = decoded.samples
-            windows = audio.split_audio(samples, config.sampling_rate)
-            clips = [w.slice(samples) for w in windows]
-            features = audio.log_mel_spectrogram(clips, config, device="cpu")
-            starts = [w.start_s(config.sampling_rate) for w in windows]
-            durations = [w.num_samples / config.sampling_rate for w in windows]
-            return features, starts, durations, decoded.duration_s
+    def feature_config(self, model: ServedModel) -> Any:
+        """The model's log-mel settings (its preprocessor_config.json)."""
+        return import_audio().WhisperFeatureConfig.from_preprocessor_config(_preprocessor(model))
 
-        try:
-            features, starts, durations, duration = await asyncio.to_thread(decode)
-        except audio.AudioTooLargeError as exc:
-            raise OpenAIError(str(exc), 413, param="file") from exc
-        except audio.AudioError as exc:
-            raise OpenAIError(f"Could not read the audio file: {exc}", 400, param="file") from exc
+    def prepare_samples(self, upload: Upload, samples: Any, duration_s: float) -> Prepared:
+        """Prepared from float32 mono samples at the model's rate (a decoded file, or a
+        realtime stream's buffer): split into windows, log-mel features, the prompt's tokens.
+        CPU-heavy for long audio: call it off the event loop."""
+        audio = import_audio()
+        request, model = upload.request, upload.model
+        config = self.feature_config(model)
+        windows = audio.split_audio(samples, config.sampling_rate)
+        clips = [w.slice(samples) for w in windows]
+        features = audio.log_mel_spectrogram(clips, config, device="cpu")
+        starts = [w.start_s(config.sampling_rate) for w in windows]
+        durations = [w.num_samples / config.sampling_rate for w in windows]
         previous: list[int] = []
         if request.prompt.strip():
             previous = model.tokenizer.encode(
                 " " + request.prompt.strip(), add_special_tokens=False
             )
-        return Prepared(upload, tokens, features, starts, durations, duration, language, previous)
+        return Prepared(
+            upload,
+            self.tokens_of(model),
+            features,
+            starts,
+            durations,
+            duration_s,
+            request.language,
+            previous,
+        )
+
+    async def prepare(self, upload: Upload, task: str) -> Prepared:
+        """Decode, split and featurize the audio; validate language, task and prompt."""
+        audio = import_audio()
+        self.check_task(upload.request, upload.model, task)
+        limits = audio.AudioLimits(
+            max_bytes=self.max_file_bytes, max_duration_s=self.max_duration_s
+        )
+        sampling_rate = self.feature_config(upload.model).sampling_rate
+
+        def decode() -> Prepared:
+            decoded = audio.decode_audio(upload.data, sampling_rate=sampling_rate, limits=limits)
+            return self.prepare_samples(upload, decoded.samples, decoded.duration_s)
+
+        try:
+            return await asyncio.to_thread(decode)
+        except audio.AudioTooLargeError as exc:
+            raise OpenAIError(str(exc), 413, param="file") from exc
+        except audio.AudioError as exc:
+            raise OpenAIError(f"Could not read the audio file: {exc}", 400, param="file") from exc
 
     # ------------------------------------------------------------------ engine calls
     def sampling_params(
@@ -341,7 +364,14 @@ class AudioServing:
             )
             for r in results
         ]
-        return Transcript(audio.join_transcripts(texts), language, prepared.duration_s, segments)
+        return Transcript(
+            audio.join_transcripts(texts),
+            language,
+            prepared.duration_s,
+            segments,
+            prompt_tokens=len(prompt) * num_windows,
+            completion_tokens=sum(len(r.token_ids) for r in results),
+        )
 
     async def stream(
         self, prepared: Prepared, task: str

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from mono_llm.openai_api._version import __version__
 
 # Modules under mono_llm.openai_api.cli that contribute subcommands, in --help order.
-SUBCOMMAND_MODULES: tuple[str, ...] = ("serve", "bench")
+SUBCOMMAND_MODULES: tuple[str, ...] = ("serve", "bench", "realtime_client")
 
 
 def build_parser() -> argparse.ArgumentParser:
