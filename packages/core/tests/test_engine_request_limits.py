@@ -168,10 +168,10 @@ def test_concurrent_requests_for_one_schema_compile_it_once(monkeypatch) -> None
     calls = []
     real = backend._compile
 
-    def slow_compile(kind, source):
+    def slow_compile(kind, *args):
         calls.append(kind)
         time.sleep(0.3)
-        return real(kind, source)
+        return real(kind, *args)
 
     monkeypatch.setattr(backend, "_compile", slow_compile)
     params = StructuredOutputsParams(json=_schema(5))
