@@ -33,7 +33,8 @@ def _engine(name: str, fixture: str):
 
     return AsyncLLM.from_engine_args(
         AsyncEngineArgs(model=str(fixture_path(fixture)), served_model_name=name,
-                        max_model_len=256, disable_log_stats=True)
+                        max_model_len=256, disable_log_stats=True,
+                        engine_process=False)  # failures are injected in-process
     )  # fmt: skip
 
 

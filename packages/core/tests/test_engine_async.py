@@ -26,6 +26,7 @@ def _engine(**kwargs) -> AsyncLLM:
         max_model_len=256,
         num_gpu_blocks_override=NUM_BLOCKS,
         disable_log_stats=True,
+        engine_process=False,  # these tests read the engine's own state
         **kwargs,
     )
     return AsyncLLM.from_engine_args(args)

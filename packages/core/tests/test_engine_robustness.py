@@ -25,6 +25,7 @@ def _engine(**kwargs) -> AsyncLLM:
         max_model_len=128,
         num_gpu_blocks_override=64,
         disable_log_stats=True,
+        engine_process=False,  # these tests inject failures into the engine object
         **kwargs,
     )
     return AsyncLLM.from_engine_args(args)

@@ -115,6 +115,10 @@ class EngineArgs:
     distributed_executor_backend: str = "mp"
     """How tensor-parallel workers start: mp (local processes) or ray (Ray actors placed by a
     placement group, one bundle per worker; needs `pip install ray`)."""
+    engine_process: bool = False
+    """AsyncLLM only: run the engine's step loop in its own process (the server's default), so
+    HTTP, tokenization and output handling never hold the interpreter a model step needs.
+    Pooling models, and the offline LLM, always run in-process."""
 
     def __post_init__(self) -> None:
         if self.dtype not in ("auto", *_DTYPES):
@@ -266,6 +270,7 @@ class EngineArgs:
             cuda_graph_max_prefill_tokens=self.cuda_graph_max_prefill_tokens,
             overlap_decode_prepare=self.overlap_decode_prepare,
             disable_log_stats=self.disable_log_stats,
+            engine_process=self.engine_process,
         )
 
 
@@ -275,6 +280,9 @@ class AsyncEngineArgs(EngineArgs):
 
     disable_log_requests: bool = True
     """Do not log each request's arrival and parameters."""
+    engine_process: bool = True
+    """Run the engine's step loop in its own process (ZeroMQ between it and the API process);
+    --no-engine-process keeps it in a thread of the server process."""
 
 
 @dataclass(slots=True)
@@ -343,6 +351,7 @@ class EngineConfig:
     cuda_graph_max_prefill_tokens: int = 512
     overlap_decode_prepare: bool = True
     disable_log_stats: bool = False
+    engine_process: bool = False  # AsyncLLM: the step loop in a child process
 
 
 # Media items a prompt may carry unless --limit-mm-per-prompt says (vision models: 8 images).

@@ -1,0 +1,189 @@
+"""The engine-core process: `EngineCore`'s busy step loop alone in a child process.
+
+The API process (HTTP, JSON, tokenizing, streaming) and the step loop used to share one
+interpreter, so every request parsed or chunk sent delayed a model step. Here the loop owns
+its process: it takes requests and aborts from one ZeroMQ socket between steps, and sends each
+step's outputs as one message on another (messages.py). It never waits on the API process,
+except when that process stops reading altogether: the output socket's bounded queue then
+pauses the engine rather than growing without limit.
+
+The process ends when told to stop (unfinished requests are sent their "abort" output
+first), when its loop fails (a FATAL message, exit code 1), or when the API process dies (it
+checks its parent between steps and every second when idle, so it never outlives it).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+import traceback
+from typing import Any
+
+from mono_llm.core.config import EngineConfig
+from mono_llm.core.engine import messages as msg
+
+logger = logging.getLogger(__name__)
+
+# Idle: how long to wait for a request before checking that the parent is still there.
+_IDLE_POLL_MS = 1000
+# Busy: check the parent every this many iterations (os.getppid() is a cheap syscall).
+_PARENT_CHECK_EVERY = 64
+# Output messages that may queue toward a slow API process before the engine waits for it.
+OUTPUT_QUEUE_BOUND = 1024
+_STATS_LOG_INTERVAL_S = 10.0
+
+
+def run_engine_core(
+    config: EngineConfig, input_address: str, output_address: str, parent_pid: int
+) -> None:
+    """The child's entry point (multiprocessing, spawn): load the model, say READY, loop."""
+    import zmq
+
+    # Ctrl-C reaches the whole process group; the API process decides when the engine stops
+    # (after draining), so the engine ignores it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    logging.basicConfig(
+        level=logging.INFO, format="%(levelname)s %(asctime)s %(name)s [engine]: %(message)s"
+    )
+    context = zmq.Context(io_threads=1)
+    inputs = context.socket(zmq.PULL)
+    inputs.connect(input_address)
+    outputs = context.socket(zmq.PUSH)
+    outputs.setsockopt(zmq.SNDHWM, OUTPUT_QUEUE_BOUND)
+    outputs.connect(output_address)
+    code = 0
+    try:
+        try:
+            from mono_llm.core.engine.core import EngineCore
+
+            engine = EngineCore(config)
+        except BaseException:
+            outputs.send_multipart([msg.FATAL, msg.encode(traceback.format_exc())])
+            code = 1
+            return
+        runner = engine.model_runner
+        ready = msg.EngineReady(engine.vocab_size, runner.num_blocks, runner.block_size)
+        outputs.send_multipart([msg.READY, msg.encode(ready)])
+        try:
+            EngineCoreLoop(engine, inputs, outputs, parent_pid).run()
+        except BaseException as exc:
+            logger.exception("engine loop died")
+            outputs.send_multipart([msg.FATAL, msg.encode(repr(exc))])
+            code = 1
+    finally:
+        # Give queued messages (the last outputs, STOPPED or FATAL) a moment to leave.
+        inputs.close(linger=0)
+        outputs.close(linger=5000)
+        context.term()
+        if code:
+            os._exit(code)
+
+
+class EngineCoreLoop:
+    """Commands in between steps, one output message per productive iteration."""
+
+    def __init__(self, engine: Any, inputs: Any, outputs: Any, parent_pid: int) -> None:
+        self.engine = engine
+        self.inputs = inputs
+        self.outputs = outputs
+        self.parent_pid = parent_pid
+        self.adds_seen = 0
+        self.stopping = False
+        self._pending: list[Any] = []
+        self._errors: list[msg.RequestError] = []
+        self._last_log = time.monotonic()
+
+    def run(self) -> None:
+        import zmq
+
+        engine = self.engine
+        iteration = 0
+        while True:
+            iteration += 1
+            if not engine.has_unfinished_requests():
+                if not self.inputs.poll(_IDLE_POLL_MS) and not self._parent_alive():
+                    logger.warning("the API process is gone; the engine process exits")
+                    return
+            elif iteration % _PARENT_CHECK_EVERY == 0 and not self._parent_alive():
+                logger.warning("the API process is gone; the engine process exits")
+                return
+            took = False
+            while True:
+                try:
+                    kind, body = self.inputs.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                took = True
+                self._handle(kind, body)
+                if self.stopping:
+                    break
+            if self.stopping:
+                self._pending.extend(engine.abort_request(list(engine.requests)))
+                self._flush()
+                self.outputs.send_multipart([msg.STOPPED, b""])
+                return
+            if engine.has_unfinished_requests():
+                self._pending.extend(engine.step())
+                for request_id, exc in engine.pop_failures().items():
+                    self._errors.append(msg.error_to_message(request_id, exc))
+                took = True
+            if took:
+                self._flush()
+            self._maybe_log_stats()
+
+    def _parent_alive(self) -> bool:
+        return os.getppid() == self.parent_pid
+
+    def _handle(self, kind: bytes, body: bytes) -> None:
+        engine = self.engine
+        if kind == msg.ADD:
+            self.adds_seen += 1
+            request = msg.decode(body, msg.AddRequest)
+            try:
+                engine.add_request(
+                    request.request_id,
+                    request.prompt_token_ids,
+                    request.params,
+                    arrival_time=request.arrival_time,
+                    priority=request.priority,
+                    prompt_text=request.prompt_text,
+                    prompt_token_ids=request.prompt_token_ids,
+                )
+            except Exception as exc:  # this request's error, answered to it alone
+                self._errors.append(msg.error_to_message(request.request_id, exc))
+        elif kind == msg.ABORT:
+            self._pending.extend(engine.abort_request(msg.decode(body, list[str])))
+        elif kind == msg.STOP:
+            self.stopping = True
+        else:
+            raise ValueError(f"unknown engine command {kind!r}")
+
+    def _flush(self) -> None:
+        """Send what this iteration produced (and the load figures) as one message."""
+        outputs = self._pending
+        for out in outputs:  # the API process has the prompt; do not send it every step
+            out.prompt = None
+            out.prompt_token_ids = []
+        batch = msg.OutputBatch(outputs, self._errors, self.engine.get_stats(), self.adds_seen)
+        self._pending, self._errors = [], []
+        self.outputs.send_multipart([msg.OUTPUTS, msg.encode(batch)], copy=False)
+
+    def _maybe_log_stats(self) -> None:
+        engine = self.engine
+        if engine.config.disable_log_stats or not engine.has_unfinished_requests():
+            return
+        now = time.monotonic()
+        if now - self._last_log < _STATS_LOG_INTERVAL_S:
+            return
+        self._last_log = now
+        stats = engine.get_stats()
+        logger.info(
+            "running %d, waiting %d, KV cache %.1f%%, prefix hits %d/%d tokens",
+            stats.num_running_reqs,
+            stats.num_waiting_reqs,
+            100 * stats.kv_cache_usage,
+            stats.prefix_cache_hits,
+            stats.prefix_cache_queries,
+        )
