@@ -97,7 +97,13 @@ class GenerationStep:
             if self.decodable_vocab_size < sample_logits.shape[-1]:
                 sample_logits[:, self.decodable_vocab_size :] = float("-inf")
             result = self.sampler(sample_logits, sample_seqs)
-            self._append_tokens(sample_seqs, result, changed)
+            read_tokens = None
+            if len(sample_rows) == logits.shape[0] and result.sampled_logprob is None:
+                # Async scheduling: the next decode step starts on the GPU from these tokens
+                # while the host reads them and does the bookkeeping below.
+                launch = getattr(self.model_runner, "launch_next_decode", None)
+                read_tokens = launch(result.sampled) if launch is not None else None
+            self._append_tokens(sample_seqs, result, changed, read_tokens)
         for seq in pooled_seqs:  # pooling requests finish after their prefill
             self.scheduler.finish([seq], SequenceStatus.FINISHED_STOPPED)
             changed[seq.seq_id] = seq
@@ -166,9 +172,14 @@ class GenerationStep:
         return entry
 
     def _append_tokens(
-        self, seqs: list[Sequence], result: SamplerOutput, changed: dict[str, Sequence]
+        self,
+        seqs: list[Sequence],
+        result: SamplerOutput,
+        changed: dict[str, Sequence],
+        read_tokens: Callable[[], list[int]] | None = None,
     ) -> None:
-        tokens = result.sampled.tolist()  # the step's one host sync
+        # The step's one host sync (with async scheduling, overlapped by the next step).
+        tokens = read_tokens() if read_tokens is not None else result.sampled.tolist()
         logprob_lists = None
         if result.sampled_logprob is not None:
             logprob_lists = (

@@ -29,6 +29,8 @@ class DecodeSpeculation:
     tables: list[list[int]]  # each slice's block-table list (the live object)
     table_lens: list[int]
     computed: list[int]  # num_computed_tokens each slice must have
+    # Async scheduling: the step was already launched with the sampled tokens on the device.
+    launched: bool = False
 
     def holds(self, slices: list[SequenceSlice]) -> bool:
         """Whether `slices` are exactly the step staged (C-speed list compares)."""
@@ -43,3 +45,25 @@ class DecodeSpeculation:
                 for s in slices
             )
         )
+
+    def launched_rows(self, slices: list[SequenceSlice]) -> list[int] | None:
+        """For a launched step: the row of each of `slices` in it, when `slices` are its
+        sequences in order with some left out (finished or aborted meanwhile); else None."""
+        index = {id(table): i for i, table in enumerate(self.tables)}
+        rows: list[int] = []
+        last = -1
+        for s in slices:
+            i = index.get(id(s.block_table), -1)
+            if (
+                i <= last
+                or self.tables[i] is not s.block_table
+                or s.num_computed_tokens != self.computed[i]
+                or len(s.block_table) != self.table_lens[i]
+                or len(s.token_ids) != 1
+                or s.logits != LogitsWanted.LAST
+                or s.embeds_overrides
+            ):
+                return None
+            rows.append(i)
+            last = i
+        return rows

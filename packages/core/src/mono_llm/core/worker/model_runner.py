@@ -22,7 +22,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -138,6 +138,13 @@ class ModelRunner:
         self._overlap_decode = config.overlap_decode_prepare and not self.uses_mrope
         self._speculation: DecodeSpeculation | None = None
         self.num_speculated_decode_steps = 0  # for tests: decode steps that used it
+        # Async scheduling (CUDA): the next decode step starts from the sampled tokens on the
+        # device before the host reads them (launch_next_decode).
+        self._async_next = self._use_cuda and config.async_scheduling
+        self.num_launched_decode_steps = 0  # for tests: steps that used a launched step
+        if self._use_cuda:
+            self._host_sampled = torch.zeros(self.max_num_seqs, dtype=torch.int64, pin_memory=True)
+            self._sampled_ready = torch.cuda.Event()
         redirected = torch_ops_requested() & HOST_SYNCING_REFERENCES
         if self._use_cuda and redirected and not config.enforce_eager:
             logger.warning(
@@ -188,7 +195,14 @@ class ModelRunner:
         speculation, self._speculation = self._speculation, None
         if self.mm_embedder is not None:
             self.mm_embedder.fill_overrides(batch.slices)
-        if speculation is not None and speculation.holds(batch.slices):
+        if speculation is not None and speculation.launched:
+            rows = speculation.launched_rows(batch.slices)
+            if rows is not None:
+                return self._take_launched(speculation, batch, rows)
+            # Not this batch (a request arrived, one was preempted): the launched step's
+            # logits are dropped. Its KV writes were the right values for its sequences' next
+            # positions, rewritten alike below, or past the end of a finished sequence.
+        elif speculation is not None and speculation.holds(batch.slices):
             # Only the token ids are new: the step's host preparation already ran while the
             # GPU executed the previous step.
             assert self.buffers is not None and self.graphs is not None
@@ -222,6 +236,54 @@ class ModelRunner:
         if rows == 0:
             return torch.empty((0, self.vocab_size), dtype=torch.float32, device=self.device)
         return self.model.compute_logits(hidden.index_select(0, logits_indices))
+
+    @torch.inference_mode()
+    def launch_next_decode(self, sampled: torch.Tensor) -> Callable[[], list[int]] | None:
+        """Async scheduling: start the staged next decode step now, its token ids taken from
+        `sampled` (this step's tokens, one per sequence in batch order) on the device, so the
+        GPU runs it while the host reads `sampled` and does the step's bookkeeping. Returns
+        the function that reads `sampled` on the host (waiting for it, not for the step just
+        launched); None when no next step is staged, which leaves the ordinary path."""
+        speculation = self._speculation
+        num = int(sampled.shape[0])
+        if not self._async_next or speculation is None or speculation.launched:
+            return None
+        if num != len(speculation.tables):
+            return None
+        assert self.buffers is not None and self.graphs is not None
+        host = self._host_sampled[:num]
+        host.copy_(sampled, non_blocking=True)
+        ready = self._sampled_ready
+        ready.record()
+        self.buffers.input_ids[:num].copy_(sampled)  # device to device, behind the staging
+        self.graphs.replay_decode(speculation.graph_size, [])
+        speculation.launched = True
+
+        def read() -> list[int]:
+            ready.synchronize()
+            return host.tolist()
+
+        return read
+
+    def _take_launched(
+        self, speculation: DecodeSpeculation, batch: ModelBatch, rows: list[int]
+    ) -> torch.Tensor:
+        """The logits of a batch whose step was launched ahead; stage the one after it."""
+        assert self.graphs is not None
+        self.num_speculated_decode_steps += 1
+        self.num_launched_decode_steps += 1
+        logits = self.graphs.logits
+        if len(rows) == len(speculation.tables):
+            if self._overlap_decode:
+                self._speculate_decode(speculation.inputs, batch.slices, speculation.graph_size)
+            return logits[: len(rows)]
+        # Some sequences finished meanwhile: their rows (one step past their end) are dropped.
+        picked = logits.index_select(0, torch.tensor(rows, device=self.device))
+        inputs = self.prepare(batch)
+        graph_size = self.graphs.decode_size(inputs) if inputs.mrope_positions is None else None
+        if graph_size is not None and self._overlap_decode:
+            self._speculate_decode(inputs, batch.slices, graph_size)
+        return picked
 
     @torch.inference_mode()
     def execute_hidden(self, batch: ModelBatch) -> torch.Tensor:
