@@ -8,7 +8,15 @@ from pathlib import Path
 import pytest
 
 from mono_llm.core import LLM
-from mono_llm.core.bench import Workload, format_table, main, run_workload, runner_timing
+from mono_llm.core.bench import (
+    Workload,
+    format_table,
+    main,
+    main_latency,
+    main_throughput,
+    run_workload,
+    runner_timing,
+)
 from mono_llm.core.testing import fixture_path
 from mono_llm.core.worker.model_runner import decode_graph_sizes
 
@@ -50,6 +58,25 @@ def test_cli_writes_json(tmp_path: Path) -> None:
     assert report["results"][0]["decode_tok_s"] > 0
     with pytest.raises(SystemExit):
         main(["--model", str(fixture_path("tiny-qwen2")), "--workload", "D"])
+
+
+def test_throughput_and_latency_commands(tmp_path: Path) -> None:
+    model = str(fixture_path("tiny-llama"))
+    common = ["--model", model, "--max-model-len", "256", "--max-num-seqs", "4"]
+    out = tmp_path / "throughput.json"
+    assert main_throughput(
+        [*common, "--num-prompts", "3", "--input-len", "8", "--output-len", "4",
+         "--num-iters", "1", "--output-json", str(out)]
+    ) == 0  # fmt: skip
+    result = json.loads(out.read_text())["result"]
+    assert result["num_requests"] == 3 and result["output_tok_s"] > 0
+    out = tmp_path / "latency.json"
+    assert main_latency(
+        [*common, "--input-len", "8", "--output-len", "5", "--num-iters", "2",
+         "--output-json", str(out)]
+    ) == 0  # fmt: skip
+    result = json.loads(out.read_text())["result"]
+    assert len(result["runs_s"]) == 2 and result["decode_tok_s"] > 0 and result["ttft_ms"] > 0
 
 
 def test_decode_graph_sizes() -> None:

@@ -235,20 +235,12 @@ def environment() -> dict[str, Any]:
     return env
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", required=True, help="HF-format model folder")
-    parser.add_argument(
-        "--workload",
-        default="all",
-        help="A, B, C, a comma list, or all; NAME:RUNS overrides --runs for one (e.g. B,C,A:1)",
-    )
+def add_engine_flags(parser: argparse.ArgumentParser) -> None:
+    """The engine settings every offline benchmark takes (a subset of EngineArgs)."""
+    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--load-format", default="auto", choices=["auto", "safetensors", "dummy"])
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--runs", type=int, default=3, help="timed runs; the median is reported")
-    parser.add_argument("--full-warmup", action="store_true", help="warm up with the full output")
-    parser.add_argument("--num-requests", type=int, default=None, help="override (smoke tests)")
     parser.add_argument("--max-num-seqs", type=int, default=256)
     parser.add_argument("--max-num-batched-tokens", type=int, default=None)
     parser.add_argument("--max-model-len", type=int, default=None)
@@ -268,25 +260,14 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="EngineArgs.overlap_decode_prepare (default: the engine's)",
     )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--runner-timing", action="store_true", help="also time bare model steps (no engine)"
-    )
-    parser.add_argument("--json", default="bench-results.json", help="where to write results")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
+
+def build_llm(args: argparse.Namespace) -> Any:
+    """An offline LLM from the flags of `add_engine_flags`."""
     from mono_llm.core import LLM
 
-    specs = list(WORKLOADS) if args.workload == "all" else args.workload.upper().split(",")
-    names = [spec.split(":")[0] for spec in specs]
-    runs = [int(spec.split(":")[1]) if ":" in spec else args.runs for spec in specs]
-    unknown = [n for n in names if n not in WORKLOADS]
-    if unknown:
-        parser.error(f"unknown workload(s) {unknown}; choose from {', '.join(WORKLOADS)} or all")
     model = Path(args.model)
     tokenizer = None if _has_tokenizer(model) else str(fixture_path("tiny-llama"))
-    start = time.perf_counter()
     llm = LLM(
         model=str(model),
         tokenizer=tokenizer,
@@ -307,6 +288,84 @@ def main(argv: list[str] | None = None) -> int:
             if (value := getattr(args, name)) is not None
         },
     )
+    return llm
+
+
+def _custom_main(argv: list[str] | None, kind: str) -> int:
+    """`throughput` (vllm bench throughput's flags) or `latency` (vllm bench latency's)."""
+    parser = argparse.ArgumentParser(
+        prog=f"mono-llm bench {kind}",
+        description="Offline output tok/s of many requests at once (one generate call)"
+        if kind == "throughput"
+        else "Offline latency of one batch: time to first token and decode tok/s",
+    )
+    parser.add_argument("--model", required=True, help="HF-format model folder")
+    if kind == "throughput":
+        parser.add_argument("--num-prompts", type=int, default=1000)
+    else:
+        parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--input-len", type=int, default=512 if kind == "throughput" else 128)
+    parser.add_argument("--output-len", type=int, default=256 if kind == "throughput" else 512)
+    parser.add_argument(
+        "--num-iters", type=int, default=3, help="timed runs; the median is reported"
+    )
+    parser.add_argument("--full-warmup", action="store_true", help="warm up with the full output")
+    add_engine_flags(parser)
+    parser.add_argument("--output-json", default=None, help="write the result here")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    count = args.num_prompts if kind == "throughput" else args.batch_size
+    workload = Workload(
+        kind,
+        count,
+        args.input_len,
+        args.output_len,
+        f"{count} x {args.input_len} in / {args.output_len} out",
+    )
+    llm = build_llm(args)
+    result = run_workload(llm, workload, args.num_iters, args.full_warmup, args.seed)
+    print(format_table([result]), flush=True)
+    if args.output_json:
+        report = {"model": args.model, "environment": environment(), "result": asdict(result)}
+        Path(args.output_json).write_text(json.dumps(report, indent=2))
+    return 0
+
+
+def main_throughput(argv: list[str] | None = None) -> int:
+    return _custom_main(argv, "throughput")
+
+
+def main_latency(argv: list[str] | None = None) -> int:
+    return _custom_main(argv, "latency")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True, help="HF-format model folder")
+    parser.add_argument(
+        "--workload",
+        default="all",
+        help="A, B, C, a comma list, or all; NAME:RUNS overrides --runs for one (e.g. B,C,A:1)",
+    )
+    add_engine_flags(parser)
+    parser.add_argument("--runs", type=int, default=3, help="timed runs; the median is reported")
+    parser.add_argument("--full-warmup", action="store_true", help="warm up with the full output")
+    parser.add_argument("--num-requests", type=int, default=None, help="override (smoke tests)")
+    parser.add_argument(
+        "--runner-timing", action="store_true", help="also time bare model steps (no engine)"
+    )
+    parser.add_argument("--json", default="bench-results.json", help="where to write results")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    specs = list(WORKLOADS) if args.workload == "all" else args.workload.upper().split(",")
+    names = [spec.split(":")[0] for spec in specs]
+    runs = [int(spec.split(":")[1]) if ":" in spec else args.runs for spec in specs]
+    unknown = [n for n in names if n not in WORKLOADS]
+    if unknown:
+        parser.error(f"unknown workload(s) {unknown}; choose from {', '.join(WORKLOADS)} or all")
+    model = Path(args.model)
+    start = time.perf_counter()
+    llm = build_llm(args)
     startup = time.perf_counter() - start
     print(f"engine start-up: {startup:.1f} s", flush=True)
     timings = runner_timing(llm.llm_engine.model_runner) if args.runner_timing else {}

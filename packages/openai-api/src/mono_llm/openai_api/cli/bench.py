@@ -1,9 +1,10 @@
-"""`mono-llm bench engine|kernels ...`: the project's benchmarks behind one command.
+"""`mono-llm bench serve|throughput|latency|engine|kernels ...`: the benchmarks behind one command.
 
-The benchmarks themselves live beside what they measure (`mono_llm.core.bench` for the offline
-engine workloads A/B/C, `mono_llm.kernels.bench` for the kernel micro-benchmarks), so a
-researcher with only mono-llm-kernels installed can still run `python -m mono_llm.kernels.bench`;
-this subcommand only forwards the remaining arguments to them.
+The benchmarks themselves live beside what they measure (`mono_llm.openai_api.bench_serve` for
+HTTP load against any OpenAI-compatible server, `mono_llm.core.bench` for the offline engine
+workloads, `mono_llm.kernels.bench` for the kernel micro-benchmarks), so a researcher with only
+mono-llm-kernels installed can still run `python -m mono_llm.kernels.bench`; this subcommand
+only forwards the remaining arguments to them.
 """
 
 from __future__ import annotations
@@ -12,6 +13,19 @@ import argparse
 import importlib
 
 _TARGETS = {
+    "serve": (
+        "mono_llm.openai_api.bench_serve:main",
+        "HTTP load on an OpenAI-compatible server: TTFT, ITL, E2E latency and output tok/s "
+        "(vllm bench serve's flags)",
+    ),
+    "throughput": (
+        "mono_llm.core.bench:main_throughput",
+        "offline output tok/s of many requests (vllm bench throughput's flags)",
+    ),
+    "latency": (
+        "mono_llm.core.bench:main_latency",
+        "offline time to first token and decode speed of one batch (vllm bench latency's flags)",
+    ),
     "engine": (
         "mono_llm.core.bench",
         "offline engine workloads A/B/C (throughput, decode latency, prefill-heavy)",
@@ -40,6 +54,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    module_name, _ = _TARGETS[args.target]
+    target, _ = _TARGETS[args.target]
+    module_name, _, function = target.partition(":")
     module = importlib.import_module(module_name)
-    return int(module.main(list(args.args)) or 0)
+    return int(getattr(module, function or "main")(list(args.args)) or 0)
