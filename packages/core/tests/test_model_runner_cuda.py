@@ -159,7 +159,7 @@ def test_cuda_graphs_match_eager_bf16(prefill_graphs: int) -> None:
         torch.testing.assert_close(torch.stack(a), torch.stack(b), atol=5e-2, rtol=2e-2)
 
 
-def overlap_llm(overlap: bool):
+def overlap_llm(overlap: bool, async_scheduling: bool = False):
     from mono_llm.core import LLM
 
     return LLM(
@@ -172,6 +172,8 @@ def overlap_llm(overlap: bool):
         gpu_memory_utilization=0.5,
         cuda_graph_max_prefill_tokens=512,
         overlap_decode_prepare=overlap,
+        async_scheduling=async_scheduling,
+        enable_prefix_caching=False,
     )
 
 
@@ -212,3 +214,55 @@ def test_overlapped_decode_prepare_generates_the_same_tokens() -> None:
             assert runner.num_speculated_decode_steps == 0
     assert results[True] == results[False]
     assert [len(t) for t in results[True]] == [40, 23, 9, 31]
+
+
+def test_async_scheduling_generates_the_same_tokens() -> None:
+    """Decode steps launched from the sampled tokens on the device before the host reads them
+    give the tokens of the ordinary loop: across block boundaries, sequences finishing at
+    different steps (by length and by a stop token: their one-step-late rows are dropped and
+    never emitted), and a request arriving mid-way (the launched step is discarded)."""
+    from mono_llm.core import SamplingParams
+
+    gen = torch.Generator().manual_seed(2)
+    prompts = [
+        {"prompt_token_ids": torch.randint(3, 1000, (n,), generator=gen).tolist()}
+        for n in (5, 30, 47, 12, 9)
+    ]
+    params = [
+        SamplingParams(temperature=0, max_tokens=m, min_tokens=m, ignore_eos=True)
+        for m in (40, 23, 9, 31)
+    ]
+    params.append(SamplingParams(temperature=0.7, seed=3, max_tokens=60))
+    results = {}
+    for use_async in (False, True):
+        engine = overlap_llm(True, async_scheduling=use_async).llm_engine
+        for i in (0, 1, 2, 4):
+            engine.add_request(str(i), prompts[i], params[i])
+        finished = {}
+        step = 0
+        while engine.has_unfinished_requests() or step < 6:
+            if step == 5:  # arrives while the others decode
+                engine.add_request("3", prompts[3], params[3])
+            for out in engine.step():
+                if out.finished:
+                    finished[out.request_id] = out.outputs[0].token_ids
+            step += 1
+        results[use_async] = [finished[str(i)] for i in range(5)]
+        launched = engine.model_runner.num_launched_decode_steps
+        assert launched > 20 if use_async else launched == 0
+    assert results[True] == results[False]
+    assert [len(t) for t in results[True][:4]] == [40, 23, 9, 31]
+    # A stop token id taken from the sampled request's own output ends it early: the
+    # launched step past it is dropped, so nothing after the stop token is emitted.
+    stop_at = results[False][4][10]
+    outs = {}
+    for use_async in (False, True):
+        llm = overlap_llm(True, async_scheduling=use_async)
+        out = llm.generate(
+            [prompts[4], prompts[0]],
+            [params[4].clone(stop_token_ids=[stop_at]), params[0]],
+            use_tqdm=False,
+        )
+        outs[use_async] = [o.outputs[0].token_ids for o in out]
+    assert outs[True] == outs[False]
+    assert outs[True][0][-1] == stop_at and stop_at not in outs[True][0][:-1]

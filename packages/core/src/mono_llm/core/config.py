@@ -98,9 +98,10 @@ class EngineArgs:
     """Prefill/mixed steps of up to this many tokens replay CUDA graphs (0: they run eagerly)."""
     overlap_decode_prepare: bool = True
     """Prepare the next decode step's inputs while the GPU runs this one (checked before use)."""
-    async_scheduling: bool = True
+    async_scheduling: bool = False
     """CUDA: launch the next decode step from this step's sampled tokens on the GPU before the
-    host reads them, so the host's bookkeeping overlaps the GPU (outputs are unchanged)."""
+    host reads them, so the host's bookkeeping overlaps the GPU (outputs are unchanged).
+    Off by default until its GPU equivalence test has run on a lent card."""
     max_logprobs: int = 20
     """Largest logprobs / prompt_logprobs a request may ask for (-1: no limit)."""
     task: str = "auto"
@@ -354,7 +355,7 @@ class EngineConfig:
     enforce_eager: bool = False
     cuda_graph_max_prefill_tokens: int = 512
     overlap_decode_prepare: bool = True
-    async_scheduling: bool = True
+    async_scheduling: bool = False
     disable_log_stats: bool = False
     engine_process: bool = False  # AsyncLLM: the step loop in a child process
 
