@@ -92,6 +92,11 @@ def test_serve_demo_model_then_sigterm_drains_in_flight_stream(tmp_path: Path) -
         log_text = log_path.read_text()
         assert "Waiting for application shutdown" in log_text, log_text[-2000:]
         assert "Traceback" not in log_text, log_text
+        # The engine ran in its own process, and it is gone with the server (no orphan).
+        engine_pid = int(re.search(r"engine process (\d+) ready", log_text).group(1))
+        assert not Path(f"/proc/{engine_pid}").exists() or (
+            Path(f"/proc/{engine_pid}/stat").read_text().split(")")[-1].split()[0] == "Z"
+        )
     finally:
         if process.poll() is None:
             process.kill()

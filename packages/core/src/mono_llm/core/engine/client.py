@@ -114,7 +114,7 @@ class InProcessClient(EngineCoreClient):
         self._commands.put(("abort", request_ids))
 
     def num_waiting(self) -> int:
-        return self.engine._num_waiting_requests + self._pending_adds
+        return self.engine.num_waiting_requests + self._pending_adds
 
     def get_stats(self) -> SchedulerStats:
         stats = self.engine.get_stats()
