@@ -217,3 +217,22 @@ def test_a_model_that_fails_to_load_fails_start_up_with_its_error(tmp_path) -> N
     args.model = str(model)
     with pytest.raises(EngineError, match="failed to start"):
         AsyncLLM.from_engine_args(args)
+
+
+def test_out_of_range_values_are_a_request_error_not_a_crash(engine: AsyncLLM) -> None:
+    async def run():
+        # A value msgpack cannot carry is refused as the request's own error.
+        params = SamplingParams(max_tokens=2, extra_args={"x": 10**30})
+        with pytest.raises(InvalidRequestError):
+            await _collect(engine, "hi", params, "huge-extra")
+
+    async def priority_run():
+        # A priority past 64 bits is clamped (it only orders requests) and served.
+        stream = engine.generate(
+            "hi", SamplingParams(max_tokens=2, temperature=0.0), "prio", priority=10**30
+        )
+        return [o async for o in stream]
+
+    asyncio.run(run())
+    assert asyncio.run(priority_run())[-1].finished
+    assert engine.is_running

@@ -232,7 +232,9 @@ class AsyncLLM:
             text,
             sampling=params if isinstance(params, SamplingParams) else None,
             pooling=params if isinstance(params, PoolingParams) else None,
-            priority=priority,
+            # Priorities only order requests; beyond 64 bits they cannot cross to an engine
+            # process (msgpack), and clamping keeps their order with every sane value.
+            priority=min(max(priority, -(2**63)), 2**63 - 1),
             arrival_time=time.time(),
             encoder_features=encoder_features,
         )

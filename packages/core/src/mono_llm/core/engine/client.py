@@ -26,7 +26,12 @@ import torch
 from mono_llm.core.config import EngineConfig
 from mono_llm.core.engine import messages as msg
 from mono_llm.core.engine.core import EngineCore
-from mono_llm.core.errors import EngineDeadError, EngineError, EngineOverloadedError
+from mono_llm.core.errors import (
+    EngineDeadError,
+    EngineError,
+    EngineOverloadedError,
+    InvalidRequestError,
+)
 from mono_llm.core.outputs import SchedulerStats
 
 logger = logging.getLogger(__name__)
@@ -320,7 +325,12 @@ class MultiprocessClient(EngineCoreClient):
     def add_request(self, request: msg.AddRequest) -> None:
         import zmq
 
-        body = msg.encode(request)
+        try:
+            body = msg.encode(request)
+        except (OverflowError, TypeError, ValueError) as exc:  # msgpack ints are 64-bit
+            raise InvalidRequestError(
+                f"The request holds a value the engine cannot take: {exc}."
+            ) from None
         with self._lock:
             if self._dead:
                 raise EngineDeadError("The engine process has stopped.")
