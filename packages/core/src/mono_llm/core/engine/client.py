@@ -82,14 +82,19 @@ class EngineCoreClient:
 
 
 def make_engine_client(config: EngineConfig, sink: OutputSink) -> EngineCoreClient:
-    """The multiprocess client when the config asks for it and the model generates;
-    pooling models (one prefill per request, no decode loop to protect) stay in-process."""
+    """The multiprocess client when the config asks for it and the model generates text;
+    pooling models (one prefill per request, no decode loop to protect) and vision-language
+    models (their requests carry image tensors, which the messages do not encode yet) stay
+    in-process."""
     if config.engine_process:
         from mono_llm.core.pooling.engine import PoolingEngine
 
-        if PoolingEngine.for_config(config) is None:
+        if config.model_config.limit_mm_per_prompt:
+            logger.info("vision-language model: its engine runs in the server process")
+        elif PoolingEngine.for_config(config) is not None:
+            logger.info("pooling model: its engine runs in the server process")
+        else:
             return MultiprocessClient(config, sink)
-        logger.info("pooling model: its engine runs in the server process")
     return InProcessClient(EngineCore(config), sink)
 
 
@@ -325,6 +330,8 @@ class MultiprocessClient(EngineCoreClient):
     def add_request(self, request: msg.AddRequest) -> None:
         import zmq
 
+        if getattr(request.prompt_token_ids, "mm_items", None):  # never sent without them
+            raise InvalidRequestError("This engine takes no media inputs.", param="prompt")
         try:
             body = msg.encode(request)
         except (OverflowError, TypeError, ValueError) as exc:  # msgpack ints are 64-bit
