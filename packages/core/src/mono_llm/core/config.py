@@ -122,7 +122,7 @@ class EngineArgs:
     engine_process: bool = False
     """AsyncLLM only: run the engine's step loop in its own process (the server's default), so
     HTTP, tokenization and output handling never hold the interpreter a model step needs.
-    Pooling models, and the offline LLM, always run in-process."""
+    Pooling and vision-language models, and the offline LLM, always run in-process."""
 
     def __post_init__(self) -> None:
         if self.dtype not in ("auto", *_DTYPES):
