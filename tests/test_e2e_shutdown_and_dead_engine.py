@@ -100,7 +100,8 @@ def test_a_dead_engine_makes_the_server_exit_with_status_1() -> None:
 
     engine = AsyncLLM.from_engine_args(
         AsyncEngineArgs(model=str(fixture_path(MODEL)), served_model_name=MODEL,
-                        max_model_len=128, disable_log_stats=True)
+                        max_model_len=128, disable_log_stats=True,
+                        engine_process=False)  # the failure is injected into this process
     )  # fmt: skip
     args = ServerArgs(timeout_graceful_shutdown=2, uvicorn_log_level="warning")
     app = build_app(engine, args)
