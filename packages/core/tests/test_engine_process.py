@@ -236,3 +236,25 @@ def test_out_of_range_values_are_a_request_error_not_a_crash(engine: AsyncLLM) -
     asyncio.run(run())
     assert asyncio.run(priority_run())[-1].finished
     assert engine.is_running
+
+
+def test_structured_output_across_the_process_boundary(engine: AsyncLLM) -> None:
+    """The engine process compiles the grammar off its loop, then admits the request."""
+    from mono_llm.core.sampling_params import StructuredOutputsParams
+
+    params = SamplingParams(
+        max_tokens=20,
+        temperature=0.0,
+        structured_outputs=StructuredOutputsParams(choice=["yes please", "no thanks"]),
+    )
+
+    async def run():
+        return await asyncio.gather(
+            _collect(engine, "Answer:", params, "choice-1"),
+            _collect(engine, "hello", SamplingParams(max_tokens=5, temperature=0.0), "plain"),
+        )
+
+    (last, _, _), (plain, _, _) = asyncio.run(run())  # cumulative outputs: the last has all
+    assert last.outputs[0].text in ("yes please", "no thanks")
+    assert last.outputs[0].finish_reason == "stop"
+    assert len(plain.outputs[0].token_ids) == 5

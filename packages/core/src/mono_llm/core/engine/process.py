@@ -19,15 +19,19 @@ import os
 import signal
 import time
 import traceback
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from mono_llm.core.config import EngineConfig
 from mono_llm.core.engine import messages as msg
+from mono_llm.core.outputs import CompletionOutput, RequestOutput
 
 logger = logging.getLogger(__name__)
 
 # Idle: how long to wait for a request before checking that the parent is still there.
 _IDLE_POLL_MS = 1000
+# Idle with grammars compiling: how often to look whether one is done.
+_COMPILE_POLL_MS = 5
 # Busy: check the parent every this many iterations (os.getppid() is a cheap syscall).
 _PARENT_CHECK_EVERY = 64
 # Output messages that may queue toward a slow API process before the engine waits for it.
@@ -94,6 +98,10 @@ class EngineCoreLoop:
         self._pending: list[Any] = []
         self._errors: list[msg.RequestError] = []
         self._last_log = time.monotonic()
+        # Requests whose grammar compiles in a worker thread (seconds for a deep JSON schema;
+        # xgrammar releases the GIL): admitted once compiled, so no step waits for it.
+        self._compiling: dict[str, tuple[Future[Any], msg.AddRequest]] = {}
+        self._grammar_pool: ThreadPoolExecutor | None = None
 
     def run(self) -> None:
         import zmq
@@ -103,7 +111,8 @@ class EngineCoreLoop:
         while True:
             iteration += 1
             if not engine.has_unfinished_requests():
-                if not self.inputs.poll(_IDLE_POLL_MS) and not self._parent_alive():
+                wait_ms = _COMPILE_POLL_MS if self._compiling else _IDLE_POLL_MS
+                if not self.inputs.poll(wait_ms) and not self._parent_alive():
                     logger.warning("the API process is gone; the engine process exits")
                     return
             elif iteration % _PARENT_CHECK_EVERY == 0 and not self._parent_alive():
@@ -119,7 +128,10 @@ class EngineCoreLoop:
                 self._handle(kind, body)
                 if self.stopping:
                     break
+            if self._compiling and self._admit_compiled():
+                took = True
             if self.stopping:
+                self._abort_compiling(list(self._compiling))
                 self._pending.extend(engine.abort_request(list(engine.requests)))
                 self._flush()
                 self.outputs.send_multipart([msg.STOPPED, b""])
@@ -141,24 +153,68 @@ class EngineCoreLoop:
         if kind == msg.ADD:
             self.adds_seen += 1
             request = msg.decode(body, msg.AddRequest)
-            try:
-                engine.add_request(
-                    request.request_id,
-                    request.prompt_token_ids,
-                    request.params,
-                    arrival_time=request.arrival_time,
-                    priority=request.priority,
-                    prompt_text=request.prompt_text,
-                    prompt_token_ids=request.prompt_token_ids,
+            structured = request.sampling.structured_outputs if request.sampling else None
+            if structured is not None and not structured.is_empty and engine.grammar_factory:
+                if self._grammar_pool is None:
+                    self._grammar_pool = ThreadPoolExecutor(2, "mono-llm-grammar")
+                future = self._grammar_pool.submit(
+                    engine.grammar_factory, structured, engine.tokenizer, engine.vocab_size
                 )
-            except Exception as exc:  # this request's error, answered to it alone
-                self._errors.append(msg.error_to_message(request.request_id, exc))
+                self._compiling[request.request_id] = (future, request)
+                return
+            self._add(request)
         elif kind == msg.ABORT:
-            self._pending.extend(engine.abort_request(msg.decode(body, list[str])))
+            ids = msg.decode(body, list[str])
+            self._abort_compiling([i for i in ids if i in self._compiling])
+            self._pending.extend(engine.abort_request(ids))
         elif kind == msg.STOP:
             self.stopping = True
         else:
             raise ValueError(f"unknown engine command {kind!r}")
+
+    def _add(self, request: msg.AddRequest) -> None:
+        try:
+            self.engine.add_request(
+                request.request_id,
+                request.prompt_token_ids,
+                request.params,
+                arrival_time=request.arrival_time,
+                priority=request.priority,
+                prompt_text=request.prompt_text,
+                prompt_token_ids=request.prompt_token_ids,
+            )
+        except Exception as exc:  # this request's error, answered to it alone
+            self._errors.append(msg.error_to_message(request.request_id, exc))
+
+    def _admit_compiled(self) -> bool:
+        """Admit the requests whose grammar is compiled (the engine's compile is then a cache
+        hit); True if any was admitted or failed."""
+        done = [rid for rid, (future, _) in self._compiling.items() if future.done()]
+        for rid in done:
+            future, request = self._compiling.pop(rid)
+            error = future.exception()
+            if error is not None:
+                self._errors.append(msg.error_to_message(rid, error))
+            else:
+                self._add(request)
+        return bool(done)
+
+    def _abort_compiling(self, request_ids: list[str]) -> None:
+        """End requests still waiting for their grammar with "abort" outputs."""
+        for rid in request_ids:
+            future, request = self._compiling.pop(rid)
+            future.cancel()
+            count = request.params.n if request.sampling is not None else 1
+            self._pending.append(
+                RequestOutput(
+                    rid,
+                    None,
+                    [],
+                    None,
+                    [CompletionOutput(i, "", [], finish_reason="abort") for i in range(count)],
+                    True,
+                )
+            )
 
     def _flush(self) -> None:
         """Send what this iteration produced (and the load figures) as one message."""
