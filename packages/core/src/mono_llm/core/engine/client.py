@@ -404,6 +404,7 @@ class MultiprocessClient(EngineCoreClient):
                         if not self._on_message(kind.bytes, body.buffer):
                             return
                 elif self.process.sentinel in events:
+                    self.process.join(1.0)  # the exit code is known once it is reaped
                     self._died(
                         EngineDeadError(
                             f"The engine process exited unexpectedly (code "

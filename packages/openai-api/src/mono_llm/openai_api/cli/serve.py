@@ -267,6 +267,10 @@ def draining_server(config: Any) -> Any:
                     # What is left after the drain (streams just cut) gets a short grace.
                     config.timeout_graceful_shutdown = 2
                     uvicorn.Server.handle_exit(self, sig, frame)
+                    if state.exit_code and frame is None:
+                        # A dead engine, not a signal: uvicorn must not re-raise SIGTERM at
+                        # the end, or the process dies by it instead of exiting with status 1.
+                        self._captured_signals.clear()
 
             loop.call_soon_threadsafe(lambda: loop.create_task(drain_then_exit()))
 
