@@ -83,14 +83,20 @@ class EngineCoreClient:
 
 def make_engine_client(config: EngineConfig, sink: OutputSink) -> EngineCoreClient:
     """The multiprocess client when the config asks for it and the model generates text;
-    pooling models (one prefill per request, no decode loop to protect) and vision-language
-    models (their requests carry image tensors, which the messages do not encode yet) stay
-    in-process."""
+    pooling models (one prefill per request, no decode loop to protect), vision-language and
+    encoder-decoder models (their requests carry tensors, which the messages do not encode
+    yet) and tensor-parallel engines (their workers are processes of the engine's process)
+    stay in-process."""
     if config.engine_process:
         from mono_llm.core.pooling.engine import PoolingEngine
 
+        hf_config = config.model_config.hf_config
         if config.model_config.limit_mm_per_prompt:
             logger.info("vision-language model: its engine runs in the server process")
+        elif hf_config.get("is_encoder_decoder"):
+            logger.info("encoder-decoder model: its engine runs in the server process")
+        elif config.parallel_config.tensor_parallel_size > 1:
+            logger.info("tensor-parallel engine: its step loop runs in the server process")
         elif PoolingEngine.for_config(config) is not None:
             logger.info("pooling model: its engine runs in the server process")
         else:
@@ -138,6 +144,7 @@ class InProcessClient(EngineCoreClient):
         self._commands.put(("stop", None))
         if threading.current_thread() is not self._thread:
             self._thread.join(timeout)
+            self.engine.shutdown()  # tensor-parallel workers, when there are any
 
     def _handle(self, command: Any) -> bool:
         """Apply one command; False when the loop must stop."""
@@ -154,6 +161,7 @@ class InProcessClient(EngineCoreClient):
                     priority=command.priority,
                     prompt_text=command.prompt_text,
                     prompt_token_ids=command.prompt_token_ids,
+                    encoder_features=command.encoder_features,
                 )
             except Exception as exc:  # a request error, reported to its own consumer only
                 sink.deliver(command.request_id, exc)
@@ -330,6 +338,8 @@ class MultiprocessClient(EngineCoreClient):
     def add_request(self, request: msg.AddRequest) -> None:
         import zmq
 
+        if request.encoder_features is not None:  # encoder-decoder models stay in-process
+            raise InvalidRequestError("This engine takes no encoder_features.", param="prompt")
         if getattr(request.prompt_token_ids, "mm_items", None):  # never sent without them
             raise InvalidRequestError("This engine takes no media inputs.", param="prompt")
         try:

@@ -134,6 +134,7 @@ class EngineCoreLoop:
                 self._abort_compiling(list(self._compiling))
                 self._pending.extend(engine.abort_request(list(engine.requests)))
                 self._flush()
+                self.engine.shutdown()
                 self.outputs.send_multipart([msg.STOPPED, b""])
                 return
             if engine.has_unfinished_requests():
