@@ -97,10 +97,15 @@ async def _plain(client: httpx.AsyncClient, tally: Tally, kind: str, path: str, 
     status = response.status_code
     if status == 200:
         if kind == "structured":
-            text = response.json()["choices"][0]["message"]["content"]
-            finish = response.json()["choices"][0]["finish_reason"]
+            choice = response.json()["choices"][0]
+            text, finish = choice["message"]["content"], choice["finish_reason"]
             if finish == "stop":  # a complete answer must parse as the schema's object
-                json.loads(text)
+                try:
+                    json.loads(text)
+                except json.JSONDecodeError as exc:
+                    detail = f"{exc}: {text!r} usage={response.json().get('usage')}"
+                    tally.record(kind, "invalid-json", False, detail)
+                    return
         tally.record(kind, "200", True)
     else:
         tally.record(kind, str(status), status < 500 or (status == 503 and _check_error(response)),

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import json
 
+import pytest
+
 from mono_llm.openai_api.errors import OpenAIError
 from mono_llm.openai_api.streaming import (
     SSE_DONE,
@@ -90,3 +92,17 @@ def test_sse_format() -> None:
     assert sse_event({"a": "é"}) == 'data: {"a": "é"}\n\n'
     assert json.loads(sse_event(OpenAIError("x", 400).to_response())[6:])["error"]["code"] == 400
     assert SSE_DONE == "data: [DONE]\n\n"
+
+
+@pytest.mark.parametrize("separator", ["\u2028", "\u2029", "\x85"])
+def test_events_never_carry_a_character_line_readers_split_on(separator) -> None:
+    """A model may generate U+2028/U+2029/U+0085; JSON leaves them raw, and line readers built
+    on str.splitlines (httpx's aiter_lines among them) would cut the data line there."""
+    import httpx
+
+    payload = {"choices": [{"delta": {"content": f"a{separator}b é"}}]}
+    event = sse_event(payload)
+    lines = [line for line in httpx._decoders.LineDecoder().decode(event) if line]
+    assert len(lines) == 1 and lines[0].startswith("data: ")
+    assert json.loads(lines[0][6:]) == payload  # the same text, and non-ASCII kept raw
+    assert "é" in event

@@ -25,13 +25,27 @@ T = TypeVar("T")
 SSE_DONE = "data: [DONE]\n\n"
 
 
-def sse_event(payload: BaseModel | dict[str, Any]) -> str:
-    """One `data:` event; None fields are kept (OpenAI chunks carry explicit nulls)."""
+# Characters that str.splitlines() (and so httpx's `aiter_lines`, and other line readers
+# built on it) treats as line ends, which JSON leaves unescaped: a model that generates one
+# would split a `data:` line in two for such clients. Escaped, the JSON decodes the same.
+_LINE_BREAKS_JSON_KEEPS = str.maketrans(
+    {"\u2028": "\\u2028", "\u2029": "\\u2029", "\x85": "\\u0085"}
+)
+
+
+def sse_json(payload: BaseModel | dict[str, Any]) -> str:
+    """The JSON text of one event: non-ASCII kept as is, never a character any line reader
+    takes for a line end. None fields are kept (OpenAI chunks carry explicit nulls)."""
     if isinstance(payload, BaseModel):
         body = payload.model_dump_json(exclude_unset=False)
     else:
         body = json.dumps(payload, ensure_ascii=False)
-    return f"data: {body}\n\n"
+    return body.translate(_LINE_BREAKS_JSON_KEEPS)
+
+
+def sse_event(payload: BaseModel | dict[str, Any]) -> str:
+    """One `data:` event."""
+    return f"data: {sse_json(payload)}\n\n"
 
 
 _END = object()

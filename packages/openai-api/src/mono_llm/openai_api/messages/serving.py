@@ -27,6 +27,7 @@ from mono_llm.openai_api.errors import OpenAIError, from_exception
 from mono_llm.openai_api.messages.protocol import MessagesRequest, anthropic_error_body
 from mono_llm.openai_api.reasoning import ReasoningStream
 from mono_llm.openai_api.reply_router import ReplySummary, route_reply
+from mono_llm.openai_api.streaming import sse_json
 
 
 def _new_id(prefix: str) -> str:
@@ -245,7 +246,7 @@ class MessageBlocks:
 
 
 def sse(kind: str, data: dict[str, Any]) -> str:
-    return f"event: {kind}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
+    return f"event: {kind}\ndata: {sse_json(data)}\n\n"
 
 
 class MessagesServing:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
@@ -44,6 +43,7 @@ from mono_llm.openai_api.responses.output import OutputBuilder
 from mono_llm.openai_api.responses.protocol import ResponsesRequest, new_id, response_object, usage
 from mono_llm.openai_api.responses.store import ResponseStore, StoredResponse
 from mono_llm.openai_api.served_models import ServedModel
+from mono_llm.openai_api.streaming import sse_json
 
 logger = logging.getLogger("mono_llm.openai_api.responses")
 
@@ -67,7 +67,7 @@ class _Run:
 
 def sse(event: dict[str, Any]) -> str:
     """One Responses stream event (`event:` line with the type, as OpenAI sends)."""
-    return f"event: {event['type']}\ndata: {json.dumps(event, ensure_ascii=False)}\n\n"
+    return f"event: {event['type']}\ndata: {sse_json(event)}\n\n"
 
 
 class ResponsesServing:
