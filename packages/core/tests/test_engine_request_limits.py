@@ -91,7 +91,10 @@ def test_logit_bias_is_clamped_to_plus_minus_100() -> None:
 
     engine = AsyncLLM.from_engine_args(
         AsyncEngineArgs(
-            model=str(fixture_path("tiny-llama")), max_model_len=64, disable_log_stats=True
+            model=str(fixture_path("tiny-llama")),
+            max_model_len=64,
+            disable_log_stats=True,
+            engine_process=False,  # the test reaches into the engine object
         )
     )
     try:
@@ -194,7 +197,10 @@ def test_a_compile_past_the_deadline_is_a_400_and_others_keep_running(monkeypatc
 
     engine = AsyncLLM.from_engine_args(
         AsyncEngineArgs(
-            model=str(fixture_path("tiny-llama")), max_model_len=64, disable_log_stats=True
+            model=str(fixture_path("tiny-llama")),
+            max_model_len=64,
+            disable_log_stats=True,
+            engine_process=False,  # the test reaches into the engine object
         )
     )
     factory = engine.engine.grammar_factory

@@ -70,7 +70,7 @@ def test_missing_hub_id_offline_is_a_clear_error(offline_cache):
         EngineArgs(model="nobody/nothing", download_dir=str(offline_cache)).create_engine_config()
 
 
-@pytest.mark.parametrize("name", ["/no/such/folder", "a/b/c", "../x"])
+@pytest.mark.parametrize("name", ["/no/such/folder", "a/b/c", "../no-such-folder-for-mono-llm"])
 def test_neither_folder_nor_hub_id(name, offline_cache):
     with pytest.raises(UnsupportedModelError, match="neither a local folder nor a hub id"):
         resolve_model_dir(name, download_dir=str(offline_cache))

@@ -69,9 +69,10 @@ async def start_beam_search(
     async def step(token_lists: list[list[int]]) -> list[Any]:
         return list(await asyncio.gather(*(next_token_logprobs(t) for t in token_lists)))
 
-    # The engine core's end-of-sequence ids (a data-parallel model: its first replica's).
+    # The end-of-sequence ids from the engine's API-side face, which exists whether the engine
+    # steps in this process or its own (a data-parallel model: its first replica's).
     replicas = getattr(model.engine, "replicas", None)
-    eos = set((replicas[0] if replicas else model.engine).engine.eos_token_ids)
+    eos = set((replicas[0] if replicas else model.engine).processor.eos_token_ids)
     sequences = await beam_search_async(prompt.token_ids, params, eos, step)
     outputs = [
         CompletionOutput(
