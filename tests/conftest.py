@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,6 +31,35 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def mono_llm_command() -> list[str]:
+    """The `mono-llm` console script beside this interpreter, or the module form of it."""
+    script = Path(sys.executable).with_name("mono-llm")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "mono_llm.openai_api.cli"]
+
+
+def wait_ready(
+    base: str,
+    process: subprocess.Popen,
+    log_path: Path,
+    timeout_s: float = 120,
+    **client_kwargs: Any,
+) -> None:
+    """Poll a `mono-llm serve` subprocess's /ready until 200; fail with its log if it exits or
+    the time runs out."""
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        assert process.poll() is None, log_path.read_text()
+        try:
+            if httpx.get(f"{base}/ready", timeout=2, **client_kwargs).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, log_path.read_text()
+        time.sleep(0.2)
 
 
 @dataclass

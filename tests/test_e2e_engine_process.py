@@ -9,9 +9,7 @@ import contextlib
 import os
 import re
 import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -21,30 +19,7 @@ import openai
 import pytest
 
 from mono_llm.core.testing import fixture_path
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _mono_llm() -> list[str]:
-    script = Path(sys.executable).with_name("mono-llm")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "mono_llm.openai_api.cli"]
-
-
-def _wait_ready(base: str, process: subprocess.Popen, log_path: Path) -> None:
-    deadline = time.monotonic() + 180
-    while True:
-        assert process.poll() is None, log_path.read_text()
-        try:
-            if httpx.get(f"{base}/ready", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, log_path.read_text()
-        time.sleep(0.2)
+from tests.conftest import free_port, mono_llm_command, wait_ready
 
 
 def _children(pid: int) -> list[int]:
@@ -64,17 +39,17 @@ def _gone(pid: int) -> bool:
 
 
 def _start(tmp_path: Path) -> tuple[subprocess.Popen, str, Path, int]:
-    port = _free_port()
+    port = free_port()
     log_path = tmp_path / "serve.log"
     with log_path.open("w") as log:
         process = subprocess.Popen(
-            [*_mono_llm(), "serve", str(fixture_path("tiny-llama")), "--served-model-name",
+            [*mono_llm_command(), "serve", str(fixture_path("tiny-llama")), "--served-model-name",
              "tiny", "--host", "127.0.0.1", "--port", str(port), "--max-model-len", "512",
              "--disable-uvicorn-access-log", "--disable-log-stats"],
             stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
-    _wait_ready(base, process, log_path)
+    wait_ready(base, process, log_path, timeout_s=180)
     found = re.search(r"engine process (\d+) ready", log_path.read_text())
     assert found, log_path.read_text()
     engine_pid = int(found.group(1))

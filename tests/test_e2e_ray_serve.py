@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import socket
 import time
 from typing import Any
 
@@ -12,14 +11,9 @@ import pytest
 from mono_llm.core import AsyncEngineArgs
 from mono_llm.core.testing import fixture_path
 from mono_llm.openai_api import ServerArgs, build_app
+from tests.conftest import free_port
 
 MODEL = "tiny-llama"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture
@@ -58,7 +52,7 @@ def test_ray_serve_deployment_answers_the_openai_client(ray_cluster: Any) -> Non
     class MonoLLMServer:
         pass
 
-    port = _free_port()
+    port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(MonoLLMServer.bind(), route_prefix="/", blocking=False)
     base = f"http://127.0.0.1:{port}"

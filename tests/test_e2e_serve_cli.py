@@ -9,7 +9,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -19,41 +18,22 @@ import openai
 import pytest
 
 from mono_llm.core.testing import fixture_path
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _mono_llm() -> list[str]:
-    script = Path(sys.executable).with_name("mono-llm")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "mono_llm.openai_api.cli"]
+from tests.conftest import free_port, mono_llm_command, wait_ready
 
 
 def test_serve_demo_model_then_sigterm_drains_in_flight_stream(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     log_path = tmp_path / "serve.log"
     env = {**os.environ, "MONO_LLM_API_KEY": "env-key"}
     with log_path.open("w") as log:
         process = subprocess.Popen(
-            [*_mono_llm(), "serve", "--host", "127.0.0.1", "--port", str(port),
+            [*mono_llm_command(), "serve", "--host", "127.0.0.1", "--port", str(port),
              "--max-num-seqs", "4", "--disable-uvicorn-access-log"],
             stdout=log, stderr=subprocess.STDOUT, env=env,
         )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert process.poll() is None, log_path.read_text()
-            try:
-                if httpx.get(f"{base}/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, log_path.read_text()
-            time.sleep(0.2)
+        wait_ready(base, process, log_path)
         log_text = log_path.read_text()
         assert "tiny-llama" in log_text and "RANDOM weights" in log_text
 
@@ -103,19 +83,6 @@ def test_serve_demo_model_then_sigterm_drains_in_flight_stream(tmp_path: Path) -
             process.wait()
 
 
-def _wait_ready(base: str, process: subprocess.Popen, log_path: Path, **client_kwargs) -> None:
-    deadline = time.monotonic() + 120
-    while True:
-        assert process.poll() is None, log_path.read_text()
-        try:
-            if httpx.get(f"{base}/ready", timeout=2, **client_kwargs).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, log_path.read_text()
-        time.sleep(0.2)
-
-
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
 def test_serve_tls_key_file_aliases_and_root_path(tmp_path: Path) -> None:
     key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
@@ -126,11 +93,11 @@ def test_serve_tls_key_file_aliases_and_root_path(tmp_path: Path) -> None:
     )  # fmt: skip
     keys = tmp_path / "keys.txt"
     keys.write_text("tenant-a\ntenant-b\n")
-    port = _free_port()
+    port = free_port()
     log_path = tmp_path / "serve.log"
     with log_path.open("w") as log:
         process = subprocess.Popen(
-            [*_mono_llm(), "serve", str(fixture_path("tiny-qwen2")), "--host", "127.0.0.1",
+            [*mono_llm_command(), "serve", str(fixture_path("tiny-qwen2")), "--host", "127.0.0.1",
              "--port", str(port), "--ssl-keyfile", str(key), "--ssl-certfile", str(cert),
              "--api-key", f"@{keys}", "--served-model-name", "demo", "demo-alias",
              "--root-path", "/llm", "--max-model-len", "256", "--uvicorn-log-level", "warning",
@@ -139,7 +106,7 @@ def test_serve_tls_key_file_aliases_and_root_path(tmp_path: Path) -> None:
         )  # fmt: skip
     base = f"https://127.0.0.1:{port}"
     try:
-        _wait_ready(base, process, log_path, verify=False)
+        wait_ready(base, process, log_path, verify=False)
         http_client = httpx.Client(verify=False)
         client = openai.OpenAI(
             base_url=f"{base}/llm/v1", api_key="tenant-b", http_client=http_client, max_retries=0
@@ -173,7 +140,7 @@ def test_busy_port_fails_fast_before_loading_models(tmp_path: Path) -> None:
         port = busy.getsockname()[1]
         started = time.monotonic()
         result = subprocess.run(
-            [*_mono_llm(), "serve", str(fixture_path("tiny-llama")), "--host", "127.0.0.1",
+            [*mono_llm_command(), "serve", str(fixture_path("tiny-llama")), "--host", "127.0.0.1",
              "--port", str(port)],
             capture_output=True, text=True, timeout=120,
         )  # fmt: skip

@@ -15,7 +15,6 @@ from __future__ import annotations
 import base64
 import http.server
 import io
-import socket
 import threading
 from collections.abc import Iterator
 from typing import Any, ClassVar
@@ -26,18 +25,14 @@ import openai
 import pytest
 import torch
 
+from tests.conftest import free_port
+
 pytest.importorskip("mono_llm.multimodal.image_loader")  # the [multimodal] extra
 Image = pytest.importorskip("PIL.Image")
 transformers = pytest.importorskip("transformers")
 
 LLAVA, QWEN_VL, TEXT_ONLY = "tiny-llava", "tiny-qwen2-vl", "tiny-llama"
 MAX_IMAGE_BYTES = 60_000
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def png_bytes(seed: int, size: tuple[int, int]) -> bytes:
