@@ -153,16 +153,7 @@ class InProcessClient(EngineCoreClient):
             with self._lock:
                 self._pending_adds -= 1
             try:
-                engine.add_request(
-                    command.request_id,
-                    command.prompt_token_ids,
-                    command.params,
-                    arrival_time=command.arrival_time,
-                    priority=command.priority,
-                    prompt_text=command.prompt_text,
-                    prompt_token_ids=command.prompt_token_ids,
-                    encoder_features=command.encoder_features,
-                )
+                command.add_to(engine)
             except Exception as exc:  # a request error, reported to its own consumer only
                 sink.deliver(command.request_id, exc)
             return True

@@ -53,6 +53,20 @@ class AddRequest(msgspec.Struct, array_like=True, omit_defaults=True):
         assert params is not None
         return params
 
+    def add_to(self, engine: Any) -> None:
+        """Queue this request on an EngineCore (in a thread or in the engine process); raises
+        what `EngineCore.add_request` raises for a request it refuses."""
+        engine.add_request(
+            self.request_id,
+            self.prompt_token_ids,
+            self.params,
+            arrival_time=self.arrival_time,
+            priority=self.priority,
+            prompt_text=self.prompt_text,
+            prompt_token_ids=self.prompt_token_ids,
+            encoder_features=self.encoder_features,
+        )
+
 
 class RequestError(msgspec.Struct, array_like=True):
     """A request the engine refused or dropped, with what the API needs to answer it."""

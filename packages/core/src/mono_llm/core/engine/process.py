@@ -175,15 +175,7 @@ class EngineCoreLoop:
 
     def _add(self, request: msg.AddRequest) -> None:
         try:
-            self.engine.add_request(
-                request.request_id,
-                request.prompt_token_ids,
-                request.params,
-                arrival_time=request.arrival_time,
-                priority=request.priority,
-                prompt_text=request.prompt_text,
-                prompt_token_ids=request.prompt_token_ids,
-            )
+            request.add_to(self.engine)
         except Exception as exc:  # this request's error, answered to it alone
             self._errors.append(msg.error_to_message(request.request_id, exc))
 
