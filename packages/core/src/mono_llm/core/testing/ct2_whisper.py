@@ -157,6 +157,20 @@ def _layer_count(variables: dict, side: str) -> int:
     return len(indices)
 
 
+def _self_attention_and_ffn(
+    out: dict[str, np.ndarray], variables: dict[str, np.ndarray], src: str, dst: str
+) -> None:
+    """The parts every Whisper layer has, encoder and decoder alike: self-attention (fused
+    q/k/v in CTranslate2) and the feed-forward block, each with its pre-norm."""
+    _norm(out, f"{dst}.self_attn_layer_norm", variables, f"{src}/self_attention/layer_norm")
+    _split(out, variables, f"{src}/self_attention/linear_0",
+           [f"{dst}.self_attn.{p}_proj" for p in "qkv"])  # fmt: skip
+    _linear(out, f"{dst}.self_attn.out_proj", variables, f"{src}/self_attention/linear_1")
+    _norm(out, f"{dst}.final_layer_norm", variables, f"{src}/ffn/layer_norm")
+    _linear(out, f"{dst}.fc1", variables, f"{src}/ffn/linear_0")
+    _linear(out, f"{dst}.fc2", variables, f"{src}/ffn/linear_1")
+
+
 def ct2_to_hf_state_dict(variables: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], bool]:
     """HF WhisperForConditionalGeneration names -> arrays, and whether proj_out is tied."""
     variables = dict(variables)
@@ -168,14 +182,7 @@ def ct2_to_hf_state_dict(variables: dict[str, np.ndarray]) -> tuple[dict[str, np
     )
     _norm(out, "model.encoder.layer_norm", variables, "encoder/layer_norm")
     for i in range(_layer_count(variables, "encoder")):
-        src, dst = f"encoder/layer_{i}", f"model.encoder.layers.{i}"
-        _norm(out, f"{dst}.self_attn_layer_norm", variables, f"{src}/self_attention/layer_norm")
-        _split(out, variables, f"{src}/self_attention/linear_0",
-               [f"{dst}.self_attn.{p}_proj" for p in "qkv"])  # fmt: skip
-        _linear(out, f"{dst}.self_attn.out_proj", variables, f"{src}/self_attention/linear_1")
-        _norm(out, f"{dst}.final_layer_norm", variables, f"{src}/ffn/layer_norm")
-        _linear(out, f"{dst}.fc1", variables, f"{src}/ffn/linear_0")
-        _linear(out, f"{dst}.fc2", variables, f"{src}/ffn/linear_1")
+        _self_attention_and_ffn(out, variables, f"encoder/layer_{i}", f"model.encoder.layers.{i}")
 
     embeddings = variables.pop("decoder/embeddings/weight")
     out["model.decoder.embed_tokens.weight"] = embeddings
@@ -185,18 +192,12 @@ def ct2_to_hf_state_dict(variables: dict[str, np.ndarray]) -> tuple[dict[str, np
     _norm(out, "model.decoder.layer_norm", variables, "decoder/layer_norm")
     for i in range(_layer_count(variables, "decoder")):
         src, dst = f"decoder/layer_{i}", f"model.decoder.layers.{i}"
-        _norm(out, f"{dst}.self_attn_layer_norm", variables, f"{src}/self_attention/layer_norm")
-        _split(out, variables, f"{src}/self_attention/linear_0",
-               [f"{dst}.self_attn.{p}_proj" for p in "qkv"])  # fmt: skip
-        _linear(out, f"{dst}.self_attn.out_proj", variables, f"{src}/self_attention/linear_1")
+        _self_attention_and_ffn(out, variables, src, dst)
         _norm(out, f"{dst}.encoder_attn_layer_norm", variables, f"{src}/attention/layer_norm")
         _linear(out, f"{dst}.encoder_attn.q_proj", variables, f"{src}/attention/linear_0")
         _split(out, variables, f"{src}/attention/linear_1",
                [f"{dst}.encoder_attn.{p}_proj" for p in "kv"])  # fmt: skip
         _linear(out, f"{dst}.encoder_attn.out_proj", variables, f"{src}/attention/linear_2")
-        _norm(out, f"{dst}.final_layer_norm", variables, f"{src}/ffn/layer_norm")
-        _linear(out, f"{dst}.fc1", variables, f"{src}/ffn/linear_0")
-        _linear(out, f"{dst}.fc2", variables, f"{src}/ffn/linear_1")
 
     projection = variables.pop("decoder/projection/weight", embeddings)
     tied = projection is embeddings or np.array_equal(projection, embeddings)
