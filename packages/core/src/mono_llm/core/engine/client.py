@@ -26,6 +26,7 @@ import torch
 from mono_llm.core.config import EngineConfig
 from mono_llm.core.engine import messages as msg
 from mono_llm.core.engine.core import EngineCore
+from mono_llm.core.engine.stats_log import PeriodicStatsLog
 from mono_llm.core.errors import (
     EngineDeadError,
     EngineError,
@@ -36,7 +37,6 @@ from mono_llm.core.outputs import SchedulerStats
 
 logger = logging.getLogger(__name__)
 
-_STATS_LOG_INTERVAL_S = 10.0
 # Requests and aborts that may queue toward the engine process before new requests are
 # refused with "overloaded" (503) instead of piling up without bound.
 INPUT_QUEUE_BOUND = 4096
@@ -166,7 +166,7 @@ class InProcessClient(EngineCoreClient):
 
     def _loop(self) -> None:
         engine, sink = self.engine, self._sink
-        last_log = time.monotonic()
+        stats_log = PeriodicStatsLog(logger)
         try:
             device = getattr(engine.model_runner, "device", None)
             if device is not None and getattr(device, "type", None) == "cuda":
@@ -198,13 +198,7 @@ class InProcessClient(EngineCoreClient):
                             request_id,
                             EngineError(f"The request failed inside the engine: {exc!r}"),
                         )
-                if (
-                    not engine.config.disable_log_stats
-                    and time.monotonic() - last_log > _STATS_LOG_INTERVAL_S
-                ):
-                    last_log = time.monotonic()
-                    if engine.has_unfinished_requests():
-                        _log_stats(engine.get_stats())
+                stats_log.maybe_log(engine)
         except BaseException as exc:  # the engine is unusable: fail every stream loudly
             logger.exception("engine loop died")
             sink.engine_died(exc)
@@ -213,17 +207,6 @@ class InProcessClient(EngineCoreClient):
         for out in engine.abort_request(list(engine.requests)):
             sink.deliver(out.request_id, out)
         sink.engine_stopped()
-
-
-def _log_stats(stats: SchedulerStats) -> None:
-    logger.info(
-        "running %d, waiting %d, KV cache %.1f%%, prefix hits %d/%d tokens",
-        stats.num_running_reqs,
-        stats.num_waiting_reqs,
-        100 * stats.kv_cache_usage,
-        stats.prefix_cache_hits,
-        stats.prefix_cache_queries,
-    )
 
 
 # ---------------------------------------------------------------------- multiprocess

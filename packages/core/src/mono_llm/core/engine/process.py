@@ -17,13 +17,13 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import time
 import traceback
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from mono_llm.core.config import EngineConfig
 from mono_llm.core.engine import messages as msg
+from mono_llm.core.engine.stats_log import PeriodicStatsLog
 from mono_llm.core.outputs import CompletionOutput, RequestOutput
 
 logger = logging.getLogger(__name__)
@@ -36,7 +36,6 @@ _COMPILE_POLL_MS = 5
 _PARENT_CHECK_EVERY = 64
 # Output messages that may queue toward a slow API process before the engine waits for it.
 OUTPUT_QUEUE_BOUND = 1024
-_STATS_LOG_INTERVAL_S = 10.0
 
 
 def run_engine_core(
@@ -97,7 +96,7 @@ class EngineCoreLoop:
         self.stopping = False
         self._pending: list[Any] = []
         self._errors: list[msg.RequestError] = []
-        self._last_log = time.monotonic()
+        self._stats_log = PeriodicStatsLog(logger)
         # Requests whose grammar compiles in a worker thread (seconds for a deep JSON schema;
         # xgrammar releases the GIL): admitted once compiled, so no step waits for it.
         self._compiling: dict[str, tuple[Future[Any], msg.AddRequest]] = {}
@@ -144,7 +143,7 @@ class EngineCoreLoop:
                 took = True
             if took:
                 self._flush()
-            self._maybe_log_stats()
+            self._stats_log.maybe_log(self.engine)
 
     def _parent_alive(self) -> bool:
         return os.getppid() == self.parent_pid
@@ -218,21 +217,3 @@ class EngineCoreLoop:
         batch = msg.OutputBatch(outputs, self._errors, self.engine.get_stats(), self.adds_seen)
         self._pending, self._errors = [], []
         self.outputs.send_multipart([msg.OUTPUTS, msg.encode(batch)], copy=False)
-
-    def _maybe_log_stats(self) -> None:
-        engine = self.engine
-        if engine.config.disable_log_stats or not engine.has_unfinished_requests():
-            return
-        now = time.monotonic()
-        if now - self._last_log < _STATS_LOG_INTERVAL_S:
-            return
-        self._last_log = now
-        stats = engine.get_stats()
-        logger.info(
-            "running %d, waiting %d, KV cache %.1f%%, prefix hits %d/%d tokens",
-            stats.num_running_reqs,
-            stats.num_waiting_reqs,
-            100 * stats.kv_cache_usage,
-            stats.prefix_cache_hits,
-            stats.prefix_cache_queries,
-        )
