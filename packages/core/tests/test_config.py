@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mono_llm.core import EngineArgs, InvalidRequestError, SamplingParams
-from mono_llm.core.config import field_docs
+from mono_llm.core.config import AsyncEngineArgs, field_docs
 from mono_llm.core.errors import UnsupportedModelError
 from mono_llm.core.testing import fixture_path
 
@@ -83,3 +83,40 @@ def test_sampling_params_normalisation():
     assert params.is_greedy
     assert 7 in params.all_stop_token_ids
     assert SamplingParams(n=2, best_of=4).num_candidates == 4
+
+
+@pytest.mark.parametrize(
+    ("args_cls", "gib", "expected"),
+    [
+        (EngineArgs, 141, (1024, 16384)),
+        (AsyncEngineArgs, 141, (1024, 8192)),
+        (EngineArgs, 24, (256, 8192)),
+        (AsyncEngineArgs, 24, (256, 8192)),
+    ],
+)
+def test_batch_defaults_follow_gpu_memory_as_vllm(monkeypatch, args_cls, gib, expected) -> None:
+    """vLLM's defaults: a 70+ GiB GPU runs 1024 sequences, offline with a 16384-token step and
+    in the server with 8192; smaller GPUs keep 256 and 8192."""
+    import types
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    props = types.SimpleNamespace(total_memory=gib * 1024**3)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: props)
+    assert args_cls(model="m")._batch_defaults("cuda") == expected
+    assert args_cls(model="m")._batch_defaults("cpu") == (256, 2048)
+
+
+def test_explicit_batch_limits_win_over_defaults() -> None:
+    config = EngineArgs(
+        model=str(fixture_path("tiny-llama")), max_num_seqs=7, max_num_batched_tokens=640
+    ).create_engine_config()
+    assert (
+        config.scheduler_config.max_num_seqs,
+        config.scheduler_config.max_num_batched_tokens,
+    ) == (7, 640)
+    default = EngineArgs(model=str(fixture_path("tiny-llama"))).create_engine_config()
+    assert (
+        default.scheduler_config.max_num_seqs,
+        default.scheduler_config.max_num_batched_tokens,
+    ) == (256, 2048)
