@@ -21,9 +21,6 @@ from torch import nn
 
 from mono_llm.core.distributed.group import TensorParallelGroup
 
-# Partial sums in these dtypes are all-reduced in float32 on CUDA (see RowParallelLinear).
-_REDUCED_PRECISION = (torch.bfloat16, torch.float16)
-
 
 def divide(total: int, parts: int, what: str) -> int:
     """total / parts, which must be exact."""
@@ -80,25 +77,10 @@ class RowParallelLinear(nn.Linear):
         tp = self._tp[0]
         if tp.size == 1:
             return super().forward(x)
-        if x.is_cuda and x.dtype in _REDUCED_PRECISION:
-            return self._forward_fp32_sum(x)
         out = F.linear(x, self.weight)
         tp.all_reduce(out)
         # The bias is added once, after the sum (each rank adding it would count it N times).
         return out if self.bias is None else out + self.bias
-
-    def _forward_fp32_sum(self, x: torch.Tensor) -> torch.Tensor:
-        """The partial products stay in float32 through the all-reduce and are rounded to the
-        model dtype once, after the sum, as one unsplit GEMM rounds its float32 accumulator
-        once: rounding each rank's half to bfloat16 first made TP=2's greedy tokens drift from
-        TP=1's after a few dozen steps. It doubles the all-reduce's bytes (hidden_size floats
-        per token), small beside the GEMMs."""
-        flat = x.reshape(-1, x.shape[-1])
-        out = torch.mm(flat, self.weight.t(), out_dtype=torch.float32)
-        self._tp[0].all_reduce(out)
-        if self.bias is not None:
-            out += self.bias
-        return out.to(x.dtype).view(*x.shape[:-1], out.shape[-1])
 
     def load_checkpoint(self, param: nn.Parameter, loaded: torch.Tensor) -> None:
         """Copy this rank's columns of the checkpoint weight (the bias is not split)."""
