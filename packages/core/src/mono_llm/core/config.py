@@ -100,10 +100,9 @@ class EngineArgs:
     """Prefill/mixed steps of up to this many tokens replay CUDA graphs (0: they run eagerly)."""
     overlap_decode_prepare: bool = True
     """Prepare the next decode step's inputs while the GPU runs this one (checked before use)."""
-    async_scheduling: bool = False
+    async_scheduling: bool = True
     """CUDA: launch the next decode step from this step's sampled tokens on the GPU before the
-    host reads them, so the host's bookkeeping overlaps the GPU (outputs are unchanged).
-    Off by default until its GPU equivalence test has run on a lent card."""
+    host reads them, so the host's bookkeeping overlaps the GPU (outputs are unchanged)."""
     max_logprobs: int = 20
     """Largest logprobs / prompt_logprobs a request may ask for (-1: no limit)."""
     task: str = "auto"
@@ -378,7 +377,7 @@ class EngineConfig:
     enforce_eager: bool = False
     cuda_graph_max_prefill_tokens: int = 512
     overlap_decode_prepare: bool = True
-    async_scheduling: bool = False
+    async_scheduling: bool = True
     disable_log_stats: bool = False
     engine_process: bool = False  # AsyncLLM: the step loop in a child process
 
