@@ -5,7 +5,9 @@
 1. tokens: TP=1 and TP=2, each in float32 and bfloat16 (dummy weights), greedy 32 tokens for
    16 fixed random prompts. The prompts where TP=1 and TP=2 agree in float32 (summation order
    differs between one GEMM and two halves plus an all-reduce, so near-ties may flip) are the
-   check set; on it, bfloat16 TP=2 must give TP=1's tokens. Exit status 1 if not.
+   check set; on it, bfloat16 TP=2 must give TP=1's tokens. Exit status 1 if not. Beside it,
+   the bfloat16 noise floor: TP=1 run one prompt at a time against TP=1 batched (the same
+   model and math in other GEMM shapes, so other float32 accumulation orders).
 2. speed (unless --skip-speed): workload B (decode latency) and A (throughput) through
    `python -m mono_llm.core.bench` for TP=1 and TP=2; DP=2 as two single-GPU engines started
    at once on GPUs 0 and 1 (CUDA_VISIBLE_DEVICES), each with half of workload A's requests:
@@ -28,7 +30,9 @@ from pathlib import Path
 NUM_PROMPTS, PROMPT_LEN, MAX_TOKENS = 16, 64, 32
 
 
-def child_tokens(model: str, dtype: str, tp: int, out: str) -> None:
+def child_tokens(
+    model: str, dtype: str, tp: int, out: str, max_num_seqs: int = NUM_PROMPTS
+) -> None:
     """Runs in a subprocess: greedy tokens of the fixed prompts, written as JSON."""
     import torch
 
@@ -43,7 +47,7 @@ def child_tokens(model: str, dtype: str, tp: int, out: str) -> None:
         load_format="dummy",
         dtype=dtype,
         max_model_len=256,
-        max_num_seqs=NUM_PROMPTS,
+        max_num_seqs=max_num_seqs,
         tensor_parallel_size=tp,
         gpu_memory_utilization=0.85,
     )
@@ -73,6 +77,13 @@ def tokens_check(model: str, out: Path, dtypes: list[str]) -> bool:
                 print(f"{key}: failed, see {out / f'tokens-{key}.log'}")
                 return False
             results[key] = json.loads(path.read_text())
+    if "bfloat16" in dtypes:
+        # The bfloat16 noise floor: TP=1 itself, one prompt at a time (other GEMM shapes, so
+        # other accumulation orders) against the batched run.
+        path = out / "tokens-bfloat16-tp1-one-at-a-time.json"
+        code = [sys.executable, __file__, "--child-tokens", model, "bfloat16", "1", str(path), "1"]
+        if run(code, out / "tokens-bfloat16-tp1-one-at-a-time.log").wait() == 0:
+            results["bfloat16-tp1-one-at-a-time"] = json.loads(path.read_text())
     # Without a float32 pass (--token-dtypes bfloat16) every prompt is in the check set.
     agree32 = [
         i
@@ -88,6 +99,14 @@ def tokens_check(model: str, out: Path, dtypes: list[str]) -> bool:
             results["bfloat16-tp1"][i] == results["bfloat16-tp2"][i] for i in range(NUM_PROMPTS)
         ),
         "mismatching_prompts": sorted(set(agree32) - set(agree16)),
+        "bfloat16_tp1_batched_eq_one_at_a_time": sum(
+            a == b
+            for a, b in zip(
+                results["bfloat16-tp1"], results.get("bfloat16-tp1-one-at-a-time", []), strict=False
+            )
+        )
+        if "bfloat16-tp1-one-at-a-time" in results
+        else None,
     }
     (out / "tokens.json").write_text(json.dumps(summary, indent=2))
     print("greedy tokens:", json.dumps(summary))
@@ -133,7 +152,9 @@ def speed(model: str, out: Path, workloads: str) -> None:
 
 def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "--child-tokens":
-        child_tokens(sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5])
+        child_tokens(
+            sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5], *map(int, sys.argv[6:])
+        )
         return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="the Llama-3-8B-shape folder")
