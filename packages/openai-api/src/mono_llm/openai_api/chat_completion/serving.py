@@ -1,7 +1,8 @@
 """POST /v1/chat/completions: messages -> chat template -> one engine request -> choices.
 
-Streaming sends, per choice, a first chunk with the assistant role, then content deltas,
-with finish_reason on the last one; then the usage chunk when asked, then `data: [DONE]`.
+Streaming sends, per choice, a first chunk with the assistant role, then content deltas (one
+per engine step with new tokens, `{"content": ""}` while the text is held back), with
+finish_reason on the last one; then the usage chunk when asked, then `data: [DONE]`.
 """
 
 from __future__ import annotations
@@ -533,7 +534,15 @@ class ChatServing(ServingBase):
                     if event is not None:
                         yield chunk(event)
                     continue
-                if not completion.text and completion.finish_reason is None:
+                # Plain content: one chunk per output that carries tokens, `{"content": ""}`
+                # when the text is held back (a token ending inside a UTF-8 character, a
+                # possible stop string). With a reasoning parser, an empty answer means the
+                # parser kept the text (thinking, or a marker being read): nothing to send.
+                if (
+                    not completion.text
+                    and completion.finish_reason is None
+                    and (splitter is not None or not completion.token_ids)
+                ):
                     continue
                 logprobs = None
                 if request.logprobs:

@@ -270,8 +270,12 @@ class CompletionServing(ServingBase):
                 elif request.logprobs is not None and logprobs is None:
                     logprobs = CompletionLogProbs()
                 state.started = True
-                if not text and completion.finish_reason is None:
-                    continue  # nothing new to say (e.g. a token held back by a stop string)
+                # One chunk per output that carries tokens, even when its text is empty: a
+                # token that ends inside a UTF-8 character, or text held back by a stop
+                # string, still reaches the client (with its logprobs) when it is generated.
+                # Only an output with neither text nor tokens has nothing to say.
+                if not text and not completion.token_ids and completion.finish_reason is None:
+                    continue
                 chunk = CompletionStreamResponse(
                     id=request_id,
                     model=model.name,
