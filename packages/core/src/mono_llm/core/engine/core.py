@@ -22,8 +22,9 @@ from mono_llm.core.engine.generation_step import GenerationStep
 from mono_llm.core.engine.input_processor import InputProcessor
 from mono_llm.core.engine.output_processor import make_request_output
 from mono_llm.core.engine.request import Request, Sequence, SequenceStatus
-from mono_llm.core.engine.scheduler import Scheduler
+from mono_llm.core.engine.scheduler import Scheduler, SchedulerOutput
 from mono_llm.core.engine.step import StepProcessor
+from mono_llm.core.engine.step_trace import StepPhases, StepTrace, step_record
 from mono_llm.core.errors import (
     EngineError,
     EngineOverloadedError,
@@ -149,6 +150,19 @@ class EngineCore:
         self.step_processor: StepProcessor = (
             self.generation_step if self.pooling is None else self.pooling
         )
+        # MONO_LLM_STEP_TRACE=path: one JSON line per step (engine/step_trace.py).
+        sched_config = config.scheduler_config
+        self.step_trace = StepTrace.from_environment(
+            model=self.model_config.served_model_name,
+            device=str(getattr(model_runner, "device", config.device)),
+            max_num_batched_tokens=sched_config.max_num_batched_tokens,
+            max_num_seqs=sched_config.max_num_seqs,
+            block_size=self.kv_cache.block_size,
+            num_blocks=self.kv_cache.num_blocks,
+            enable_prefix_caching=self.kv_cache.enable_caching,
+            async_scheduling=config.async_scheduling,
+        )
+        self._trace_dropped_launches = 0
 
     @classmethod
     def from_engine_args(cls, args: EngineArgs) -> EngineCore:
@@ -158,7 +172,10 @@ class EngineCore:
         return default_sampling_params(self.model_config)
 
     def shutdown(self) -> None:
-        """Stop the executor's worker processes, if it has any (tensor parallelism)."""
+        """Stop the executor's worker processes, if it has any (tensor parallelism), and write
+        out the step trace."""
+        if self.step_trace is not None:
+            self.step_trace.close()
         shutdown = getattr(self.model_runner, "shutdown", None)
         if shutdown is not None:
             shutdown()
@@ -408,13 +425,82 @@ class EngineCore:
     # ------------------------------------------------------------------ the step
     def step(self) -> list[RequestOutput]:
         """Run one engine step; returns the outputs due for requests that progressed."""
+        if self.step_trace is not None:
+            return self._traced_step(self.step_trace)
         sched = self.scheduler.schedule()
         if sched.is_empty:
-            if self.scheduler.has_unfinished() and not self.scheduler.running:
-                # Nothing runs and nothing can be admitted into an empty cache: a bug, and
-                # looping on it would hang every caller.
-                raise EngineError("the scheduler cannot admit any waiting request")
+            self._check_progress()
             return []
+        batch = self._start_step(sched)
+        return self._collect_outputs(self.step_processor.run(sched, batch))
+
+    def _traced_step(self, trace: StepTrace) -> list[RequestOutput]:
+        """`step`, timing its phases and writing its trace line."""
+        t, start, cpu = time.monotonic(), time.perf_counter(), time.thread_time()
+        sched = self.scheduler.schedule()
+        if sched.is_empty:
+            self._check_progress()
+            return []
+        queue_s: list[float] = []
+        batch = self._start_step(sched, queue_s)
+        queues = (self.scheduler.num_waiting, self.scheduler.num_running)
+        phases = StepPhases()
+        phases.mark("schedule")
+        self.generation_step.phases = phases
+        try:
+            changed = self.step_processor.run(sched, batch)
+        finally:
+            self.generation_step.phases = None
+        if len(phases.marks) == 1:  # a pooling step marks no phases of its own
+            phases.mark("execute")
+        ttft_s = self._first_token_latencies(sched)
+        outputs = self._collect_outputs(changed)
+        phases.mark("outputs")
+        phases.cpu_s = time.thread_time() - cpu
+        runner = getattr(self.model_runner, "driver", self.model_runner)  # tensor parallel
+        dropped = getattr(runner, "num_dropped_launches", 0)
+        trace.write(
+            step_record(
+                self.num_steps,
+                t,
+                start,
+                phases,
+                sched,
+                queues,
+                runner,
+                queue_s,
+                ttft_s,
+                dropped - self._trace_dropped_launches,
+            )
+        )
+        self._trace_dropped_launches = dropped
+        if not self.requests:
+            # Idle from here: write the lines out now, so that an engine process killed while
+            # idle (a signal to the server's process group) loses none of them.
+            trace.flush()
+        return outputs
+
+    def _first_token_latencies(self, sched: SchedulerOutput) -> list[float]:
+        """For requests whose first token this step sampled: seconds since their arrival."""
+        latencies = []
+        for item in sched.scheduled:
+            seq = item.seq
+            if item.samples and seq.index == 0 and seq.num_output_tokens == 1:
+                request = self.requests.get(seq.request_id)
+                metrics = request.metrics if request is not None else None
+                if metrics is not None and metrics.first_token_time is not None:
+                    latencies.append(metrics.first_token_time - metrics.arrival_time)
+        return latencies
+
+    def _check_progress(self) -> None:
+        if self.scheduler.has_unfinished() and not self.scheduler.running:
+            # Nothing runs and nothing can be admitted into an empty cache: a bug, and
+            # looping on it would hang every caller.
+            raise EngineError("the scheduler cannot admit any waiting request")
+
+    def _start_step(self, sched: SchedulerOutput, queue_s: list[float] | None = None) -> ModelBatch:
+        """Count the step, stamp requests scheduled for the first time (their wait since
+        arrival into `queue_s` when tracing), and flatten the scheduled slices."""
         self.num_steps += 1
         now = time.time()
         for item in sched.scheduled:
@@ -422,7 +508,9 @@ class EngineCore:
             if request.metrics.first_scheduled_time is None:
                 request.metrics.first_scheduled_time = now
                 self._num_waiting_requests -= 1
-        batch = ModelBatch(
+                if queue_s is not None:
+                    queue_s.append(now - request.metrics.arrival_time)
+        return ModelBatch(
             [
                 SequenceSlice(
                     token_ids=item.seq.token_ids[item.start : item.start + item.num_new_tokens],
@@ -439,7 +527,6 @@ class EngineCore:
                 for item in sched.scheduled
             ]
         )
-        return self._collect_outputs(self.step_processor.run(sched, batch))
 
     def _collect_outputs(self, changed: dict[str, Sequence]) -> list[RequestOutput]:
         outputs = []

@@ -17,6 +17,7 @@ import torch
 
 from mono_llm.core.engine.request import Request, Sequence, SequenceStatus
 from mono_llm.core.engine.scheduler import Scheduler, SchedulerOutput
+from mono_llm.core.engine.step_trace import StepPhases
 from mono_llm.core.outputs import Logprob
 from mono_llm.core.tokenizer import tokenizer_info
 from mono_llm.core.worker.batch import LogitsWanted, ModelBatch
@@ -53,11 +54,16 @@ class GenerationStep:
         # and reports it; the rest of the batch goes on.
         self.on_failure = on_failure
         self.num_generation_tokens = 0
+        # Set by the engine around a traced step (engine/step_trace.py); None otherwise.
+        self.phases: StepPhases | None = None
 
     @torch.inference_mode()
     def run(self, sched: SchedulerOutput, batch: ModelBatch) -> dict[str, Sequence]:
         """Execute the batch and apply it; returns the sequences that changed, by seq id."""
+        phases = self.phases
         logits = self.model_runner.execute(batch)  # [rows, vocab] float32
+        if phases is not None:
+            phases.mark("execute")
         self.scheduler.update(sched)
         sample_rows: list[int] = []
         sample_seqs: list[Sequence] = []
@@ -103,10 +109,15 @@ class GenerationStep:
                 # while the host reads them and does the bookkeeping below.
                 launch = getattr(self.model_runner, "launch_next_decode", None)
                 read_tokens = launch(result.sampled) if launch is not None else None
+            if phases is not None:
+                phases.mark("sample")
+                phases.launched_next = read_tokens is not None
             self._append_tokens(sample_seqs, result, changed, read_tokens)
         for seq in pooled_seqs:  # pooling requests finish after their prefill
             self.scheduler.finish([seq], SequenceStatus.FINISHED_STOPPED)
             changed[seq.seq_id] = seq
+        if phases is not None:
+            phases.mark("update")
         return changed
 
     def check_stop(self, seq: Sequence, token: int) -> SequenceStatus | None:
@@ -180,6 +191,8 @@ class GenerationStep:
     ) -> None:
         # The step's one host sync (with async scheduling, overlapped by the next step).
         tokens = read_tokens() if read_tokens is not None else result.sampled.tolist()
+        if self.phases is not None:
+            self.phases.mark("wait")
         logprob_lists = None
         if result.sampled_logprob is not None:
             logprob_lists = (

@@ -39,6 +39,10 @@ class ScheduledSequence:
 class SchedulerOutput:
     scheduled: list[ScheduledSequence] = field(default_factory=list)
     preempted: list[Sequence] = field(default_factory=list)
+    # Sequences taken from the waiting queue this step, and the cached tokens (prefix cache
+    # or a sibling's prompt blocks) they start from.
+    num_admitted: int = 0
+    admitted_cached_tokens: int = 0
 
     @property
     def is_empty(self) -> bool:
@@ -176,6 +180,8 @@ class Scheduler:
             seq.status = SequenceStatus.RUNNING
             self.running.append(seq)
             out.scheduled.append(self._scheduled(seq, num_new))
+            out.num_admitted += 1
+            out.admitted_cached_tokens += num_computed
             budget -= num_new + encoder_cost
         for seq in blocked:
             self._push_waiting(seq)

@@ -142,6 +142,12 @@ class ModelRunner:
         # device before the host reads them (launch_next_decode).
         self._async_next = self._use_cuda and config.async_scheduling
         self.num_launched_decode_steps = 0  # for tests: steps that used a launched step
+        # What the last step ran (the step trace reads these; plain stores, always kept):
+        # "decode_graph", "prefill_graph", "eager", "speculated" or "launched", and the graph
+        # size; steps launched ahead whose results were dropped (cumulative).
+        self.last_step_path = "eager"
+        self.last_graph_size: int | None = None
+        self.num_dropped_launches = 0
         if self._use_cuda:
             self._host_sampled = torch.zeros(self.max_num_seqs, dtype=torch.int64, pin_memory=True)
             self._sampled_ready = torch.cuda.Event()
@@ -198,7 +204,9 @@ class ModelRunner:
         if speculation is not None and speculation.launched:
             rows = speculation.launched_rows(batch.slices)
             if rows is not None:
+                self._ran("launched", speculation.graph_size)
                 return self._take_launched(speculation, batch, rows)
+            self.num_dropped_launches += 1
             # Not this batch (a request arrived, one was preempted): the launched step's
             # logits are dropped. Its KV writes were the right values for its sequences' next
             # positions, rewritten alike below, or past the end of a finished sequence.
@@ -206,6 +214,7 @@ class ModelRunner:
             # Only the token ids are new: the step's host preparation already ran while the
             # GPU executed the previous step.
             assert self.buffers is not None and self.graphs is not None
+            self._ran("speculated", speculation.graph_size)
             self.buffers.stage_token_ids([s.token_ids[0] for s in batch.slices])
             logits = self.graphs.replay_decode(speculation.graph_size, [])
             self.num_speculated_decode_steps += 1
@@ -218,6 +227,7 @@ class ModelRunner:
         graph_size = graphs.decode_size(inputs) if graphs is not None else None
         if graph_size is not None:
             assert self.buffers is not None and graphs is not None
+            self._ran("decode_graph", graph_size)
             self.buffers.stage(inputs, pad_to=graph_size)
             logits = graphs.replay_decode(graph_size, inputs.embeds_overrides)
             if rows == num_seqs:  # one row per sequence, in order: the graph's own rows
@@ -228,14 +238,20 @@ class ModelRunner:
         prefill_size = graphs.prefill_size(inputs) if graphs is not None else None
         if prefill_size is not None:
             assert self.buffers is not None and graphs is not None
+            self._ran("prefill_graph", prefill_size)
             self.buffers.stage(inputs, prefill_to=prefill_size)
             hidden = graphs.replay_prefill(prefill_size, inputs.embeds_overrides)
             logits_indices = self.buffers.logits_indices[:rows]
         else:
+            self._ran("eager", None)
             hidden, logits_indices = self.forward(inputs)
         if rows == 0:
             return torch.empty((0, self.vocab_size), dtype=torch.float32, device=self.device)
         return self.model.compute_logits(hidden.index_select(0, logits_indices))
+
+    def _ran(self, path: str, graph_size: int | None) -> None:
+        self.last_step_path = path
+        self.last_graph_size = graph_size
 
     @torch.inference_mode()
     def launch_next_decode(self, sampled: torch.Tensor) -> Callable[[], list[int]] | None:
@@ -289,6 +305,7 @@ class ModelRunner:
     def execute_hidden(self, batch: ModelBatch) -> torch.Tensor:
         """Final hidden states [batch.num_tokens, hidden] of every token (for pooling)."""
         self._speculation = None  # its staged buffers are overwritten below
+        self._ran("eager", None)
         with self._encoder_step(batch):
             hidden, _ = self.forward(self.prepare(batch))
         return hidden
