@@ -1,6 +1,6 @@
 """Summarise a step trace written with MONO_LLM_STEP_TRACE=TRACE.jsonl (engine/step_trace.py).
 
-    python scripts/step_trace_summary.py TRACE.jsonl [--bursts [--min-steps N]] [--pid PID]
+    python scripts/step_trace_summary.py TRACE.jsonl [--min-requests N] [--pid PID]
 
 Per engine process (pid): steps by the runner's path (decode graph of size N, prefill graph,
 eager, speculated, launched ahead) with mean / p50 / p99 wall time, the host phases of a step
@@ -8,10 +8,10 @@ on average, the step mix (decode-only, prefill-only, mixed), the steps that admi
 (and the prefix-cache tokens those started from), the time from a request's arrival to its
 first scheduled step and to its first token, and the idle time between steps.
 
-`--bursts` also summarises each wave of requests on its own (a burst starts at a step before
-which nothing was running, e.g. each round of a benchmark): how its arrivals spread out, how
-many steps admitted them, and the engine's share of their time to first token, to set beside
-what the client measured.
+Then each wave of at least `--min-requests` requests (default 8) on its own: a burst starts at
+a step before which nothing was running, e.g. each round of a benchmark. For each: how its
+arrivals spread out, how many steps admitted them, and the engine's share of their time to
+first token, to set beside what the client measured.
 """
 
 from __future__ import annotations
@@ -219,19 +219,16 @@ def main(argv: Iterable[str] | None = None) -> int:
     parser.add_argument("trace", help="JSONL file written with MONO_LLM_STEP_TRACE")
     parser.add_argument("--pid", type=int, help="only this engine process")
     parser.add_argument(
-        "--bursts",
-        action="store_true",
-        help="also summarise each burst: the steps from one where nothing was running before "
-        "(a new wave of requests, e.g. a benchmark round) to the next",
-    )
-    parser.add_argument(
         "--split-idle",
         type=float,
         metavar="S",
-        help="with --bursts, also start a burst after more than S idle seconds",
+        help="also start a burst after more than S idle seconds",
     )
     parser.add_argument(
-        "--min-steps", type=int, default=1, help="with --bursts, skip bursts of fewer steps"
+        "--min-requests",
+        type=int,
+        default=8,
+        help="list the bursts that admitted at least this many requests (0: every burst)",
     )
     args = parser.parse_args(list(argv) if argv is not None else None)
     headers, steps = read_steps(args.trace)
@@ -252,10 +249,9 @@ def main(argv: Iterable[str] | None = None) -> int:
         )
         print(f"engine pid {pid}" + (f" ({described})" if described else ""))
         summarise(engine_steps, sys.stdout)
-        if args.bursts or args.split_idle is not None:
-            for index, burst in enumerate(split_bursts(engine_steps, args.split_idle)):
-                if len(burst) >= args.min_steps:
-                    print("\n".join("  " + line for line in burst_lines(index, burst)))
+        for index, burst in enumerate(split_bursts(engine_steps, args.split_idle)):
+            if sum(s["admitted"] for s in burst) >= args.min_requests:
+                print("\n".join("  " + line for line in burst_lines(index, burst)))
     return 0
 
 
