@@ -110,6 +110,36 @@ def _attend_tile(
 
 
 @triton.jit
+def _attend_range(
+    acc, m_i, l_i, q, key_cache_ptr, value_cache_ptr, block_table_row, start, full_end, end,
+    kv_head_offset, kc_block_stride, kc_slot_stride, vc_block_stride, vc_slot_stride,
+    block_size, context_len, row_pos, qk_scale,
+    CAUSAL: tl.constexpr, PAGE_ALIGNED: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+    DOT_FP32: tl.constexpr,
+):  # fmt: skip
+    """Online softmax over keys [start, end) in BLOCK_N tiles: the tiles below ``full_end``
+    need no mask (every key exists and, when causal, is visible to every row), the rest pay
+    for it. Inlined by Triton, so each kernel compiles to the same two loops it would spell
+    out itself."""
+    for start_n in range(start, full_end, BLOCK_N):
+        acc, m_i, l_i = _attend_tile(
+            acc, m_i, l_i, q, key_cache_ptr, value_cache_ptr, block_table_row, start_n,
+            kv_head_offset, kc_block_stride, kc_slot_stride, vc_block_stride, vc_slot_stride,
+            block_size, context_len, row_pos, qk_scale,
+            False, CAUSAL, PAGE_ALIGNED, HEAD_DIM, BLOCK_D, BLOCK_N, DOT_FP32,
+        )  # fmt: skip
+    for start_n in range(full_end, end, BLOCK_N):
+        acc, m_i, l_i = _attend_tile(
+            acc, m_i, l_i, q, key_cache_ptr, value_cache_ptr, block_table_row, start_n,
+            kv_head_offset, kc_block_stride, kc_slot_stride, vc_block_stride, vc_slot_stride,
+            block_size, context_len, row_pos, qk_scale,
+            True, CAUSAL, PAGE_ALIGNED, HEAD_DIM, BLOCK_D, BLOCK_N, DOT_FP32,
+        )  # fmt: skip
+    return acc, m_i, l_i
+
+
+@triton.jit
 def _paged_attention_kernel(
     q_ptr, key_cache_ptr, value_cache_ptr, out_ptr,
     block_tables_ptr, query_start_loc_ptr, seq_lens_ptr,
@@ -166,20 +196,12 @@ def _paged_attention_kernel(
     else:
         full_end = (context_len // BLOCK_N) * BLOCK_N
         end = context_len
-    for start_n in range(0, full_end, BLOCK_N):
-        acc, m_i, l_i = _attend_tile(
-            acc, m_i, l_i, q, key_cache_ptr, value_cache_ptr, block_table_row, start_n,
-            kv_head_offset, kc_block_stride, kc_slot_stride, vc_block_stride, vc_slot_stride,
-            block_size, context_len, row_pos, qk_scale,
-            False, CAUSAL, PAGE_ALIGNED, HEAD_DIM, BLOCK_D, BLOCK_N, DOT_FP32,
-        )  # fmt: skip
-    for start_n in range(full_end, end, BLOCK_N):
-        acc, m_i, l_i = _attend_tile(
-            acc, m_i, l_i, q, key_cache_ptr, value_cache_ptr, block_table_row, start_n,
-            kv_head_offset, kc_block_stride, kc_slot_stride, vc_block_stride, vc_slot_stride,
-            block_size, context_len, row_pos, qk_scale,
-            True, CAUSAL, PAGE_ALIGNED, HEAD_DIM, BLOCK_D, BLOCK_N, DOT_FP32,
-        )  # fmt: skip
+    acc, m_i, l_i = _attend_range(
+        acc, m_i, l_i, q, key_cache_ptr, value_cache_ptr, block_table_row, 0, full_end, end,
+        kv_head_offset, kc_block_stride, kc_slot_stride, vc_block_stride, vc_slot_stride,
+        block_size, context_len, row_pos, qk_scale,
+        CAUSAL, PAGE_ALIGNED, HEAD_DIM, BLOCK_D, BLOCK_N, DOT_FP32,
+    )  # fmt: skip
     l_safe = tl.where(l_i > 0.0, l_i, 1.0)
     out = acc / l_safe[:, None]
     tl.store(
@@ -234,7 +256,7 @@ def _launch(
     num_seqs = seq_lens.shape[0]
     if num_tokens == 0 or num_seqs == 0:
         return out
-    _check_shared_head_stride(key_cache, value_cache)
+    strides = _kernel_strides(query, out, key_cache, value_cache, block_tables)
     group = num_heads // num_kv_heads
     fp32 = query.dtype == torch.float32
     cfg = dict(config or _prefill_config(head_dim, group, query.device.type == "cpu", fp32))
@@ -244,10 +266,7 @@ def _launch(
     grid = (num_kv_heads, num_tokens // block_q + num_seqs)
     _paged_attention_kernel[grid](
         query, key_cache, value_cache, out, block_tables, query_start_loc, seq_lens,
-        query.stride(0), query.stride(1), out.stride(0), out.stride(1),
-        key_cache.stride(0), key_cache.stride(1), key_cache.stride(2),
-        value_cache.stride(0), value_cache.stride(1), value_cache.stride(2),
-        block_tables.stride(0), num_seqs, block_size, scale * _LOG2E,
+        *strides, num_seqs, block_size, scale * _LOG2E,
         GROUP=group, CAUSAL=causal, PAGE_ALIGNED=block_size % block_n == 0,
         HEAD_DIM=head_dim, BLOCK_D=triton.next_power_of_2(head_dim),
         BLOCK_M=block_m, BLOCK_Q=block_q, BLOCK_N=block_n,
@@ -305,15 +324,30 @@ def reference(
 # ----------------------------------------------------------------------------- public
 
 
-def _check_shared_head_stride(key_cache: torch.Tensor, value_cache: torch.Tensor) -> None:
-    """The Triton kernels index both caches' heads with one offset (one fewer register per
-    program); refuse a value cache laid out differently rather than read the wrong rows."""
+def _kernel_strides(
+    query: torch.Tensor,
+    out: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+) -> tuple[int, ...]:
+    """The strides both attention kernels take, in their argument order: query and output
+    (token, head), each cache (block, slot, head), the block table's row.
+
+    The kernels index both caches' heads with one offset (one fewer register per program), so
+    a value cache laid out differently is refused rather than read at the wrong rows."""
     if key_cache.stride(2) != value_cache.stride(2):
         raise ValueError(
             "the Triton attention kernels need key_cache and value_cache with the same head "
             f"stride, got {key_cache.stride(2)} and {value_cache.stride(2)}; pass both caches in "
             "the same layout (e.g. .contiguous())"
         )
+    return (
+        query.stride(0), query.stride(1), out.stride(0), out.stride(1),
+        key_cache.stride(0), key_cache.stride(1), key_cache.stride(2),
+        value_cache.stride(0), value_cache.stride(1), value_cache.stride(2),
+        block_tables.stride(0),
+    )  # fmt: skip
 
 
 def _check(query: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor) -> None:

@@ -21,7 +21,7 @@ import math
 
 import torch
 
-from mono_llm.kernels.attention import _attend_tile, _check, _check_shared_head_stride
+from mono_llm.kernels.attention import _attend_range, _check, _kernel_strides
 from mono_llm.kernels.backend import tl, triton, use_triton
 
 _LOG2E = 1.0 / math.log(2.0)
@@ -64,20 +64,12 @@ def _decode_kernel(
     block_table_row = block_tables_ptr + seq * block_table_stride
     kv_head_offset = kv_head.to(tl.int64) * kc_head_stride
     full_end = start + tl.maximum(end - start, 0) // BLOCK_N * BLOCK_N
-    for start_n in range(start, full_end, BLOCK_N):
-        acc, m_i, l_i = _attend_tile(
-            acc, m_i, l_i, q, key_cache_ptr, value_cache_ptr, block_table_row, start_n,
-            kv_head_offset, kc_block_stride, kc_slot_stride, vc_block_stride, vc_slot_stride,
-            block_size, context_len, rows, qk_scale,
-            False, False, PAGE_ALIGNED, HEAD_DIM, BLOCK_D, BLOCK_N, DOT_FP32,
-        )  # fmt: skip
-    for start_n in range(full_end, end, BLOCK_N):
-        acc, m_i, l_i = _attend_tile(
-            acc, m_i, l_i, q, key_cache_ptr, value_cache_ptr, block_table_row, start_n,
-            kv_head_offset, kc_block_stride, kc_slot_stride, vc_block_stride, vc_slot_stride,
-            block_size, context_len, rows, qk_scale,
-            True, False, PAGE_ALIGNED, HEAD_DIM, BLOCK_D, BLOCK_N, DOT_FP32,
-        )  # fmt: skip
+    acc, m_i, l_i = _attend_range(
+        acc, m_i, l_i, q, key_cache_ptr, value_cache_ptr, block_table_row, start, full_end, end,
+        kv_head_offset, kc_block_stride, kc_slot_stride, vc_block_stride, vc_slot_stride,
+        block_size, context_len, rows, qk_scale,
+        False, PAGE_ALIGNED, HEAD_DIM, BLOCK_D, BLOCK_N, DOT_FP32,
+    )  # fmt: skip
     l_safe = tl.where(l_i > 0.0, l_i, 1.0)
     o = acc / l_safe[:, None]
     if SPLIT:
@@ -168,7 +160,7 @@ def _launch(
     num_kv_heads, block_size = key_cache.shape[2], key_cache.shape[1]
     if num_seqs == 0:
         return out
-    _check_shared_head_stride(key_cache, value_cache)
+    strides = _kernel_strides(query, out, key_cache, value_cache, block_tables)
     group = num_heads // num_kv_heads
     cfg = dict(config or _decode_config(head_dim, query.device.type == "cpu"))
     block_n = cfg.pop("BLOCK_N")
@@ -187,10 +179,7 @@ def _launch(
         part_out = part_lse = out
     _decode_kernel[(num_seqs, num_kv_heads, num_splits)](
         query, key_cache, value_cache, out, part_out, part_lse, block_tables, seq_lens,
-        query.stride(0), query.stride(1), out.stride(0), out.stride(1),
-        key_cache.stride(0), key_cache.stride(1), key_cache.stride(2),
-        value_cache.stride(0), value_cache.stride(1), value_cache.stride(2),
-        block_tables.stride(0), block_size, scale * _LOG2E, num_heads, num_splits,
+        *strides, block_size, scale * _LOG2E, num_heads, num_splits,
         GROUP=group, PAGE_ALIGNED=block_size % block_n == 0, SPLIT=split,
         HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_H=max(16, triton.next_power_of_2(group)),
         BLOCK_N=block_n, DOT_FP32=query.device.type == "cpu", **cfg,
