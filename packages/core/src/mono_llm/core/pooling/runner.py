@@ -8,46 +8,26 @@ one step and nothing is kept for later tokens.
 
 from __future__ import annotations
 
-import logging
-import math
-import time
-
 import numpy as np
 import torch
 
 from mono_llm.core.config import EngineConfig
 from mono_llm.core.errors import EngineError
 from mono_llm.core.layers.attention import AttentionMetadata
-from mono_llm.core.models.loader import build_model
 from mono_llm.core.worker.batch import ModelBatch
-from mono_llm.core.worker.model_runner import embed_with_overrides, runner_device
+from mono_llm.core.worker.model_runner import RunnerBase, embed_with_overrides
 from mono_llm.core.worker.step_inputs import prepare_step_inputs
 
-logger = logging.getLogger(__name__)
 
-
-class EncoderModelRunner:
+class EncoderModelRunner(RunnerBase):
     """Runs encoder steps; `execute_hidden` returns every token's final hidden state."""
 
     def __init__(self, config: EngineConfig) -> None:
-        self.config = config
-        sched = config.scheduler_config
-        self.device = runner_device(config)
-        self.dtype = config.model_config.dtype
-        self.block_size = config.cache_config.block_size
-        self.max_model_len = sched.max_model_len
-        self.max_num_seqs = sched.max_num_seqs
-        self.max_num_tokens = max(sched.max_num_batched_tokens, sched.max_num_seqs)
-        self.max_blocks_per_seq = math.ceil(self.max_model_len / self.block_size)
-        start = time.perf_counter()
-        self.model = build_model(config.model_config, self.device)
-        self.vocab_size: int = self.model.vocab_size
-        self.hidden_size: int = self.model.hidden_size
+        super().__init__(config, label="encoder model")
         # Nominal blocks: enough for every sequence at full length, so block accounting never
         # limits an encoder; the token budget and max_num_seqs do.
         self.num_blocks = self.max_num_seqs * self.max_blocks_per_seq
         config.cache_config.num_blocks = self.num_blocks
-        logger.info("encoder model loaded in %.1f s", time.perf_counter() - start)
 
     @property
     def kv_cache_bytes_per_block(self) -> int:

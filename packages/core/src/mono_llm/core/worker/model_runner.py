@@ -52,7 +52,7 @@ from mono_llm.core.worker.step_inputs import StepInputs, next_decode_inputs, pre
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ModelRunner", "decode_graph_sizes", "prefill_graph_sizes"]
+__all__ = ["ModelRunner", "RunnerBase", "decode_graph_sizes", "prefill_graph_sizes"]
 
 
 def runner_device(config: EngineConfig) -> torch.device:
@@ -73,7 +73,33 @@ def embed_with_overrides(
     return embeds
 
 
-class ModelRunner:
+class RunnerBase:
+    """What every runner (this one, the pooling encoder's) takes from the engine config the
+    same way: device, dtype, the step's size limits, and the model built on the device."""
+
+    def __init__(
+        self, config: EngineConfig, tp: TensorParallelGroup | None = None, *, label: str
+    ) -> None:
+        """`label` names the model in the load-time log line of the subclass's module."""
+        self.config = config
+        sched = config.scheduler_config
+        self.device = runner_device(config)
+        self.dtype = config.model_config.dtype
+        self.block_size = config.cache_config.block_size
+        self.max_model_len = sched.max_model_len
+        self.max_num_seqs = sched.max_num_seqs
+        self.max_num_tokens = max(sched.max_num_batched_tokens, sched.max_num_seqs)
+        self.max_blocks_per_seq = math.ceil(self.max_model_len / self.block_size)
+        start = time.perf_counter()
+        self.model: EngineModel = build_model(config.model_config, self.device, tp)
+        self.vocab_size: int = self.model.vocab_size
+        self.hidden_size: int = self.model.hidden_size
+        logging.getLogger(type(self).__module__).info(
+            "%s loaded in %.1f s", label, time.perf_counter() - start
+        )
+
+
+class ModelRunner(RunnerBase):
     """Owns the model and its KV cache; `execute(batch)` runs one step."""
 
     # Vision-language models: encoder outputs of media spans become slice overrides.
@@ -83,22 +109,9 @@ class ModelRunner:
 
     def __init__(self, config: EngineConfig, tp: TensorParallelGroup | None = None) -> None:
         """`tp`: this rank's tensor-parallel group when the model is split over devices."""
-        self.config = config
         self.tp = tp or TensorParallelGroup()
+        super().__init__(config, self.tp, label="model")
         sched = config.scheduler_config
-        self.device = runner_device(config)
-        self.dtype = config.model_config.dtype
-        self.block_size = config.cache_config.block_size
-        self.max_model_len = sched.max_model_len
-        self.max_num_seqs = sched.max_num_seqs
-        self.max_num_tokens = max(sched.max_num_batched_tokens, sched.max_num_seqs)
-        self.max_blocks_per_seq = math.ceil(self.max_model_len / self.block_size)
-
-        start = time.perf_counter()
-        self.model: EngineModel = build_model(config.model_config, self.device, self.tp)
-        self.vocab_size: int = self.model.vocab_size
-        self.hidden_size: int = self.model.hidden_size
-        logger.info("model loaded in %.1f s", time.perf_counter() - start)
         if isinstance(self.model, SupportsMultiModal):
             self.mm_embedder = MultiModalEmbedder(
                 self.model, EncoderCache(max_tokens=self.max_num_tokens)
