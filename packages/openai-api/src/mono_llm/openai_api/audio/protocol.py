@@ -14,6 +14,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
+from mono_llm.core.models.whisper_prompt import Segment
 from mono_llm.openai_api.protocol import OpenAIBaseModel, UsageInfo
 
 ResponseFormat = Literal["json", "text", "srt", "verbose_json", "vtt"]
@@ -57,25 +58,13 @@ class TranscriptionResponse(OpenAIBaseModel):
     usage: TranscriptionUsage | None = None
 
 
-class TranscriptionSegment(OpenAIBaseModel):
-    id: int
-    seek: int
-    start: float
-    end: float
-    text: str
-    tokens: list[int]
-    temperature: float
-    avg_logprob: float
-    compression_ratio: float
-    no_speech_prob: float
-
-
 class TranscriptionVerboseResponse(OpenAIBaseModel):
     task: Literal["transcribe", "translate"] = "transcribe"
     language: str
     duration: float
     text: str
-    segments: list[TranscriptionSegment] = Field(default_factory=list)
+    # The engine's segments, already in OpenAI's verbose_json shape.
+    segments: list[Segment] = Field(default_factory=list)
     usage: TranscriptionUsage | None = None
 
 

@@ -12,7 +12,6 @@ from mono_llm.openai_api.audio.formats import to_srt, to_vtt
 from mono_llm.openai_api.audio.protocol import (
     DeltaText,
     TranscriptionResponse,
-    TranscriptionSegment,
     TranscriptionStreamChoice,
     TranscriptionStreamResponse,
     TranscriptionUsage,
@@ -87,10 +86,7 @@ async def _handle(raw: Request, task: str) -> Response:
             language=language_name(transcript.language),
             duration=round(transcript.duration_s, 3),
             text=transcript.text,
-            segments=[
-                TranscriptionSegment.model_validate(s, from_attributes=True)
-                for s in transcript.segments
-            ],
+            segments=transcript.segments,
             usage=usage,
         )
         return JSONResponse(body.model_dump())
