@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
@@ -19,7 +20,6 @@ from mono_llm.openai_api.audio.protocol import (
 )
 from mono_llm.openai_api.audio.serving import AudioServing, Prepared, usage_seconds
 from mono_llm.openai_api.errors import ErrorResponse, OpenAIError
-from mono_llm.openai_api.protocol import UsageInfo
 from mono_llm.openai_api.server_state import server_state
 from mono_llm.openai_api.streaming import (
     SSE_DONE,
@@ -100,6 +100,13 @@ async def _events(
     model = prepared.upload.model.name
     kind = "translation.chunk" if task == "translate" else "transcription.chunk"
     chunk_id = TranscriptionStreamResponse(model=model).id
+
+    def chunk(**fields: Any) -> str:
+        """One SSE event of this stream (its id, kind and model on every chunk)."""
+        return sse_event(
+            TranscriptionStreamResponse(id=chunk_id, object=kind, model=model, **fields)
+        )
+
     prompt_tokens = completion_tokens = 0
     finish_reason = stop_reason = None
     async for delta, out in serving.stream(prepared, task):
@@ -111,43 +118,14 @@ async def _events(
             continue
         usage = None
         if request.stream_include_usage and request.stream_continuous_usage_stats:
-            usage = UsageInfo(
-                prompt_tokens=prompt_tokens,
-                completion_tokens=completion_tokens,
-                total_tokens=prompt_tokens + completion_tokens,
-            )
-        yield sse_event(
-            TranscriptionStreamResponse(
-                id=chunk_id,
-                object=kind,
-                model=model,
-                choices=[TranscriptionStreamChoice(delta=DeltaText(content=delta))],
-                usage=usage,
-            )
+            usage = serving.usage(prompt_tokens, completion_tokens)
+        yield chunk(
+            choices=[TranscriptionStreamChoice(delta=DeltaText(content=delta))], usage=usage
         )
-    yield sse_event(
-        TranscriptionStreamResponse(
-            id=chunk_id,
-            object=kind,
-            model=model,
-            choices=[
-                TranscriptionStreamChoice(
-                    delta=DeltaText(), finish_reason=finish_reason, stop_reason=stop_reason
-                )
-            ],
-        )
+    done = TranscriptionStreamChoice(
+        delta=DeltaText(), finish_reason=finish_reason, stop_reason=stop_reason
     )
+    yield chunk(choices=[done])
     if request.stream_include_usage:
-        yield sse_event(
-            TranscriptionStreamResponse(
-                id=chunk_id,
-                object=kind,
-                model=model,
-                usage=UsageInfo(
-                    prompt_tokens=prompt_tokens,
-                    completion_tokens=completion_tokens,
-                    total_tokens=prompt_tokens + completion_tokens,
-                ),
-            )
-        )
+        yield chunk(usage=serving.usage(prompt_tokens, completion_tokens))
     yield SSE_DONE

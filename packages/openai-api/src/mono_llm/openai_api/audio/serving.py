@@ -34,6 +34,7 @@ from mono_llm.core.sampling_params import RequestOutputKind, SamplingParams
 from mono_llm.openai_api.audio.protocol import TranscriptionRequest
 from mono_llm.openai_api.errors import OpenAIError
 from mono_llm.openai_api.served_models import ServedModel, ServedModels
+from mono_llm.openai_api.serving_base import ServingBase
 
 AUDIO_EXTRA_HINT = "pip install mono-llm[audio]"
 # Form fields besides the file; more is a malformed or hostile request.
@@ -99,13 +100,13 @@ class Prepared:
     previous: list[int]
 
 
-class AudioServing:
+class AudioServing(ServingBase):
     """Serves /v1/audio/transcriptions and /v1/audio/translations."""
 
     def __init__(
         self, registry: ServedModels, *, max_file_bytes: int, max_duration_s: float
     ) -> None:
-        self.registry = registry
+        super().__init__(registry)
         self.max_file_bytes = max_file_bytes
         self.max_duration_s = max_duration_s
         self._tokens: dict[str, WhisperTokens] = {}
@@ -154,7 +155,7 @@ class AudioServing:
                 400,
                 param="timestamp_granularities",
             )
-        model = self.registry.resolve(request.model)
+        model = self.resolve_model(request.model)
         if not supports_transcription(model.engine.model_config.architectures):
             raise OpenAIError(
                 f"The model `{model.name}` does not support transcription.", 400, param="model"
