@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import Field, model_validator
 
@@ -19,6 +19,7 @@ from mono_llm.openai_api.protocol import OpenAIBaseModel, UsageInfo
 # A string, a list of strings, a list of token ids, or a list of token-id lists.
 PoolingInput = str | list[str] | list[int] | list[list[int]]
 EmbedDtype = Literal["float32", "float16", "bfloat16", "fp8_e4m3", "fp8_e5m2"]
+DataT = TypeVar("DataT")
 
 
 def _id(prefix: str) -> str:
@@ -74,6 +75,18 @@ class _VectorOutputMixin(OpenAIBaseModel):
     normalize: bool | None = None
 
 
+class _ListResponse(OpenAIBaseModel, Generic[DataT]):
+    """The list envelope of /v1/embeddings, /pooling, /classify and /score; each names its
+    `data` items and gives `id` its own prefix."""
+
+    id: str
+    object: Literal["list"] = "list"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    model: str
+    data: list[DataT]
+    usage: UsageInfo
+
+
 # ---------------------------------------------------------------- /v1/embeddings
 class EmbeddingRequest(_ChatInputMixin, _PoolingCommon, _VectorOutputMixin):
     pass
@@ -85,13 +98,8 @@ class EmbeddingResponseData(OpenAIBaseModel):
     embedding: list[float] | str
 
 
-class EmbeddingResponse(OpenAIBaseModel):
+class EmbeddingResponse(_ListResponse[EmbeddingResponseData]):
     id: str = Field(default_factory=lambda: _id("embd"))
-    object: Literal["list"] = "list"
-    created: int = Field(default_factory=lambda: int(time.time()))
-    model: str
-    data: list[EmbeddingResponseData]
-    usage: UsageInfo
 
 
 # ---------------------------------------------------------------- /pooling
@@ -105,13 +113,8 @@ class PoolingResponseData(OpenAIBaseModel):
     data: list[float] | str
 
 
-class PoolingResponse(OpenAIBaseModel):
+class PoolingResponse(_ListResponse[PoolingResponseData]):
     id: str = Field(default_factory=lambda: _id("pool"))
-    object: Literal["list"] = "list"
-    created: int = Field(default_factory=lambda: int(time.time()))
-    model: str
-    data: list[PoolingResponseData]
-    usage: UsageInfo
 
 
 # ---------------------------------------------------------------- /classify
@@ -127,13 +130,8 @@ class ClassificationData(OpenAIBaseModel):
     num_classes: int
 
 
-class ClassificationResponse(OpenAIBaseModel):
+class ClassificationResponse(_ListResponse[ClassificationData]):
     id: str = Field(default_factory=lambda: _id("classify"))
-    object: Literal["list"] = "list"
-    created: int = Field(default_factory=lambda: int(time.time()))
-    model: str
-    data: list[ClassificationData]
-    usage: UsageInfo
 
 
 # ---------------------------------------------------------------- /score
@@ -185,13 +183,8 @@ class ScoreResponseData(OpenAIBaseModel):
     score: float
 
 
-class ScoreResponse(OpenAIBaseModel):
+class ScoreResponse(_ListResponse[ScoreResponseData]):
     id: str = Field(default_factory=lambda: _id("score"))
-    object: Literal["list"] = "list"
-    created: int = Field(default_factory=lambda: int(time.time()))
-    model: str
-    data: list[ScoreResponseData]
-    usage: UsageInfo
 
 
 # ---------------------------------------------------------------- /rerank, /v1/rerank, /v2/rerank
