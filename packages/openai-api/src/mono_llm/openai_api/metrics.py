@@ -60,6 +60,23 @@ class _Both:
             m.observe(value)
 
 
+# (metric name, family, help text, the engine stats field it reads)
+_ENGINE_STATS: tuple[tuple[str, type[Metric], str, str], ...] = (
+    ("num_requests_running", GaugeMetricFamily, "Requests in model execution batches.",
+     "num_running_reqs"),
+    ("num_requests_waiting", GaugeMetricFamily, "Requests waiting to be scheduled.",
+     "num_waiting_reqs"),
+    ("kv_cache_usage_perc", GaugeMetricFamily, "Fraction of KV cache blocks in use (1 = full).",
+     "kv_cache_usage"),
+    ("num_preemptions", CounterMetricFamily, "Requests preempted by the scheduler (cumulative).",
+     "num_preemptions"),
+    ("prefix_cache_queries", CounterMetricFamily,
+     "Prompt tokens looked up in the prefix cache (cumulative).", "prefix_cache_queries"),
+    ("prefix_cache_hits", CounterMetricFamily,
+     "Prompt tokens found in the prefix cache (cumulative).", "prefix_cache_hits"),
+)  # fmt: skip
+
+
 class _EngineStatsCollector(Collector):
     """Load gauges read from every served engine's `get_stats()` at scrape time."""
 
@@ -67,51 +84,20 @@ class _EngineStatsCollector(Collector):
         self._engines = engines
 
     def collect(self) -> Iterator[Metric]:
-        families: list[Metric] = []
-        for prefix in PREFIXES:
-            running = GaugeMetricFamily(
-                f"{prefix}:num_requests_running",
-                "Requests in model execution batches.",
-                labels=["model_name"],
-            )
-            waiting = GaugeMetricFamily(
-                f"{prefix}:num_requests_waiting",
-                "Requests waiting to be scheduled.",
-                labels=["model_name"],
-            )
-            kv_usage = GaugeMetricFamily(
-                f"{prefix}:kv_cache_usage_perc",
-                "Fraction of KV cache blocks in use (1 = full).",
-                labels=["model_name"],
-            )
-            preemptions = CounterMetricFamily(
-                f"{prefix}:num_preemptions",
-                "Requests preempted by the scheduler (cumulative).",
-                labels=["model_name"],
-            )
-            prefix_queries = CounterMetricFamily(
-                f"{prefix}:prefix_cache_queries",
-                "Prompt tokens looked up in the prefix cache (cumulative).",
-                labels=["model_name"],
-            )
-            prefix_hits = CounterMetricFamily(
-                f"{prefix}:prefix_cache_hits",
-                "Prompt tokens found in the prefix cache (cumulative).",
-                labels=["model_name"],
-            )
-            for name, engine in self._engines():
-                try:
-                    stats = engine.get_stats()
-                except Exception:  # a dead engine still lets the others be scraped
-                    continue
-                running.add_metric([name], stats.num_running_reqs)
-                waiting.add_metric([name], stats.num_waiting_reqs)
-                kv_usage.add_metric([name], stats.kv_cache_usage)
-                preemptions.add_metric([name], stats.num_preemptions)
-                prefix_queries.add_metric([name], stats.prefix_cache_queries)
-                prefix_hits.add_metric([name], stats.prefix_cache_hits)
-            families += [running, waiting, kv_usage, preemptions, prefix_queries, prefix_hits]
-        yield from families
+        families = {
+            (prefix, name): kind(f"{prefix}:{name}", documentation, labels=["model_name"])
+            for prefix in PREFIXES
+            for name, kind, documentation, _ in _ENGINE_STATS
+        }
+        for model_name, engine in self._engines():
+            try:
+                stats = engine.get_stats()
+            except Exception:  # a dead engine still lets the others be scraped
+                continue
+            for name, _, _, field in _ENGINE_STATS:
+                for prefix in PREFIXES:
+                    families[prefix, name].add_metric([model_name], getattr(stats, field))
+        yield from families.values()
 
 
 class RequestTimer:
@@ -174,64 +160,49 @@ class ServerMetrics:
         self.registry = CollectorRegistry(auto_describe=True)
         reg = self.registry
         label = ["model_name"]
-        self.prompt_tokens = _Both(
-            lambda p: Counter(f"{p}:prompt_tokens", "Prompt tokens processed.", label, registry=reg)
-        )
-        self.generation_tokens = _Both(
-            lambda p: Counter(f"{p}:generation_tokens", "Generated tokens.", label, registry=reg)
-        )
-        self.request_success = _Both(
-            lambda p: Counter(
-                f"{p}:request_success",
-                "Finished requests, by finish reason (stop, length, abort).",
-                [*label, "finished_reason"],
-                registry=reg,
+
+        def counter(name: str, documentation: str, *extra_labels: str) -> _Both:
+            labels = [*label, *extra_labels]
+            return _Both(lambda p: Counter(f"{p}:{name}", documentation, labels, registry=reg))
+
+        def histogram(name: str, documentation: str, buckets: tuple[float, ...]) -> _Both:
+            return _Both(
+                lambda p: Histogram(
+                    f"{p}:{name}", documentation, label, buckets=buckets, registry=reg
+                )
             )
+
+        self.prompt_tokens = counter("prompt_tokens", "Prompt tokens processed.")
+        self.generation_tokens = counter("generation_tokens", "Generated tokens.")
+        self.request_success = counter(
+            "request_success",
+            "Finished requests, by finish reason (stop, length, abort).",
+            "finished_reason",
         )
-        self.time_to_first_token = _Both(
-            lambda p: Histogram(
-                f"{p}:time_to_first_token_seconds",
-                "Seconds from arrival to the first generated token.",
-                label,
-                buckets=TTFT_BUCKETS,
-                registry=reg,
-            )
+        self.time_to_first_token = histogram(
+            "time_to_first_token_seconds",
+            "Seconds from arrival to the first generated token.",
+            TTFT_BUCKETS,
         )
-        self.inter_token_latency = _Both(
-            lambda p: Histogram(
-                f"{p}:inter_token_latency_seconds",
-                "Seconds between consecutive generated tokens.",
-                label,
-                buckets=ITL_BUCKETS,
-                registry=reg,
-            )
+        self.inter_token_latency = histogram(
+            "inter_token_latency_seconds",
+            "Seconds between consecutive generated tokens.",
+            ITL_BUCKETS,
         )
-        self.e2e_latency = _Both(
-            lambda p: Histogram(
-                f"{p}:e2e_request_latency_seconds",
-                "Seconds from arrival to the end of the request.",
-                label,
-                buckets=E2E_BUCKETS,
-                registry=reg,
-            )
+        self.e2e_latency = histogram(
+            "e2e_request_latency_seconds",
+            "Seconds from arrival to the end of the request.",
+            E2E_BUCKETS,
         )
-        self.request_prompt_tokens = _Both(
-            lambda p: Histogram(
-                f"{p}:request_prompt_tokens",
-                "Prompt length of finished requests, in tokens.",
-                label,
-                buckets=TOKEN_BUCKETS,
-                registry=reg,
-            )
+        self.request_prompt_tokens = histogram(
+            "request_prompt_tokens",
+            "Prompt length of finished requests, in tokens.",
+            TOKEN_BUCKETS,
         )
-        self.request_generation_tokens = _Both(
-            lambda p: Histogram(
-                f"{p}:request_generation_tokens",
-                "Generated tokens of finished requests.",
-                label,
-                buckets=TOKEN_BUCKETS,
-                registry=reg,
-            )
+        self.request_generation_tokens = histogram(
+            "request_generation_tokens",
+            "Generated tokens of finished requests.",
+            TOKEN_BUCKETS,
         )
         reg.register(_EngineStatsCollector(engines))
 
