@@ -274,20 +274,15 @@ class ResponsesServing:
                 400,
                 param="response_id",
             )
-        if entry.running and entry.task is not None:
-            entry.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await entry.task
+        if entry.running:
+            await entry.stop()
             if entry.response["status"] in ("queued", "in_progress"):  # cancelled unstarted
                 entry.response["status"] = "cancelled"
         return entry.response
 
     async def delete(self, response_id: str) -> dict[str, Any]:
         entry = self.store.delete(response_id)
-        if entry.running and entry.task is not None:
-            entry.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await entry.task
+        await entry.stop()
         return {"id": response_id, "object": "response.deleted", "deleted": True}
 
     def input_items(

@@ -9,6 +9,7 @@ restart forgets stored responses, as it would with vLLM.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -28,6 +29,15 @@ class StoredResponse:
     @property
     def running(self) -> bool:
         return self.task is not None and not self.task.done()
+
+    async def stop(self) -> None:
+        """Cancel a running background run and wait until it has ended, so its cleanup
+        (closing the engine stream, which aborts the request) is done when this returns."""
+        if self.task is None or self.task.done():
+            return
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await self.task
 
 
 class ResponseStore:
