@@ -11,6 +11,7 @@ from mono_llm.core.config import EngineArgs
 from mono_llm.core.engine.core import EngineCore
 from mono_llm.core.engine.offline_loop import run_until_finished
 from mono_llm.core.errors import InvalidRequestError, ParallelConfigError
+from mono_llm.core.gc_heap import freeze_startup_heap
 from mono_llm.core.inputs import PromptType, TokensPrompt, encoder_features_of
 from mono_llm.core.outputs import RequestOutput
 from mono_llm.core.pooling.offline import PoolingLLMMixin
@@ -36,6 +37,7 @@ class LLM(PoolingLLMMixin):
         self.engine_args = args
         self.llm_engine = EngineCore.from_engine_args(args)
         self._request_counter = itertools.count()
+        freeze_startup_heap()  # the step loop runs in this process: no long collector pauses
 
     def get_tokenizer(self) -> Any:
         return self.llm_engine.tokenizer

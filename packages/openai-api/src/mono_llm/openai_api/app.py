@@ -20,6 +20,7 @@ from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
 from mono_llm.core.config import AsyncEngineArgs, EngineArgs
+from mono_llm.core.gc_heap import freeze_startup_heap
 from mono_llm.core.models.registry import supports_transcription
 from mono_llm.core.sampling_params import RequestOutputKind, SamplingParams
 from mono_llm.openai_api._version import __version__
@@ -245,6 +246,7 @@ def build_app(
             app.state.server = state
             for model in models:
                 await _warm_up(model)
+            freeze_startup_heap()  # keep full collections short while serving
             state.ready = True
             logger.info("serving %s", ", ".join(m.name for m in models))
             watchdog = asyncio.create_task(watch_engines(state))

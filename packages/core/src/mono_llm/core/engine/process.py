@@ -24,6 +24,7 @@ from typing import Any
 from mono_llm.core.config import EngineConfig
 from mono_llm.core.engine import messages as msg
 from mono_llm.core.engine.stats_log import PeriodicStatsLog
+from mono_llm.core.gc_heap import freeze_startup_heap
 from mono_llm.core.outputs import CompletionOutput, RequestOutput
 
 logger = logging.getLogger(__name__)
@@ -68,6 +69,7 @@ def run_engine_core(
             return
         runner = engine.model_runner
         ready = msg.EngineReady(engine.vocab_size, runner.num_blocks, runner.block_size)
+        freeze_startup_heap()
         outputs.send_multipart([msg.READY, msg.encode(ready)])
         try:
             EngineCoreLoop(engine, inputs, outputs, parent_pid).run()
