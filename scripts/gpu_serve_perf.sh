@@ -8,7 +8,8 @@
 #
 # Carry: .whl (the server's wheels), .bench/llama3-8b-shape (config.json), and the folder of
 # SERVE_BENCH_PY. WORKLOADS (default B,C,A) picks the offline workloads; SKIP=offline,tokens
-# leaves steps out.
+# leaves steps out. EXTRA_PYTHONPATH goes in front of the server's path only (a sitecustomize
+# probe, say) and the files it leaves in PROBE_DIR travel with the logs.
 set -u
 bench_script=$1
 shift
@@ -36,7 +37,8 @@ for f in src.iterdir():
 EOF
 
 start=$(date +%s)
-MONO_LLM_STEP_TRACE=$LOGS/step-trace.jsonl setsid python3 -m mono_llm.openai_api.cli serve "$model" \
+MONO_LLM_STEP_TRACE=$LOGS/step-trace.jsonl PYTHONPATH=${EXTRA_PYTHONPATH:+$EXTRA_PYTHONPATH:}$PYTHONPATH \
+  setsid python3 -m mono_llm.openai_api.cli serve "$model" \
   --served-model-name bench --load-format dummy --dtype bfloat16 --port 8013 --max-model-len 4096 \
   "$@" > "$LOGS/serve.log" 2>&1 &
 server=$!
@@ -50,6 +52,7 @@ grep -iE "itl|inter" "$LOGS/bench-serve-single.log" | head -6 | tee -a "$OUT/sum
 kill -TERM -$server 2>/dev/null
 wait $server
 elapsed serve $?
+[ -n "${PROBE_DIR:-}" ] && cp -r "$PROBE_DIR" "$LOGS/probe" && cat "$LOGS"/probe/* | cut -c1-400
 if [ -f "$LOGS/step-trace.jsonl" ]; then
   python3 scripts/step_trace_summary.py "$LOGS/step-trace.jsonl" > "$LOGS/step-trace-summary.txt" 2>&1
   tail -n 40 "$LOGS/step-trace-summary.txt"
