@@ -54,9 +54,19 @@ def child_tokens(
     gen = torch.Generator().manual_seed(1234)
     ids = torch.randint(0, llm.llm_engine.vocab_size, (NUM_PROMPTS, PROMPT_LEN), generator=gen)
     prompts = [{"prompt_token_ids": row} for row in ids.tolist()]
-    params = SamplingParams(temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True)
+    params = SamplingParams(temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True, logprobs=2)
     outputs = llm.generate(prompts, params, use_tqdm=False)
     Path(out).write_text(json.dumps([o.outputs[0].token_ids for o in outputs]))
+    # Per position, the logprob gap between the two most likely tokens: where it is within
+    # bfloat16's rounding noise, any other summation order may pick the other token.
+    margins = []
+    for o in outputs:
+        row = []
+        for step in o.outputs[0].logprobs or []:
+            top = sorted((lp.logprob for lp in step.values()), reverse=True)
+            row.append(top[0] - top[1] if len(top) > 1 else float("inf"))
+        margins.append(row)
+    Path(out).with_suffix(".margins.json").write_text(json.dumps(margins))
     llm.llm_engine.shutdown()
 
 
@@ -91,7 +101,7 @@ def tokens_check(model: str, out: Path, dtypes: list[str]) -> bool:
         if "float32" not in dtypes or results["float32-tp1"][i] == results["float32-tp2"][i]
     ]
     agree16 = [i for i in agree32 if results["bfloat16-tp1"][i] == results["bfloat16-tp2"][i]]
-    summary = {
+    summary: dict[str, object] = {
         "prompts": NUM_PROMPTS,
         "float32_tp1_eq_tp2": len(agree32) if "float32" in dtypes else None,
         "bfloat16_tp1_eq_tp2_on_those": len(agree16),
@@ -108,9 +118,32 @@ def tokens_check(model: str, out: Path, dtypes: list[str]) -> bool:
         if "bfloat16-tp1-one-at-a-time" in results
         else None,
     }
+    summary.update(divergence_margins(out, results))
     (out / "tokens.json").write_text(json.dumps(summary, indent=2))
     print("greedy tokens:", json.dumps(summary))
     return len(agree32) > 0 and agree16 == agree32
+
+
+def divergence_margins(out: Path, results: dict[str, list[list[int]]]) -> dict[str, object]:
+    """Where bfloat16 TP=2 first differs from TP=1, TP=1's gap between its two most likely
+    tokens there, beside the gaps at all positions: a sharding error splits where the model
+    is sure; rounding noise only where two tokens are nearly tied."""
+    path = out / "tokens-bfloat16-tp1.margins.json"
+    if "bfloat16-tp2" not in results or not path.is_file():
+        return {}
+    margins = json.loads(path.read_text())
+    at_split = []
+    for i, (a, b) in enumerate(zip(results["bfloat16-tp1"], results["bfloat16-tp2"], strict=True)):
+        first = next((j for j, (x, y) in enumerate(zip(a, b, strict=True)) if x != y), None)
+        if first is not None:
+            at_split.append(round(margins[i][first], 4))
+    everywhere = sorted(m for row in margins for m in row)
+    below = [sum(m <= s for m in everywhere) / len(everywhere) for s in at_split]
+    return {
+        "bfloat16_margin_at_first_difference": at_split,
+        "bfloat16_margin_percentile_at_first_difference": [round(100 * b, 1) for b in below],
+        "bfloat16_margin_median_all_positions": round(everywhere[len(everywhere) // 2], 4),
+    }
 
 
 def speed(model: str, out: Path, workloads: str) -> None:
