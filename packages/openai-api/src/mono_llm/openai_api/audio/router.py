@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from mono_llm.core.models.whisper_prompt import language_name
+from mono_llm.core.outputs import RequestOutput
 from mono_llm.openai_api.audio.formats import to_srt, to_vtt
 from mono_llm.openai_api.audio.protocol import (
     DeltaText,
@@ -21,12 +22,7 @@ from mono_llm.openai_api.audio.protocol import (
 from mono_llm.openai_api.audio.serving import AudioServing, Prepared, usage_seconds
 from mono_llm.openai_api.errors import ErrorResponse, OpenAIError
 from mono_llm.openai_api.server_state import server_state
-from mono_llm.openai_api.streaming import (
-    SSE_DONE,
-    EventStreamResponse,
-    sse_event,
-    unless_disconnected,
-)
+from mono_llm.openai_api.streaming import EventStreamResponse, unless_disconnected
 
 router = APIRouter(tags=["audio"])
 
@@ -65,7 +61,7 @@ async def _handle(raw: Request, task: str) -> Response:
     prepared = await serving.prepare(upload, task)
     request = upload.request
     if request.stream:
-        return EventStreamResponse(_events(serving, prepared, task))
+        return EventStreamResponse(await stream_events(serving, prepared, task))
     fmt = request.response_format
     timestamps = fmt in ("srt", "vtt", "verbose_json")
     transcript = await unless_disconnected(
@@ -93,23 +89,40 @@ async def _handle(raw: Request, task: str) -> Response:
     return JSONResponse(TranscriptionResponse(text=transcript.text, usage=usage).model_dump())
 
 
-async def _events(
+async def stream_events(
     serving: AudioServing, prepared: Prepared, task: str
 ) -> AsyncGenerator[str, None]:
+    """Start a streamed transcription and return its server-sent-event body.
+
+    Refusals (a prompt with no room, an overloaded or dead engine) raise here, while they
+    can still be HTTP errors. Once the stream has started, every end is visible to the
+    client: the final chunk (and usage) then `data: [DONE]`; or an OpenAI-shaped error
+    event then `data: [DONE]` (ServingBase.sse_stream); a client that leaves aborts the
+    window being decoded.
+    """
+    windows = await serving.start_stream(prepared, task)
+    return serving.sse_stream(_chunks(serving, prepared, task, windows), windows.aclose)
+
+
+async def _chunks(
+    serving: AudioServing,
+    prepared: Prepared,
+    task: str,
+    windows: AsyncIterator[tuple[str, RequestOutput]],
+) -> AsyncGenerator[TranscriptionStreamResponse, None]:
+    """The stream's chunks: text deltas, the finish reason, then usage when asked."""
     request = prepared.upload.request
     model = prepared.upload.model.name
     kind = "translation.chunk" if task == "translate" else "transcription.chunk"
     chunk_id = TranscriptionStreamResponse(model=model).id
 
-    def chunk(**fields: Any) -> str:
-        """One SSE event of this stream (its id, kind and model on every chunk)."""
-        return sse_event(
-            TranscriptionStreamResponse(id=chunk_id, object=kind, model=model, **fields)
-        )
+    def chunk(**fields: Any) -> TranscriptionStreamResponse:
+        """One chunk of this stream (its id, kind and model on every chunk)."""
+        return TranscriptionStreamResponse(id=chunk_id, object=kind, model=model, **fields)
 
     prompt_tokens = completion_tokens = 0
     finish_reason = stop_reason = None
-    async for delta, out in serving.stream(prepared, task):
+    async for delta, out in windows:
         completion_tokens += len(out.outputs[0].token_ids)
         if out.finished:
             prompt_tokens += len(out.prompt_token_ids)
@@ -128,4 +141,3 @@ async def _events(
     yield chunk(choices=[done])
     if request.stream_include_usage:
         yield chunk(usage=serving.usage(prompt_tokens, completion_tokens))
-    yield SSE_DONE

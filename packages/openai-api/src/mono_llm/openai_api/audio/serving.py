@@ -11,9 +11,10 @@ restricted to the language tokens) and used for every window.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import uuid
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -374,25 +375,84 @@ class AudioServing(ServingBase):
             completion_tokens=sum(len(r.token_ids) for r in results),
         )
 
-    async def stream(
+    async def start_stream(
         self, prepared: Prepared, task: str
     ) -> AsyncGenerator[tuple[str, RequestOutput], None]:
-        """(window text delta, output) as the windows decode, in window order."""
+        """Start a streamed decoding; the returned generator yields (window text delta,
+        output) as the windows decode, in window order.
+
+        Everything that can refuse the request (the language probe, a prompt that leaves no
+        room, the engine's validation, overload or death) raises here, while the response can
+        still carry its status: the first window is submitted and its first output awaited.
+        What fails later can only be reported in the stream. Closing the generator aborts
+        the window it is decoding.
+        """
         language = await self.detect_language(prepared)
         tokens, model = prepared.tokens, prepared.upload.model
         prompt = tokens.decoder_prompt(
             language=language, task=task, timestamps=False, previous=prepared.previous
         )
         params = self.sampling_params(prepared, len(prompt), RequestOutputKind.DELTA)
-        for index in range(prepared.features.shape[0]):
+
+        def submit(index: int) -> Awaitable[AsyncGenerator[RequestOutput, None]]:
             request = {"encoder_features": prepared.features[index], "prompt_token_ids": prompt}
-            request_id = f"trsc-{uuid.uuid4().hex}"
-            separator = " " if index else ""
-            async for out in model.engine.generate(request, params, request_id):
+            return _start(model, request, params)
+
+        first = await submit(0)
+        return _window_deltas(first, submit, prepared.features.shape[0])
+
+
+async def _start(
+    model: ServedModel, request: dict[str, Any], params: SamplingParams
+) -> AsyncGenerator[RequestOutput, None]:
+    """Submit one engine request and wait for its first output, so that the engine's
+    refusals raise here; the returned generator yields that output again, then the rest."""
+    generator = model.engine.generate(request, params, f"trsc-{uuid.uuid4().hex}")
+    try:
+        first = await generator.__anext__()
+    except StopAsyncIteration:
+        first = None
+    except BaseException:
+        await generator.aclose()
+        raise
+    return _replay(first, generator)
+
+
+async def _replay(
+    first: RequestOutput | None, generator: AsyncGenerator[RequestOutput, None]
+) -> AsyncGenerator[RequestOutput, None]:
+    # aclosing: a consumer that stops early aborts the engine request now, not at GC time.
+    async with contextlib.aclosing(generator):
+        if first is not None:
+            yield first
+        async for out in generator:
+            yield out
+
+
+async def _window_deltas(
+    first: AsyncGenerator[RequestOutput, None],
+    submit: Callable[[int], Awaitable[AsyncGenerator[RequestOutput, None]]],
+    num_windows: int,
+) -> AsyncGenerator[tuple[str, RequestOutput], None]:
+    """(text delta, output) of each window in turn; windows after the first are submitted
+    when the one before finishes. An aborted window (the engine stopping) ends the stream
+    with it: its finish_reason "abort" is what the client sees last."""
+    outputs: AsyncGenerator[RequestOutput, None] | None = first
+    for index in range(num_windows):
+        if outputs is None:
+            outputs = await submit(index)
+        separator = " " if index else ""
+        finish_reason = None
+        async with contextlib.aclosing(outputs):
+            async for out in outputs:
                 delta = out.outputs[0].text
                 if separator and delta:
                     delta, separator = separator + delta.lstrip(), ""
+                finish_reason = out.outputs[0].finish_reason
                 yield delta, out
+        outputs = None
+        if finish_reason == "abort":
+            return
 
 
 async def warm_up_transcription(model: ServedModel) -> None:
