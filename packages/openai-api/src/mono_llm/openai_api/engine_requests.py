@@ -156,6 +156,15 @@ async def start_engine_request(
         )
     generator = model.engine.generate(prompt.engine_prompt(), params, engine_id, priority=priority)
     timer = metrics.request_timer(model.name) if metrics is not None else None
+    return await await_first_output(generator, timer)
+
+
+async def await_first_output(
+    generator: AsyncGenerator[RequestOutput, None], timer: Any = None
+) -> AsyncGenerator[RequestOutput, None]:
+    """Wait for an engine generator's first output, so that the engine's refusals raise
+    here; the returned generator yields that output again, then the rest, and closes the
+    engine's (aborting its request) as soon as its consumer stops."""
     try:
         first = await generator.__anext__()
     except StopAsyncIteration:

@@ -33,6 +33,7 @@ from mono_llm.core.models.whisper_prompt import (
 from mono_llm.core.outputs import RequestOutput
 from mono_llm.core.sampling_params import RequestOutputKind, SamplingParams
 from mono_llm.openai_api.audio.protocol import TranscriptionRequest
+from mono_llm.openai_api.engine_requests import await_first_output
 from mono_llm.openai_api.errors import OpenAIError
 from mono_llm.openai_api.served_models import ServedModel, ServedModels
 from mono_llm.openai_api.serving_base import ServingBase
@@ -405,28 +406,9 @@ class AudioServing(ServingBase):
 async def _start(
     model: ServedModel, request: dict[str, Any], params: SamplingParams
 ) -> AsyncGenerator[RequestOutput, None]:
-    """Submit one engine request and wait for its first output, so that the engine's
-    refusals raise here; the returned generator yields that output again, then the rest."""
+    """Submit one engine request and wait for its first output (refusals raise here)."""
     generator = model.engine.generate(request, params, f"trsc-{uuid.uuid4().hex}")
-    try:
-        first = await generator.__anext__()
-    except StopAsyncIteration:
-        first = None
-    except BaseException:
-        await generator.aclose()
-        raise
-    return _replay(first, generator)
-
-
-async def _replay(
-    first: RequestOutput | None, generator: AsyncGenerator[RequestOutput, None]
-) -> AsyncGenerator[RequestOutput, None]:
-    # aclosing: a consumer that stops early aborts the engine request now, not at GC time.
-    async with contextlib.aclosing(generator):
-        if first is not None:
-            yield first
-        async for out in generator:
-            yield out
+    return await await_first_output(generator)
 
 
 async def _window_deltas(
