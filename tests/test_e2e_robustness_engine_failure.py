@@ -128,7 +128,9 @@ def test_a_failing_model_step_ends_every_request_and_marks_the_engine_dead(serve
         return real_execute(batch)
 
     runner.execute = execute
-    started = threading.Event()
+    # Both streams must have started (sent their 200) before the engine fails: a stream whose
+    # first output comes after the failure is refused before streaming, with a JSON 503.
+    started, chat_started = threading.Event(), threading.Event()
     results: dict = {}
     streams = [
         threading.Thread(target=lambda: results.update(
@@ -136,15 +138,15 @@ def test_a_failing_model_step_ends_every_request_and_marks_the_engine_dead(serve
         threading.Thread(target=lambda: results.update(chat=_stream_events(
             base, "/v1/chat/completions",
             {"model": VICTIM, "messages": [{"role": "user", "content": "hi"}],
-             "max_tokens": 200, "ignore_eos": True, "stream": True}))),
+             "max_tokens": 200, "ignore_eos": True, "stream": True}, chat_started))),
         threading.Thread(target=lambda: results.update(plain=httpx.post(
             f"{base}/v1/completions", json=_body(VICTIM, False, max_tokens=200),
             timeout=TIMEOUT))),
     ]  # fmt: skip
     for thread in streams:
         thread.start()
-    assert started.wait(TIMEOUT)
-    time.sleep(0.05)  # let the other two reach the engine
+    assert started.wait(TIMEOUT) and chat_started.wait(TIMEOUT)
+    time.sleep(0.05)  # let the plain request reach the engine
     armed.set()
     for thread in streams:
         thread.join(TIMEOUT)
