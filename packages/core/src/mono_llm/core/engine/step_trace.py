@@ -19,9 +19,10 @@ shared by the processes of one machine):
   schedule_ms                     scheduler + flattening the slices into the batch
   execute_ms                      the runner's `execute`: host preparation and the launch (on
                                   CUDA the GPU work is asynchronous; on CPU it is the compute)
-  sample_ms, wait_ms, append_ms   sampler launch, waiting for the sampled tokens on the host,
-                                  per-token bookkeeping (stops, detokenizer); absent when the
-                                  step sampled nothing
+  sample_ms, wait_ms              sampler launch, waiting for the sampled tokens on the host;
+                                  absent when the step sampled nothing
+  update_ms                       per-token bookkeeping (stops, detokenizer) and finishing
+                                  pooled sequences
   outputs_ms                      building the step's `RequestOutput`s
   cpu_ms                          CPU time of the stepping thread during the step: well below
                                   dur_ms, the thread waited (on the device, or for a core)
