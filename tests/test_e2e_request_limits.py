@@ -87,8 +87,10 @@ def _error(response: httpx.Response, status: int) -> dict:
 
 def test_a_body_over_the_limit_is_413_by_content_length(http) -> None:
     body = {"model": MODEL, "prompt": "x" * (BODY_LIMIT + 10), "max_tokens": 1}
-    error = _error(http.post("/v1/completions", json=body), 413)
+    response = http.post("/v1/completions", json=body)
+    error = _error(response, 413)
     assert "--max-request-body-bytes" in error["message"] and error["param"] == "body"
+    assert response.headers["connection"] == "close"  # the unread body is not drained
 
 
 def test_a_chunked_body_over_the_limit_is_cut_while_reading(http) -> None:

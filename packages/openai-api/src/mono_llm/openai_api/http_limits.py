@@ -6,6 +6,10 @@ sockets and memory (slowloris). These protocol classes wrap uvicorn's own (httpt
 picked as uvicorn's "auto" does) and close a connection whose headers are not complete
 `header_timeout` seconds after its first byte (or after it opened), or whose headers pass
 `max_header_bytes` (431). Bodies have their own deadline in `request_guards`.
+
+"Awaiting headers" follows the request as the parser reads it, not the response: a response can
+be complete while its request's body is still arriving (a 413 sent before the body was read, a
+GET with a body), and those body bytes must not be counted as the next request's headers.
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ _HEADERS_END = b"\r\n\r\n"
 
 
 class _HeaderLimits:
-    """Mixin over a uvicorn HTTP protocol; `cycle` is None or complete between requests."""
+    """Mixin over a uvicorn HTTP protocol; the parser-specific mixins below say when a request's
+    headers are still to come."""
 
     header_timeout: float = 10.0
     max_header_bytes: int = 64 * 1024
@@ -29,9 +34,8 @@ class _HeaderLimits:
     _header_timer: asyncio.TimerHandle | None = None
     _header_buffer: bytearray | None = None
 
-    def _awaiting_headers(self) -> bool:
-        cycle = getattr(self, "cycle", None)
-        return cycle is None or cycle.response_complete
+    def _awaiting_headers(self) -> bool:  # pragma: no cover - a request-state mixin overrides
+        raise NotImplementedError
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)  # type: ignore[misc]
@@ -96,6 +100,32 @@ class _HeaderLimits:
         super().connection_lost(exc)  # type: ignore[misc]
 
 
+class _HttpToolsRequestState:
+    """httptools calls back when a request's head is parsed and when its message ends."""
+
+    _reading_head: bool = True
+
+    def _awaiting_headers(self) -> bool:
+        return self._reading_head
+
+    def on_headers_complete(self) -> None:
+        self._reading_head = False
+        super().on_headers_complete()  # type: ignore[misc]
+
+    def on_message_complete(self) -> None:
+        self._reading_head = True
+        super().on_message_complete()  # type: ignore[misc]
+
+
+class _H11RequestState:
+    """h11 keeps the client's side IDLE until a request's head has been parsed."""
+
+    def _awaiting_headers(self) -> bool:
+        import h11
+
+        return self.conn.their_state is h11.IDLE  # type: ignore[attr-defined]
+
+
 @functools.cache
 def _base_protocol() -> type:
     try:
@@ -109,11 +139,17 @@ def _base_protocol() -> type:
         return H11Protocol
 
 
-def limited_http_protocol(header_timeout: float, max_header_bytes: int) -> type:
-    """uvicorn's HTTP protocol class with the header deadline and size bound."""
-    base = _base_protocol()
+def limited_http_protocol(
+    header_timeout: float, max_header_bytes: int, base: type | None = None
+) -> type:
+    """uvicorn's HTTP protocol class (`base`, else the one uvicorn's "auto" picks) with the
+    header deadline and size bound."""
+    base = base or _base_protocol()
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    state = _H11RequestState if issubclass(base, H11Protocol) else _HttpToolsRequestState
     return type(
         f"Limited{base.__name__}",
-        (_HeaderLimits, base),
+        (state, _HeaderLimits, base),
         {"header_timeout": float(header_timeout), "max_header_bytes": int(max_header_bytes)},
     )

@@ -183,7 +183,10 @@ class BodyLimitsMiddleware:
             return
         length = Headers(scope=scope).get("content-length", "")
         if length.isdigit() and int(length) > self.max_body_bytes:
-            await self._too_large().to_json_response()(scope, receive, send)
+            # Closing spares reading (and discarding) a body that may be gigabytes.
+            error = self._too_large()
+            error.headers = {"Connection": "close"}
+            await error.to_json_response()(scope, receive, send)
             return
         chunks: list[bytes] = []
         size = 0
