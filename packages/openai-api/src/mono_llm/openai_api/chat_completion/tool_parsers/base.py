@@ -39,6 +39,35 @@ def arguments_json(value: Any) -> str:
     return json.dumps(value if value is not None else {}, ensure_ascii=False)
 
 
+def bracket_end(
+    text: str, position: int, *, depth: int = 0, quotes: str = '"', brackets: str = "{[}]"
+) -> int | None:
+    """Index after the bracket that brings `depth` back to zero, scanning from `position`
+    (quoted text, with backslash escapes, is skipped), or None while it is unfinished.
+    `brackets` is the openers then the closers, each half in the same order."""
+    half = len(brackets) // 2
+    opens, closes = brackets[:half], brackets[half:]
+    quote, escaped = "", False
+    for index in range(position, len(text)):
+        char = text[index]
+        if quote:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == quote:
+                quote = ""
+        elif char in quotes:
+            quote = char
+        elif char in opens:
+            depth += 1
+        elif char in closes:
+            depth -= 1
+            if depth == 0:
+                return index + 1
+    return None
+
+
 def scan_json_value(text: str, position: int) -> int | None:
     """End index of the JSON value starting at `position`, or None while it is unfinished
     (a scalar counts as finished once a delimiter follows it)."""
@@ -46,25 +75,7 @@ def scan_json_value(text: str, position: int) -> int | None:
         return None
     first = text[position]
     if first in "{[":
-        depth, in_string, escaped = 0, False, False
-        for index in range(position, len(text)):
-            char = text[index]
-            if in_string:
-                if escaped:
-                    escaped = False
-                elif char == "\\":
-                    escaped = True
-                elif char == '"':
-                    in_string = False
-            elif char == '"':
-                in_string = True
-            elif char in "{[":
-                depth += 1
-            elif char in "}]":
-                depth -= 1
-                if depth == 0:
-                    return index + 1
-        return None
+        return bracket_end(text, position)
     if first == '"':
         escaped = False
         for index in range(position + 1, len(text)):

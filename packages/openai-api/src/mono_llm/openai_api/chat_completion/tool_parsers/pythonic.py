@@ -15,6 +15,7 @@ from mono_llm.openai_api.chat_completion.tool_parsers.base import (
     PartialCall,
     ToolParser,
     arguments_json,
+    bracket_end,
 )
 
 _NAME = re.compile(r"\s*([A-Za-z_][\w.]*)\s*\(")
@@ -71,25 +72,7 @@ class PythonicToolParser(ToolParser):
     @staticmethod
     def _call_end(text: str, position: int) -> int | None:
         """Index after the `)` that closes the call whose `(` ends before `position`."""
-        depth, quote, escaped = 1, "", False
-        for index in range(position, len(text)):
-            char = text[index]
-            if quote:
-                if escaped:
-                    escaped = False
-                elif char == "\\":
-                    escaped = True
-                elif char == quote:
-                    quote = ""
-            elif char in "'\"":
-                quote = char
-            elif char in "([{":
-                depth += 1
-            elif char in ")]}":
-                depth -= 1
-                if depth == 0:
-                    return index + 1
-        return None
+        return bracket_end(text, position, depth=1, quotes="'\"", brackets="([{)]}")
 
     def partial_calls(self, text: str) -> list[PartialCall]:
         return self._scan(text)[0]
