@@ -11,7 +11,7 @@ its v1 and v2 rerank calls are sent as the JSON that SDK sends.
 
 The server serves all-MiniLM-L6-v2 (embeddings), the same weights declared Matryoshka (as
 jina-embeddings-v3 is, for `dimensions`), the tiny BERT classifier and cross-encoder, and
-tiny-qwen2 with `--task embed` (it has a chat template, for the `messages` form).
+tiny-qwen2 with `--runner pooling` (it has a chat template, for the `messages` form).
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def pooling(server_factory, tmp_path_factory):
         AsyncEngineArgs(model=str(fixture_path(CLASSIFIER)), served_model_name=CLASSIFIER),
         AsyncEngineArgs(model=str(fixture_path(RERANKER)), served_model_name=RERANKER),
         AsyncEngineArgs(
-            model=str(fixture_path("tiny-qwen2")), served_model_name=CHAT_EMBEDDER, task="embed"
+            model=str(fixture_path("tiny-qwen2")), served_model_name=CHAT_EMBEDDER, runner="pooling"
         ),
     ]
     with server_factory(build_app(engines)) as running:

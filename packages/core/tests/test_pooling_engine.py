@@ -139,10 +139,14 @@ def test_prompt_limits_and_truncation(minilm):
     assert by_ids == pytest.approx(minilm.embed("hello world")[0].outputs.embedding, abs=1e-6)
 
 
-def test_decoder_as_last_token_embedder():
-    """--task embed on a causal LM: normalized hidden state of the prompt's last token."""
+@pytest.mark.parametrize(
+    "spelling", [{"task": "embed"}, {"runner": "pooling"}, {"convert": "embed"}], ids=str
+)
+def test_decoder_as_last_token_embedder(spelling):
+    """--task embed (or vLLM's --runner pooling / --convert embed) on a causal LM: normalized
+    hidden state of the prompt's last token."""
     path = fixture_path("tiny-qwen2")
-    llm = LLM(str(path), task="embed")
+    llm = LLM(str(path), **spelling)
     tokenizer = transformers.AutoTokenizer.from_pretrained(path)
     hf = transformers.AutoModel.from_pretrained(path).eval()
     out = llm.embed(TEXTS[:2])

@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from mono_llm.core.config import EngineArgs
 from mono_llm.core.errors import InvalidRequestError, UnsupportedModelError, UnsupportedTaskError
 from mono_llm.core.pooling.config import load_pooler_config
 from mono_llm.core.pooling.pooler import check_pooling_params, finalize_pooled, pool_sequences
@@ -57,6 +58,49 @@ def test_generative_model_and_overrides():
         _tasks(path, "classify")
     with pytest.raises(UnsupportedTaskError, match="supports: embed, encode, score"):
         _tasks(minilm_path(), "generate")
+
+
+def test_runner_pooling_picks_the_models_own_pooling_task():
+    """vLLM's --runner pooling: a causal LM becomes a last-token embedder, a classifier or an
+    embedder stays what it is."""
+    assert _tasks(fixture_path("tiny-llama"), "pooling").runner == "embed"
+    assert _tasks(fixture_path("tiny-bert-classifier"), "pooling").runner == "classify"
+    assert _tasks(minilm_path(), "pooling").runner == "embed"
+
+
+@pytest.mark.parametrize(
+    ("task", "runner", "convert", "expected"),
+    [
+        ("auto", "auto", "auto", "auto"),
+        ("embed", "auto", "auto", "embed"),
+        ("auto", "pooling", "auto", "pooling"),
+        ("auto", "pooling", "none", "pooling"),
+        ("score", "pooling", "auto", "score"),
+        ("auto", "auto", "embed", "embed"),
+        ("auto", "pooling", "classify", "classify"),
+        ("auto", "generate", "auto", "generate"),
+        ("generate", "generate", "none", "generate"),
+    ],
+)
+def test_runner_and_convert_become_one_task(task, runner, convert, expected):
+    args = EngineArgs(model="m", task=task, runner=runner, convert=convert)
+    assert args.task == expected
+
+
+@pytest.mark.parametrize(
+    ("task", "runner", "convert", "param"),
+    [
+        ("auto", "generate", "embed", "convert"),
+        ("generate", "pooling", "auto", "task"),
+        ("embed", "auto", "classify", "task"),
+        ("auto", "draft", "auto", "runner"),
+        ("auto", "auto", "reward", "convert"),
+    ],
+)
+def test_contradicting_runner_convert_and_task_are_refused(task, runner, convert, param):
+    with pytest.raises(InvalidRequestError) as info:
+        EngineArgs(model="m", task=task, runner=runner, convert=convert)
+    assert info.value.param == param
 
 
 def test_unsupported_request_task_names_the_supported_ones():

@@ -57,6 +57,14 @@ def test_issue_flags_with_vllm_defaults() -> None:
         "/m", "float32", 512, 4,
     )  # fmt: skip
     assert engine.max_num_batched_tokens == 256 and engine.enable_prefix_caching is False
+    (engine,), _ = engine_args_list(
+        build_parser().parse_args(["serve", "/m", "--runner", "pooling"])
+    )
+    assert engine.task == "pooling"  # vLLM's spelling; the older --task embed still works
+    (engine,), _ = engine_args_list(
+        build_parser().parse_args(["serve", "/m", "--convert", "classify"])
+    )
+    assert engine.task == "classify"
 
 
 def test_model_planning() -> None:
@@ -110,6 +118,10 @@ def test_bad_flags_and_paths_are_one_line_errors(capsys, tmp_path) -> None:
     assert "no-keys.txt" in capsys.readouterr().err
     assert main(["serve", "--enable-auto-tool-choice"]) == 2
     assert "--tool-call-parser" in capsys.readouterr().err
+    assert main(["serve", "--runner", "generate", "--convert", "embed"]) == 2
+    assert "cannot be combined with runner=generate" in capsys.readouterr().err
+    assert main(["serve", "--runner", "pooling", "--task", "generate"]) == 2
+    assert "task=generate contradicts runner=pooling" in capsys.readouterr().err
 
 
 def test_bench_forwards_to_the_benchmark_modules(capsys) -> None:

@@ -107,6 +107,12 @@ class EngineArgs:
     """Largest logprobs / prompt_logprobs a request may ask for (-1: no limit)."""
     task: str = "auto"
     """auto, generate, embed, classify, score: what the model is served for."""
+    runner: str = "auto"
+    """auto, generate, pooling: generate text, or pool hidden states (embeddings, classes,
+    scores); with pooling, a causal LM serves embeddings unless --convert says otherwise."""
+    convert: str = "auto"
+    """auto, none, embed, classify: serve the model as this pooling task (implies --runner
+    pooling)."""
     limit_mm_per_prompt: dict[str, int] | None = None
     """Most media items of each modality in one prompt, as JSON: '{"image": 2}'. Default for vision-language models: 8 images; text-only models accept none."""
     disable_log_stats: bool = False
@@ -158,6 +164,7 @@ class EngineArgs:
                 "cuda_graph_max_prefill_tokens must be 0 or more.",
                 param="cuda_graph_max_prefill_tokens",
             )
+        self.task = _task_of_runner(self.task, self.runner, self.convert)
         if isinstance(self.limit_mm_per_prompt, str):
             self.limit_mm_per_prompt = parse_mm_limits(self.limit_mm_per_prompt)
         if self.limit_mm_per_prompt is not None:
@@ -486,6 +493,45 @@ def _check_not_quantized(hf_config: dict[str, Any], model_dir: Path) -> None:
             f"{model_dir} is a quantized checkpoint (quantization_config: {method}); mono-llm "
             "loads unquantized float32/float16/bfloat16 weights only."
         )
+
+
+_RUNNERS = ("auto", "generate", "pooling")
+_CONVERSIONS = ("auto", "none", "embed", "classify")
+
+
+def _task_of_runner(task: str, runner: str, convert: str) -> str:
+    """One task from vLLM's two spellings (`--runner`/`--convert`, and the older `--task`),
+    refusing combinations that contradict each other."""
+    if runner not in _RUNNERS:
+        raise InvalidRequestError(
+            f"runner must be one of {', '.join(_RUNNERS)}; got {runner!r}.", param="runner"
+        )
+    if convert not in _CONVERSIONS:
+        raise InvalidRequestError(
+            f"convert must be one of {', '.join(_CONVERSIONS)}; got {convert!r}.", param="convert"
+        )
+    if convert in ("embed", "classify"):
+        if runner == "generate":
+            raise InvalidRequestError(
+                f"convert={convert} turns the model into a pooling model; it cannot be combined "
+                "with runner=generate.",
+                param="convert",
+            )
+        implied = convert
+    elif runner == "generate":
+        implied = "generate"
+    elif runner == "pooling":
+        implied = "pooling"
+    else:
+        return task
+    pooling_tasks = ("embed", "classify", "score")
+    compatible = task in ("auto", implied) or (implied == "pooling" and task in pooling_tasks)
+    if not compatible:
+        raise InvalidRequestError(
+            f"task={task} contradicts runner={runner}, convert={convert}; give one of them.",
+            param="task",
+        )
+    return implied if task == "auto" else task
 
 
 def sliding_window_in_use(hf_config: dict[str, Any]) -> int | None:

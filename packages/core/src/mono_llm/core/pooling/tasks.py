@@ -67,7 +67,8 @@ def resolve_model_tasks(
     *,
     model_name: str | None = None,
 ) -> ModelTasks:
-    """Pick the runner for `requested` (auto|generate|embed|classify|score) and describe it."""
+    """Pick the runner for `requested` (auto|generate|pooling|embed|classify|score) and
+    describe it."""
     runners = capable_runners(architectures)
     default = runners[0]
     # A generative model that ships a sentence-transformers pipeline is an embedding model
@@ -77,6 +78,16 @@ def resolve_model_tasks(
     num_labels = classifier_num_labels(hf_config) if "classify" in runners else 0
     if requested in ("auto", None, ""):
         runner = default
+    elif requested == "pooling":  # --runner pooling: the model's pooling task, else embeddings
+        pooling = [r for r in runners if r != "generate"]
+        if default != "generate":
+            runner = default
+        elif pooling:
+            runner = pooling[0]
+        else:
+            raise UnsupportedTaskError(
+                "pooling", _request_tasks_of_runners(runners, num_labels), model=model_name
+            )
     elif requested == "score":
         # Scoring uses a cross-encoder (one label) or cosine similarity of embeddings.
         if "classify" in runners and num_labels == 1:
