@@ -33,6 +33,19 @@ def test_explicit_dtype_and_too_long_context():
     assert err.value.param == "max_model_len"
 
 
+def test_hf_overrides_merge_over_config_json():
+    path = str(fixture_path("tiny-llama"))
+    overrides = {"max_position_embeddings": 48, "rope_scaling": None, "extra": {"a": 1}}
+    config = EngineArgs(model=path, device="cpu", hf_overrides=overrides).create_engine_config()
+    assert config.model_config.max_model_len == 48
+    assert config.model_config.hf_config["extra"] == {"a": 1}
+    assert config.model_config.hf_config["hidden_size"] == 64  # the rest is config.json's
+    nested = EngineArgs(
+        model=path, device="cpu", hf_overrides='{"extra": {"b": 2}}'
+    ).create_engine_config()
+    assert nested.model_config.hf_config["extra"] == {"b": 2}
+
+
 def test_missing_model_folder_is_explained(tmp_path):
     with pytest.raises(UnsupportedModelError, match=r"config\.json"):
         EngineArgs(model=str(tmp_path)).create_engine_config()
@@ -45,6 +58,11 @@ def test_missing_model_folder_is_explained(tmp_path):
         ({"trust_remote_code": True}, "trust_remote_code"),
         ({"block_size": 12}, "block_size"),
         ({"gpu_memory_utilization": 1.5}, "gpu_memory_utilization"),
+        ({"quantization": "fp8"}, "quantization"),
+        ({"kv_cache_dtype": "fp8"}, "kv_cache_dtype"),
+        ({"pipeline_parallel_size": 2}, "pipeline_parallel_size"),
+        ({"hf_overrides": "[1]"}, "hf_overrides"),
+        ({"hf_overrides": "{bad"}, "hf_overrides"),
     ],
 )
 def test_engine_args_validation_names_the_field(kwargs, param):

@@ -65,6 +65,12 @@ def test_issue_flags_with_vllm_defaults() -> None:
         build_parser().parse_args(["serve", "/m", "--convert", "classify"])
     )
     assert engine.task == "classify"
+    args = build_parser().parse_args(["serve", "/m", "-tp", "2", "-dp", "3", "-pp", "1"])
+    (engine,), _ = engine_args_list(args)  # vLLM's short spellings
+    assert (engine.tensor_parallel_size, engine.data_parallel_size) == (2, 3)
+    args = build_parser().parse_args(["serve", "/m", "--hf-overrides", '{"a": {"b": 1}}'])
+    (engine,), _ = engine_args_list(args)
+    assert engine.hf_overrides == {"a": {"b": 1}}
 
 
 def test_model_planning() -> None:
@@ -122,6 +128,10 @@ def test_bad_flags_and_paths_are_one_line_errors(capsys, tmp_path) -> None:
     assert "cannot be combined with runner=generate" in capsys.readouterr().err
     assert main(["serve", "--runner", "pooling", "--task", "generate"]) == 2
     assert "task=generate contradicts runner=pooling" in capsys.readouterr().err
+    assert main(["serve", "-q", "awq"]) == 2
+    assert "quantization='awq' is not supported" in capsys.readouterr().err
+    assert main(["serve", "-pp", "2"]) == 2
+    assert "--tensor-parallel-size" in capsys.readouterr().err
 
 
 def test_bench_forwards_to_the_benchmark_modules(capsys) -> None:

@@ -113,6 +113,15 @@ class EngineArgs:
     convert: str = "auto"
     """auto, none, embed, classify: serve the model as this pooling task (implies --runner
     pooling)."""
+    hf_overrides: dict[str, Any] | None = None
+    """JSON merged over the model's config.json (nested objects merge key by key), e.g.
+    '{"architectures": ["Qwen3ForSequenceClassification"]}' or a longer max_position_embeddings."""
+    quantization: str | None = None
+    """Only unquantized weights are served; any method named here is refused at start-up."""
+    kv_cache_dtype: str = "auto"
+    """auto: the KV cache is kept in the model's dtype (fp8 caches are not implemented)."""
+    pipeline_parallel_size: int = 1
+    """Only 1: mono-llm splits a model over GPUs with tensor parallelism."""
     limit_mm_per_prompt: dict[str, int] | None = None
     """Most media items of each modality in one prompt, as JSON: '{"image": 2}'. Default for vision-language models: 8 images; text-only models accept none."""
     disable_log_stats: bool = False
@@ -165,6 +174,26 @@ class EngineArgs:
                 param="cuda_graph_max_prefill_tokens",
             )
         self.task = _task_of_runner(self.task, self.runner, self.convert)
+        if self.quantization not in (None, "", "none"):
+            raise InvalidRequestError(
+                f"quantization={self.quantization!r} is not supported: mono-llm serves "
+                "unquantized float32/float16/bfloat16 weights only.",
+                param="quantization",
+            )
+        if self.kv_cache_dtype != "auto":
+            raise InvalidRequestError(
+                f"kv_cache_dtype={self.kv_cache_dtype!r} is not supported: the KV cache is kept "
+                "in the model's dtype (auto).",
+                param="kv_cache_dtype",
+            )
+        if self.pipeline_parallel_size != 1:
+            raise ParallelConfigError(
+                "pipeline parallelism is not implemented; split the model with "
+                "--tensor-parallel-size instead.",
+                param="pipeline_parallel_size",
+            )
+        if isinstance(self.hf_overrides, str):
+            self.hf_overrides = _json_object(self.hf_overrides, "hf_overrides")
         if isinstance(self.limit_mm_per_prompt, str):
             self.limit_mm_per_prompt = parse_mm_limits(self.limit_mm_per_prompt)
         if self.limit_mm_per_prompt is not None:
@@ -212,6 +241,8 @@ class EngineArgs:
                 f"{self.model!r} is not an HF-format model folder (no config.json in {model_dir})."
             )
         hf_config = _read_hf_config(model_dir)
+        if self.hf_overrides:
+            hf_config = _merged(hf_config, self.hf_overrides)
         # Fail here, at start-up, for a model we cannot run (not later inside a server's
         # lifespan): the error names every supported architecture.
         resolve_model_class(list(hf_config.get("architectures") or []))
@@ -434,6 +465,27 @@ def resolve_mm_limits(
     media = sorted((spec.modalities if spec is not None else frozenset()) - {"text"})
     requested = requested or {}
     return {m: requested.get(m, DEFAULT_ITEMS_PER_PROMPT.get(m, 1)) for m in media}
+
+
+def _json_object(text: str, param: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidRequestError(f"{param} is not valid JSON: {exc}", param=param) from exc
+    if not isinstance(value, dict):
+        raise InvalidRequestError(f"{param} must be a JSON object.", param=param)
+    return value
+
+
+def _merged(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """`base` with `overrides` on top; where both hold an object, the two merge recursively."""
+    merged = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merged(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
 
 
 def _read_hf_config(model_dir: Path) -> dict[str, Any]:

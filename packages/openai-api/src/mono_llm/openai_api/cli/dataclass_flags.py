@@ -16,6 +16,14 @@ from typing import Any
 
 from mono_llm.core.config import field_docs
 
+# vLLM's short spellings, so its documented command lines parse as written.
+SHORT_FLAGS = {
+    "tensor_parallel_size": "-tp",
+    "data_parallel_size": "-dp",
+    "pipeline_parallel_size": "-pp",
+    "quantization": "-q",
+}
+
 
 def flag_name(field_name: str) -> str:
     return "--" + field_name.replace("_", "-")
@@ -108,6 +116,7 @@ def add_dataclass_flags(
             shown = json.dumps(default) if isinstance(default, list) else default
             help_text = f"{help_text} (default: {shown})".strip()
         kwargs["help"] = help_text.replace("%", "%%")
-        group.add_argument(flag_name(f.name), **kwargs)
+        short = [SHORT_FLAGS[f.name]] if f.name in SHORT_FLAGS else []
+        group.add_argument(flag_name(f.name), *short, **kwargs)
         added.append(f.name)
     return added
