@@ -16,7 +16,7 @@ import torch
 from mono_llm.core import LLM, SamplingParams
 from mono_llm.core.testing import fixture_path
 
-FIXTURES = ["tiny-llama", "tiny-mistral", "tiny-qwen2", "tiny-qwen3"]
+FIXTURES = ["tiny-llama", "tiny-mistral", "tiny-qwen2", "tiny-qwen3", "tiny-phi3"]
 NEW_TOKENS = 32
 LOGPROB_ATOL = 1e-3
 

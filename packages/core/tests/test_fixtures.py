@@ -12,7 +12,7 @@ import transformers
 from mono_llm.core.testing import fixture_names, fixture_path, minilm_path
 from mono_llm.core.testing.causal_lm import build_causal_lm
 
-CAUSAL_LMS = ["tiny-llama", "tiny-mistral", "tiny-qwen2", "tiny-qwen3"]
+CAUSAL_LMS = ["tiny-llama", "tiny-mistral", "tiny-qwen2", "tiny-qwen3", "tiny-phi3"]
 
 
 def test_fixture_names_cover_the_llama_family():

@@ -64,7 +64,7 @@ def test_models_implement_the_interface(name: str) -> None:
     assert model.embed_input_ids(ids).shape == (3, model.hidden_size)
 
 
-@pytest.mark.parametrize("name", ["tiny-llama", "tiny-qwen3"])
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-qwen3", "tiny-phi3"])
 def test_model_forward_from_embeddings_equals_token_ids(name: str) -> None:
     runner = make_runner(name)
     ids = prompts(runner)

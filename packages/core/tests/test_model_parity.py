@@ -17,7 +17,7 @@ from mono_llm.core.testing import fixture_path
 from mono_llm.core.worker.batch import LogitsWanted, ModelBatch, SequenceSlice
 from mono_llm.core.worker.model_runner import ModelRunner
 
-FIXTURES = ["tiny-llama", "tiny-mistral", "tiny-qwen2", "tiny-qwen3"]
+FIXTURES = ["tiny-llama", "tiny-mistral", "tiny-qwen2", "tiny-qwen3", "tiny-phi3"]
 ATOL = 2e-4
 
 

@@ -523,8 +523,11 @@ def _check_rope_scaling(hf_config: dict[str, Any]) -> None:
         return
     from mono_llm.kernels import rope_cos_sin_cache
 
+    # LongRoPE lists one factor per rotated frequency: validate at the dims they imply.
+    factors = scaling.get("short_factor")
+    dim = 2 * len(factors) if isinstance(factors, list) and factors else 8
     try:
-        rope_cos_sin_cache(8, 2, theta, scaling)  # a 2-position table: validation only
+        rope_cos_sin_cache(dim, 2, theta, scaling)  # a 2-position table: validation only
     except (ValueError, KeyError, TypeError) as exc:
         raise UnsupportedModelError(f"rope_scaling {scaling} is not supported: {exc}") from exc
 

@@ -4,8 +4,8 @@ The cache has one row per position, ``cat(cos(p * inv_freq), sin(p * inv_freq))`
 [max_position, rotary_dim], built once per model in float64 and rounded to the requested dtype
 (so long contexts do not inherit float32 angle error). Scaling variants follow the HF
 ``rope_scaling``/``rope_parameters`` dicts: default, linear, llama3 (Llama 3.1+), dynamic NTK
-(static approximation, see :func:`rope_cos_sin_cache`) and yarn (attention factor folded into
-cos/sin, as HF does).
+(static approximation, see :func:`rope_cos_sin_cache`), yarn and longrope (Phi-3; both with
+their attention factor folded into cos/sin, as HF does).
 
 Application takes a position per token, so one launch serves a ragged batch of prefills and
 decodes. ``is_neox=True`` rotates the two halves of the rotary dims (Llama, Mistral, Qwen);
@@ -163,8 +163,15 @@ def _scaling_type(rope_scaling: dict[str, Any] | None) -> str:
     return str(rope_scaling.get("rope_type", rope_scaling.get("type", "default")))
 
 
-def _inv_freq(rotary_dim: int, base: float, rope_scaling: dict[str, Any] | None, max_position: int):
-    """Inverse frequencies [rotary_dim/2] in float64 and the cos/sin multiplier (yarn only)."""
+def _inv_freq(
+    rotary_dim: int,
+    base: float,
+    rope_scaling: dict[str, Any] | None,
+    max_position: int,
+    context_len: int | None = None,
+):
+    """Inverse frequencies [rotary_dim/2] in float64 and the cos/sin multiplier (yarn and
+    longrope)."""
     inv_freq = 1.0 / (base ** (torch.arange(0, rotary_dim, 2, dtype=torch.float64) / rotary_dim))
     kind = _scaling_type(rope_scaling)
     cfg = rope_scaling or {}
@@ -228,9 +235,53 @@ def _inv_freq(rotary_dim: int, base: float, rope_scaling: dict[str, Any] | None,
         extrapolation = 1 - ramp  # 1 where a dim keeps its original frequency
         inv = inv_freq / factor * (1 - extrapolation) + inv_freq * extrapolation
         return inv, float(attention_factor)
+    if kind == "longrope":
+        return _longrope(inv_freq, rotary_dim, cfg, max_position, context_len or max_position)
     raise ValueError(
-        f"unsupported rope scaling type {kind!r} (supported: default, linear, llama3, dynamic, yarn)"
+        f"unsupported rope scaling type {kind!r} (supported: default, linear, llama3, dynamic, "
+        "yarn, longrope)"
     )
+
+
+def _longrope(
+    inv_freq: torch.Tensor,
+    rotary_dim: int,
+    cfg: dict[str, Any],
+    max_position: int,
+    context_len: int,
+) -> tuple[torch.Tensor, float]:
+    """LongRoPE (Phi-3, Phi-3.5, Phi-4-mini): each frequency divided by its own factor.
+
+    Two factor lists exist: ``short_factor`` for sequences within the
+    ``original_max_position_embeddings`` the model was pre-trained on, ``long_factor`` beyond.
+    HF switches between them by the current sequence length (and keeps the keys already cached
+    under the other set). A cache table must pick one set for every sequence it serves, so the
+    choice follows ``context_len``, the longest sequence served: long factors when it exceeds
+    the original length, short otherwise (as vLLM does, by its max_model_len). Sequences then
+    match HF exactly when the served context is within the original length, or when they are
+    themselves longer than it.
+
+    The attention factor (cos and sin both multiplied) is ``attention_factor`` when given,
+    else sqrt(1 + ln(factor) / ln(original)) for ``factor`` > 1 (else 1), as HF computes it
+    for both factor sets; ``factor`` defaults to max_position / original (HF: the ratio of
+    max_position_embeddings to the original length, which config readers should fill in).
+    """
+    original = int(cfg["original_max_position_embeddings"])
+    half = rotary_dim // 2
+    for key in ("short_factor", "long_factor"):
+        if len(cfg[key]) != half:
+            raise ValueError(
+                f"longrope {key} has {len(cfg[key])} entries; rotary_dim {rotary_dim} needs {half}"
+            )
+    chosen = cfg["long_factor"] if context_len > original else cfg["short_factor"]
+    factor = cfg.get("factor")
+    factor = float(factor) if factor is not None else max_position / original
+    attention_factor = cfg.get("attention_factor")
+    if attention_factor is None:
+        attention_factor = (
+            math.sqrt(1 + math.log(factor) / math.log(original)) if factor > 1.0 else 1.0
+        )
+    return inv_freq / torch.tensor(chosen, dtype=torch.float64), float(attention_factor)
 
 
 def rope_cos_sin_cache(
@@ -241,6 +292,7 @@ def rope_cos_sin_cache(
     rotary_dim: int | None = None,
     dtype: torch.dtype = torch.float32,
     device: torch.device | str | None = None,
+    context_len: int | None = None,
 ) -> torch.Tensor:
     """Build the RoPE table [max_position, rotary_dim]: row p = cat(cos(p·f), sin(p·f)).
 
@@ -248,12 +300,17 @@ def rope_cos_sin_cache(
     "linear" (factor), "llama3" (factor, low_freq_factor, high_freq_factor,
     original_max_position_embeddings), "dynamic" (static NTK over the whole cache) or "yarn"
     (factor, original_max_position_embeddings, beta_fast, beta_slow, mscale, mscale_all_dim,
-    attention_factor; the attention factor multiplies cos and sin, as in HF).
+    attention_factor; the attention factor multiplies cos and sin, as in HF) or "longrope"
+    (short_factor, long_factor, original_max_position_embeddings, factor, attention_factor).
+    ``context_len``: the longest sequence the table will serve (default ``max_position``);
+    longrope picks its long or short factors by it (see :func:`_longrope`).
     """
     rotary_dim = head_dim if rotary_dim is None else rotary_dim
     if rotary_dim % 2 or rotary_dim > head_dim:
         raise ValueError(f"rotary_dim {rotary_dim} must be even and <= head_dim {head_dim}")
-    inv_freq, attention_factor = _inv_freq(rotary_dim, float(base), rope_scaling, max_position)
+    inv_freq, attention_factor = _inv_freq(
+        rotary_dim, float(base), rope_scaling, max_position, context_len
+    )
     angles = torch.arange(max_position, dtype=torch.float64)[:, None] * inv_freq[None, :]
     cache = torch.cat([angles.cos(), angles.sin()], dim=-1) * attention_factor
     return cache.to(dtype=dtype, device=device)

@@ -31,14 +31,47 @@ def rope_settings(config: dict[str, Any]) -> tuple[float, dict[str, Any] | None]
     # come from `mrope_section` (see RotaryEmbedding), not from the scaling.
     if kind in (None, "default", "mrope"):
         return theta, None
+    if kind == "su" or (kind == "yarn" and "long_factor" in scaling):
+        # Early Phi-3 configs name LongRoPE "su" (or "yarn"); transformers reads both as it.
+        kind = "longrope"
     scaling["rope_type"] = kind
     scaling.pop("type", None)
+    if kind == "longrope":
+        _fill_longrope(config, scaling)
     if kind == "yarn" and not scaling.get("original_max_position_embeddings"):
         # As transformers: without it, yarn scales from the declared context length.
         trained = config.get("max_position_embeddings")
         if isinstance(trained, int):
             scaling["original_max_position_embeddings"] = trained
     return theta, scaling
+
+
+def _fill_longrope(config: dict[str, Any], scaling: dict[str, Any]) -> None:
+    """The LongRoPE keys transformers derives from the rest of the config.
+
+    Phi-3 configs keep the pre-training length as a top-level `original_max_position_embeddings`
+    (which transformers prefers to one inside the scaling dict), and leave `factor` out: the
+    attention factor then follows max_position_embeddings / original_max_position_embeddings.
+    """
+    trained = config.get("max_position_embeddings")
+    original = config.get("original_max_position_embeddings") or scaling.get(
+        "original_max_position_embeddings", trained
+    )
+    if isinstance(original, int):
+        scaling["original_max_position_embeddings"] = original
+        if scaling.get("factor") is None and isinstance(trained, int):
+            scaling["factor"] = trained / original
+
+
+def partial_rotary_dim(config: dict[str, Any], head_dim: int) -> int:
+    """How many leading dims of each head RoPE rotates: `partial_rotary_factor` of head_dim
+    (Phi-4-mini 0.75; 1.0 when absent), read at the top level or, as transformers 5 writes
+    it, inside `rope_parameters`; truncated as transformers truncates it."""
+    factor = config.get("partial_rotary_factor")
+    params = config.get("rope_parameters")
+    if factor is None and isinstance(params, dict):
+        factor = params.get("partial_rotary_factor")
+    return int(head_dim * float(factor if factor is not None else 1.0))
 
 
 class RotaryEmbedding(nn.Module):
@@ -57,7 +90,10 @@ class RotaryEmbedding(nn.Module):
         rotary_dim: int | None = None,
         is_neox: bool = True,
         mrope_section: list[int] | None = None,
+        context_len: int | None = None,
     ) -> None:
+        """`context_len`: the longest sequence served (max_model_len); LongRoPE chooses its
+        long or short factors by it for every sequence (default: max_position)."""
         super().__init__()
         self.head_dim = head_dim
         self.max_position = max_position
@@ -65,6 +101,7 @@ class RotaryEmbedding(nn.Module):
         self.rope_scaling = rope_scaling
         self.rotary_dim = rotary_dim or head_dim
         self.is_neox = is_neox
+        self.context_len = context_len
         self.cos_sin_cache: torch.Tensor | None = None
         # M-RoPE (Qwen2-VL): the rotary frequencies split into (temporal, height, width)
         # sections, each rotated by its own axis of a [3, num_tokens] position tensor.
@@ -80,6 +117,7 @@ class RotaryEmbedding(nn.Module):
             rotary_dim=self.rotary_dim,
             dtype=torch.float32,
             device=device,
+            context_len=self.context_len,
         )  # [max_position, rotary_dim]
         if self.mrope_section is not None:
             half = self.rotary_dim // 2

@@ -1,10 +1,12 @@
 """The Llama family in one config-driven implementation.
 
 LlamaForCausalLM (Llama 2, 3, 3.1+ with llama3 / linear / yarn rope scaling), MistralForCausalLM,
-Qwen2ForCausalLM (bias on q/k/v) and Qwen3ForCausalLM (RMSNorm over each q/k head) differ only
-in a few switches read from config.json, so they share this file. Module and parameter names
-follow the HF ones (`model.layers.N.self_attn...`) except for the fused `qkv_proj` and
-`gate_up_proj`, which `load_weights` assembles from the checkpoint's separate tensors.
+Qwen2ForCausalLM (bias on q/k/v), Qwen3ForCausalLM (RMSNorm over each q/k head) and
+Phi3ForCausalLM (Phi-3, Phi-3.5-mini, Phi-4-mini: LongRoPE, partial rotary) differ only in a few
+switches read from config.json, so they share this file. Module and parameter names follow the
+HF ones (`model.layers.N.self_attn...`) except for the fused `qkv_proj` and `gate_up_proj`,
+which `load_weights` assembles from the checkpoint's separate tensors, or splits from the
+already fused tensors Phi-3 checkpoints store under those very names.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from mono_llm.core.layers.parallel import (
     attention_head_split,
     divide,
 )
-from mono_llm.core.layers.rotary import RotaryEmbedding, rope_settings
+from mono_llm.core.layers.rotary import RotaryEmbedding, partial_rotary_dim, rope_settings
 from mono_llm.core.models.weight_loading import checkpoint_param, copy_checkpoint_tensor
 
 logger = logging.getLogger(__name__)
@@ -48,10 +50,12 @@ class LlamaSettings:
     num_heads: int
     num_kv_heads: int
     head_dim: int
+    rotary_dim: int  # leading dims of each head that RoPE rotates (Phi-4-mini: 3/4 of them)
     rms_norm_eps: float
     rope_theta: float
     rope_scaling: dict[str, Any] | None
     max_position: int
+    context_len: int  # the longest sequence served: picks LongRoPE's long or short factors
     qkv_bias: bool  # Qwen2: bias on q/k/v only; Llama `attention_bias`: on q/k/v and o
     o_bias: bool
     mlp_bias: bool
@@ -71,6 +75,7 @@ class LlamaSettings:
         trained = int(config.get("max_position_embeddings", 2048))
         attention_bias = bool(config.get("attention_bias", False))
         is_qwen2 = architecture == "Qwen2ForCausalLM"
+        head_dim = int(config.get("head_dim") or hidden // heads)
         window = sliding_window_in_use(config)
         if window is not None and max_model_len is not None and max_model_len > window:
             # EngineArgs caps max_model_len to the window; a caller that builds the model
@@ -89,11 +94,13 @@ class LlamaSettings:
             num_layers=int(config["num_hidden_layers"]),
             num_heads=heads,
             num_kv_heads=int(config.get("num_key_value_heads") or heads),
-            head_dim=int(config.get("head_dim") or hidden // heads),
+            head_dim=head_dim,
+            rotary_dim=partial_rotary_dim(config, head_dim),
             rms_norm_eps=float(config.get("rms_norm_eps", 1e-6)),
             rope_theta=theta,
             rope_scaling=scaling,
             max_position=max(trained, max_model_len or 0),
+            context_len=max_model_len or trained,
             qkv_bias=is_qwen2 or attention_bias,
             o_bias=attention_bias and not is_qwen2,
             mlp_bias=bool(config.get("mlp_bias", False)),
@@ -203,7 +210,14 @@ class LlamaModel(nn.Module):
         tp = tp or TensorParallelGroup()
         # One per model instance: the runner installs each step's attention metadata here.
         self.forward_context = ForwardContext()
-        self.rotary_emb = RotaryEmbedding(s.head_dim, s.max_position, s.rope_theta, s.rope_scaling)
+        self.rotary_emb = RotaryEmbedding(
+            s.head_dim,
+            s.max_position,
+            s.rope_theta,
+            s.rope_scaling,
+            rotary_dim=s.rotary_dim,
+            context_len=s.context_len,
+        )
         self.embed_tokens = VocabParallelEmbedding(s.vocab_size, s.hidden_size, tp)
         self.layers = nn.ModuleList(
             [
@@ -239,6 +253,8 @@ _FUSED_SHARDS = {
     ".gate_proj.": (".gate_up_proj.", "gate"),
     ".up_proj.": (".gate_up_proj.", "up"),
 }
+# Fused in the checkpoint already (Phi-3): split into the same shards, in this order.
+_PACKED_SHARDS = {".qkv_proj.": ("q", "k", "v"), ".gate_up_proj.": ("gate", "up")}
 
 
 class LlamaForCausalLM(nn.Module):
@@ -321,6 +337,10 @@ class LlamaForCausalLM(nn.Module):
         for name, tensor in weights:
             if name == "lm_head.weight" and self.settings.tie_word_embeddings:
                 continue
+            packed = next((f for f in _PACKED_SHARDS if f in name), None)
+            if packed is not None:
+                loaded.update(self._load_packed(params, name, tensor, _PACKED_SHARDS[packed]))
+                continue
             for fragment, (fused, shard) in _FUSED_SHARDS.items():
                 if fragment in name:
                     target = name.replace(fragment, fused)
@@ -339,6 +359,39 @@ class LlamaForCausalLM(nn.Module):
                     copy_checkpoint_tensor(param, name, tensor)
                 loaded.add(name)
         return loaded
+
+    def _load_packed(
+        self,
+        params: dict[str, nn.Parameter],
+        name: str,
+        tensor: torch.Tensor,
+        shards: tuple[str, ...],
+    ) -> set[str]:
+        """A checkpoint tensor holding several shards end to end along dim 0 (Phi-3's
+        `qkv_proj`: q, then k, then v; `gate_up_proj`: gate, then up): each shard is cut at
+        the sizes of the whole model and loaded as if it were a separate tensor, so tensor
+        parallelism takes each rank's rows of every shard the same way."""
+        s = self.settings
+        kv = s.num_kv_heads * s.head_dim
+        full = {
+            "q": s.num_heads * s.head_dim,
+            "k": kv,
+            "v": kv,
+            "gate": s.intermediate_size,
+            "up": s.intermediate_size,
+        }
+        sizes = [full[shard] for shard in shards]
+        if tensor.shape[0] != sum(sizes):
+            raise UnsupportedModelError(
+                f"checkpoint tensor {name} has {tensor.shape[0]} rows; the config gives "
+                f"{' + '.join(map(str, sizes))} ({', '.join(shards)})"
+            )
+        param = checkpoint_param(params, name)
+        module = self.get_submodule(name.rsplit(".", 1)[0])
+        assert isinstance(module, MergedLinear)
+        for shard, part in zip(shards, tensor.split(sizes, dim=0), strict=True):
+            module.load_shard(param, shard, part)
+        return {f"{name}:{shard}" for shard in shards}
 
     def expected_weights(self) -> set[str]:
         """Names `load_weights` reports once a complete checkpoint has been read."""

@@ -134,7 +134,9 @@ _BERT_WEIGHTS = WeightNaming(
 
 def _llama_family() -> list[ModelSpec]:
     specs: list[ModelSpec] = []
-    for family in ("Llama", "Mistral", "Qwen2", "Qwen3"):
+    # Phi3: Phi-3 / Phi-3.5-mini / Phi-4-mini (model_type "phi3"), whose checkpoints store
+    # qkv_proj and gate_up_proj already fused; models/llama.py splits them at load.
+    for family in ("Llama", "Mistral", "Qwen2", "Qwen3", "Phi3"):
         causal = f"{family}ForCausalLM"
         specs += [
             # Any generative decoder can also serve last-token embeddings (vLLM's --task embed).

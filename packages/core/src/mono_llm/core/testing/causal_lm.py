@@ -30,6 +30,7 @@ MISTRAL_SPECIALS = [
     "[/TOOL_RESULTS]",
 ]
 CHATML_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
+PHI3_SPECIALS = ["<|endoftext|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
 
 
 @dataclass(frozen=True)
@@ -125,6 +126,35 @@ SPECS: dict[str, CausalLMSpec] = {
         extra_eos_tokens=("<|endoftext|>",),
         config_overrides={"rope_theta": 1000000.0, "head_dim": 32, "use_sliding_window": False},
     ),
+    # Phi-4-mini's switches: 3/4 of each head rotated, LongRoPE, tied embeddings, fused
+    # qkv_proj / gate_up_proj in the checkpoint. The original context (512) is longer than the
+    # tests' max_model_len, so the short factors apply, as they do in transformers for every
+    # sequence within it; `phi3_long_context` derives the variant that crosses it.
+    "tiny-phi3": CausalLMSpec(
+        config_class="Phi3Config",
+        architecture="Phi3ForCausalLM",
+        model_type="phi3",
+        special_tokens=PHI3_SPECIALS,
+        bos_token=None,
+        eos_token="<|endoftext|>",
+        pad_token="<|endoftext|>",
+        chat_template=chat_templates.PHI3,
+        add_bos=False,
+        extra_eos_tokens=("<|end|>",),
+        config_overrides={
+            "rope_theta": 10000.0,
+            "partial_rotary_factor": 0.75,
+            "original_max_position_embeddings": 512,
+            "rope_scaling": {
+                "rope_type": "longrope",
+                # One factor per rotated frequency: head_dim 16 * 0.75 = 12 dims, 6 pairs.
+                "short_factor": [1.0, 1.05, 1.2, 1.6, 2.5, 3.0],
+                "long_factor": [1.0, 1.5, 3.0, 6.0, 12.0, 20.0],
+            },
+            "tie_word_embeddings": True,
+            "sliding_window": None,
+        },
+    ),
 }
 
 # Shape shared by every tiny causal LM: 2 layers, hidden 64, GQA with 4 query / 2 KV heads.
@@ -158,8 +188,7 @@ def build_causal_lm(name: str, out_dir: Path, *, seed: int = 0) -> None:
         bos_token_id=bos_id,
         eos_token_id=eos_ids[0],
         pad_token_id=token_id.get(spec.pad_token) if spec.pad_token else None,
-        **BASE_SHAPE,
-        **spec.config_overrides,
+        **{**BASE_SHAPE, **spec.config_overrides},
     )
     config.architectures = [spec.architecture]
     torch.manual_seed(seed)

@@ -1,7 +1,7 @@
 """Chat templates of the fixture model families, written in the style of the real ones.
 
 They are original renditions of each family's prompt format (Llama 3 headers, Mistral
-[INST] turns, ChatML), small but complete enough to exercise system, tool and
+[INST] turns, ChatML, Phi-3 role tags), small but complete enough to exercise system, tool and
 multi-part messages, add_generation_prompt and continue_final_message.
 """
 
@@ -52,6 +52,20 @@ CHATML = (
     "{%- if enable_thinking is defined and not enable_thinking %}"
     "{{- '<think>\\n\\n</think>\\n\\n' }}{%- endif %}"
     "{%- endif %}"
+)
+
+# Phi-3 / Phi-3.5 / Phi-4-mini: each turn is "<|role|>\n" + text + "<|end|>\n"; the model ends
+# its answer with <|end|> (an EOS id of generation_config.json). A finished conversation (no
+# generation prompt) closes with the eos token, as a training sample does.
+PHI3 = (
+    "{%- for message in messages %}"
+    "{%- if message['content'] is string %}{%- set text = message['content'] %}"
+    "{%- else %}{%- set text = message['content'] | selectattr('type', 'equalto', 'text') "
+    "| map(attribute='text') | join('') %}{%- endif %}"
+    "{{- '<|' + message['role'] + '|>\n' + text + '<|end|>\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|assistant|>\n' }}"
+    "{%- else %}{{- eos_token }}{%- endif %}"
 )
 
 # LLaVA-1.5: "USER: <image>\n<text> ASSISTANT:" turns; each image part becomes one <image>
