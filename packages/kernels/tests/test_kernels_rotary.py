@@ -14,7 +14,10 @@ TOL = {torch.float32: (1e-5, 1e-5), torch.float16: (2e-3, 2e-3), torch.bfloat16:
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("is_neox", [True, False], ids=["neox", "gptj"])
 @pytest.mark.parametrize(
-    "heads,head_dim,rotary_dim", [((4, 4), 64, 64), ((8, 2), 128, 128), ((6, 1), 128, 32)]
+    "heads,head_dim,rotary_dim",
+    # The last two: Phi-3-mini's head_dim 96 (48 frequencies, not a power of two) and
+    # Phi-4-mini's 3/4 partial rotary of 128 dims.
+    [((4, 4), 64, 64), ((8, 2), 128, 128), ((6, 1), 128, 32), ((4, 4), 96, 96), ((6, 2), 128, 96)],
 )
 def test_rotary_kernel_matches_reference(
     triton_device, dtype, is_neox, heads, head_dim, rotary_dim
