@@ -95,7 +95,12 @@ class LlamaSettings:
             num_heads=heads,
             num_kv_heads=int(config.get("num_key_value_heads") or heads),
             head_dim=head_dim,
-            rotary_dim=partial_rotary_dim(config, head_dim),
+            # transformers' Llama / Mistral / Qwen rotate whole heads whatever the config says.
+            rotary_dim=(
+                partial_rotary_dim(config, head_dim)
+                if architecture == "Phi3ForCausalLM"
+                else head_dim
+            ),
             rms_norm_eps=float(config.get("rms_norm_eps", 1e-6)),
             rope_theta=theta,
             rope_scaling=scaling,
