@@ -42,6 +42,8 @@ def check_parallel_config(
     text = text_config
     heads = int(text["num_attention_heads"])
     kv_heads = int(text.get("num_key_value_heads") or heads)
+    # The MLP width: `intermediate_size` (Llama family) or `ffn_dim` (OPT).
+    mlp_key = "intermediate_size" if "intermediate_size" in text else "ffn_dim"
     checks = (
         ("num_attention_heads", heads, heads % size == 0),
         (
@@ -49,11 +51,7 @@ def check_parallel_config(
             kv_heads,
             kv_heads % size == 0 if kv_heads >= size else size % kv_heads == 0,
         ),
-        (
-            "intermediate_size",
-            int(text["intermediate_size"]),
-            text["intermediate_size"] % size == 0,
-        ),
+        (mlp_key, int(text[mlp_key]), int(text[mlp_key]) % size == 0),
         ("vocab_size", int(text["vocab_size"]), text["vocab_size"] % size == 0),
     )
     for name, value, ok in checks:

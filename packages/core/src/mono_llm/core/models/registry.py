@@ -221,6 +221,25 @@ def _vision_language_models() -> list[ModelSpec]:
     ]
 
 
+def _opt_models() -> list[ModelSpec]:
+    return [
+        # OPT 125m ... 66b: learned positions, pre- or post-LayerNorm (350m), optional
+        # project_in/out around a narrower embedding; the lm_head is tied to the embedding.
+        ModelSpec(
+            "OPTForCausalLM",
+            "opt",
+            "OPTForCausalLM",
+            ("generate",),
+            weights=WeightNaming(
+                # opt-125m's pytorch_model.bin stores the body bare (`decoder.layers...`).
+                add_prefix="model.",
+                top_level=("lm_head.",),
+            ),
+            tensor_parallel=True,
+        ),
+    ]
+
+
 def _speech_models() -> list[ModelSpec]:
     return [
         # Whisper, tiny ... large-v3-turbo: the encoder once per request on log-mel features,
@@ -242,7 +261,11 @@ def _speech_models() -> list[ModelSpec]:
 
 _SPECS: dict[str, ModelSpec] = {
     spec.architecture: spec
-    for spec in _llama_family() + _bert_family() + _vision_language_models() + _speech_models()
+    for spec in _llama_family()
+    + _opt_models()
+    + _bert_family()
+    + _vision_language_models()
+    + _speech_models()
 }
 
 

@@ -75,6 +75,11 @@ def _register_builtin() -> None:
     for spec_name in SPECS:
         register_fixture(spec_name, build_causal_lm)
 
+    from mono_llm.core.testing.opt import OPT_FIXTURES, build_opt
+
+    for opt_name in OPT_FIXTURES:
+        register_fixture(opt_name, build_opt)
+
     from mono_llm.core.testing import encoders
 
     for encoder_name in encoders.ENCODER_FIXTURES:

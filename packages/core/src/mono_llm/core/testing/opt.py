@@ -1,0 +1,94 @@
+"""Deterministic tiny OPT fixtures in HF format (random weights, trained byte-level BPE).
+
+- tiny-opt: shaped like opt-125m / 1.3b / 6.7b: pre-LayerNorm, a final LayerNorm,
+  embeddings as wide as the body, lm_head tied to the embedding.
+- tiny-opt-post-ln: shaped like opt-350m: post-LayerNorm blocks, no final LayerNorm, and
+  embeddings narrower than the body (`word_embed_proj_dim`), so `project_in` / `project_out`.
+
+The tokenizer follows OPT's GPT-2 one: `<s>` `<pad>` `</s>` `<unk>` at ids 0-3, `</s>` (id 2)
+prepended to every prompt as BOS and also the EOS, `<pad>` (id 1) the padding, and no chat
+template (OPT is a base model).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mono_llm.core.testing.tokenizer_builder import train_byte_level_bpe
+
+OPT_SPECIALS = ["<s>", "<pad>", "</s>", "<unk>"]
+OPT_BOS_ID = 2  # `</s>`, as in every OPT tokenizer
+OPT_PAD_ID = 1
+VOCAB_SIZE = 1536
+
+OPT_SHAPE: dict[str, Any] = {
+    "hidden_size": 64,
+    "ffn_dim": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "max_position_embeddings": 1024,
+    "activation_function": "relu",
+    # Wider than OPT's 0.02 so logits are spread out and greedy parity has no near-ties.
+    "init_std": 0.2,
+}
+OPT_FIXTURES: dict[str, dict[str, Any]] = {
+    "tiny-opt": {"do_layer_norm_before": True},
+    "tiny-opt-post-ln": {"do_layer_norm_before": False, "word_embed_proj_dim": 32},
+}
+
+
+def train_opt_tokenizer(out_dir: Path) -> int:
+    """OPT's tokenizer layout (BOS `</s>` prepended, no chat template); returns the vocab size."""
+    vocab = train_byte_level_bpe(
+        out_dir,
+        special_tokens=OPT_SPECIALS,
+        vocab_size=VOCAB_SIZE,
+        bos_token="</s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        chat_template="",
+        add_bos=True,
+        extra_config={"unk_token": "</s>"},
+    )
+    path = out_dir / "tokenizer_config.json"
+    config = json.loads(path.read_text())
+    del config["chat_template"]  # a base model ships none
+    path.write_text(json.dumps(config, indent=2, ensure_ascii=False))
+    return vocab
+
+
+def build_opt(name: str, out_dir: Path, *, seed: int = 0, **overrides: Any) -> None:
+    """Write fixture `name` (a key of OPT_FIXTURES) into the empty folder `out_dir`;
+    `overrides` change further OPTConfig fields (the tests' config variants)."""
+    import transformers  # heavy import, only when a fixture is built
+
+    vocab = train_opt_tokenizer(out_dir)
+    config = transformers.OPTConfig(
+        # Padded past the tokenizer to a multiple of 8, as OPT's 50272 rows over a 50265-token
+        # tokenizer: the engine must cope with ids the tokenizer does not know.
+        vocab_size=-(-vocab // 8) * 8,
+        bos_token_id=OPT_BOS_ID,
+        eos_token_id=OPT_BOS_ID,
+        pad_token_id=OPT_PAD_ID,
+        **{**OPT_SHAPE, **OPT_FIXTURES[name], **overrides},
+    )
+    config.architectures = ["OPTForCausalLM"]
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        model = transformers.OPTForCausalLM(config).to(torch.float32)
+        # LayerNorms at weight 1 / bias 0, and zero biases elsewhere, would let a missing
+        # or misplaced norm or bias pass unnoticed: jitter them.
+        for param_name, param in model.named_parameters():
+            if "layer_norm" in param_name or param_name.endswith(".bias"):
+                param.add_(0.1 * torch.randn_like(param))
+    model.save_pretrained(out_dir, safe_serialization=True)
+    generation = {"bos_token_id": OPT_BOS_ID, "eos_token_id": OPT_BOS_ID, "pad_token_id": OPT_PAD_ID}
+    (out_dir / "generation_config.json").write_text(json.dumps(generation, indent=2))
+    config_path = out_dir / "config.json"
+    saved = json.loads(config_path.read_text())
+    saved.setdefault("torch_dtype", "float32")
+    config_path.write_text(json.dumps(saved, indent=2))
