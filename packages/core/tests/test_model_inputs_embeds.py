@@ -31,6 +31,19 @@ def make_runner(name: str, **overrides: object) -> ModelRunner:
     return ModelRunner(EngineArgs(**args).create_engine_config())
 
 
+# Fixtures whose embedding is a lookup and then a matmul (OPT's project_in): the test embeds
+# each prompt alone, the ids path the whole batch at once, and a GEMM's rounding may depend on
+# its row count, so these match to float32 rounding rather than bit for bit.
+PROJECTED_EMBEDDINGS = {"tiny-opt-post-ln"}
+
+
+def assert_same_logits(name: str, a: torch.Tensor, b: torch.Tensor) -> None:
+    if name in PROJECTED_EMBEDDINGS:
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    else:
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
 def prompts(runner: ModelRunner) -> list[list[int]]:
     gen = torch.Generator().manual_seed(1)
     return [torch.randint(0, runner.vocab_size, (n,), generator=gen).tolist() for n in (7, 20, 3)]
@@ -53,7 +66,9 @@ def batch(runner: ModelRunner, ids: list[list[int]], *, own_embeds: bool) -> Mod
     return ModelBatch(slices)
 
 
-@pytest.mark.parametrize("name", ["tiny-llama", "tiny-bert", "tiny-qwen2-classifier"])
+@pytest.mark.parametrize(
+    "name", ["tiny-llama", "tiny-bert", "tiny-qwen2-classifier", "tiny-opt-post-ln"]
+)
 def test_models_implement_the_interface(name: str) -> None:
     from mono_llm.core.models.loader import build_model
 
@@ -64,14 +79,17 @@ def test_models_implement_the_interface(name: str) -> None:
     assert model.embed_input_ids(ids).shape == (3, model.hidden_size)
 
 
-@pytest.mark.parametrize("name", ["tiny-llama", "tiny-qwen3", "tiny-phi3"])
+# tiny-opt-post-ln: the embeddings go through project_in and get learned positions added.
+@pytest.mark.parametrize(
+    "name", ["tiny-llama", "tiny-qwen3", "tiny-phi3", "tiny-opt", "tiny-opt-post-ln"]
+)
 def test_model_forward_from_embeddings_equals_token_ids(name: str) -> None:
     runner = make_runner(name)
     ids = prompts(runner)
     by_ids = runner.execute(batch(runner, ids, own_embeds=False))
     by_embeds = runner.execute(batch(runner, ids, own_embeds=True))
     assert by_ids.shape == (sum(map(len, ids)), runner.vocab_size)
-    assert torch.equal(by_ids, by_embeds)
+    assert_same_logits(name, by_ids, by_embeds)
 
 
 def test_overrides_replace_only_their_rows() -> None:
@@ -103,12 +121,13 @@ def test_override_outside_its_slice_is_refused() -> None:
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-opt-post-ln"])
 @pytest.mark.parametrize("eager", [True, False])
-def test_embeddings_path_on_cuda_matches_token_ids(eager: bool) -> None:
+def test_embeddings_path_on_cuda_matches_token_ids(eager: bool, name: str) -> None:
     """Prefill (a prefill graph when not eager) and decode (a decode graph) from embeddings
     give exactly the logits of the same steps from token ids."""
     runner = make_runner(
-        "tiny-llama",
+        name,
         device="cuda",
         enforce_eager=eager,
         cuda_graph_max_prefill_tokens=64,
@@ -121,7 +140,7 @@ def test_embeddings_path_on_cuda_matches_token_ids(eager: bool) -> None:
     by_ids = runner.execute(batch(runner, ids, own_embeds=False))
     by_embeds = runner.execute(batch(runner, ids, own_embeds=True))
     assert runner.num_prefill_graph_replays == replays + (0 if eager else 2)
-    torch.testing.assert_close(by_ids, by_embeds, rtol=0, atol=0)
+    assert_same_logits(name, by_ids, by_embeds)
     decode = []
     for own in (False, True):
         slices = []
@@ -140,4 +159,4 @@ def test_embeddings_path_on_cuda_matches_token_ids(eager: bool) -> None:
                 )
             )
         decode.append(runner.execute(ModelBatch(slices)).clone())
-    torch.testing.assert_close(decode[0], decode[1], rtol=0, atol=0)
+    assert_same_logits(name, decode[0], decode[1])

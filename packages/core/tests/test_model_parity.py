@@ -17,7 +17,15 @@ from mono_llm.core.testing import fixture_path
 from mono_llm.core.worker.batch import LogitsWanted, ModelBatch, SequenceSlice
 from mono_llm.core.worker.model_runner import ModelRunner
 
-FIXTURES = ["tiny-llama", "tiny-mistral", "tiny-qwen2", "tiny-qwen3", "tiny-phi3"]
+FIXTURES = [
+    "tiny-llama",
+    "tiny-mistral",
+    "tiny-qwen2",
+    "tiny-qwen3",
+    "tiny-phi3",
+    "tiny-opt",
+    "tiny-opt-post-ln",
+]
 ATOL = 2e-4
 
 

@@ -132,9 +132,7 @@ class OPTSettings:
 
 
 def _layer_norm(s: OPTSettings) -> nn.LayerNorm:
-    return nn.LayerNorm(
-        s.hidden_size, eps=_LAYER_NORM_EPS, elementwise_affine=s.layer_norm_affine
-    )
+    return nn.LayerNorm(s.hidden_size, eps=_LAYER_NORM_EPS, elementwise_affine=s.layer_norm_affine)
 
 
 class OPTAttention(nn.Module):
@@ -172,7 +170,10 @@ class OPTDecoderLayer(nn.Module):
         ffn = divide(s.ffn_dim, tp.size, "ffn_dim")
         # Column-parallel: a merged linear of one shard is a plain linear sliced by rows.
         self.fc1 = MergedLinear(
-            s.hidden_size, {"fc1": ffn}, s.enable_bias, {"fc1": tp.rank * ffn} if tp.is_parallel else None
+            s.hidden_size,
+            {"fc1": ffn},
+            s.enable_bias,
+            {"fc1": tp.rank * ffn} if tp.is_parallel else None,
         )
         self.fc2 = RowParallelLinear(s.ffn_dim, s.hidden_size, s.enable_bias, tp)
         self.final_layer_norm = _layer_norm(s)

@@ -86,7 +86,11 @@ def build_opt(name: str, out_dir: Path, *, seed: int = 0, **overrides: Any) -> N
             if "layer_norm" in param_name or param_name.endswith(".bias"):
                 param.add_(0.1 * torch.randn_like(param))
     model.save_pretrained(out_dir, safe_serialization=True)
-    generation = {"bos_token_id": OPT_BOS_ID, "eos_token_id": OPT_BOS_ID, "pad_token_id": OPT_PAD_ID}
+    generation = {
+        "bos_token_id": OPT_BOS_ID,
+        "eos_token_id": OPT_BOS_ID,
+        "pad_token_id": OPT_PAD_ID,
+    }
     (out_dir / "generation_config.json").write_text(json.dumps(generation, indent=2))
     config_path = out_dir / "config.json"
     saved = json.loads(config_path.read_text())

@@ -1,0 +1,179 @@
+"""OPT against HF transformers on the same weights (float32, CPU): every config switch the
+published checkpoints use, both checkpoint namings, the tokenizer's BOS, and what the model
+refuses. The tiny-opt fixtures also run in test_model_parity.py, test_engine_parity.py and
+test_model_inputs_embeds.py."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from mono_llm.core import LLM, EngineArgs, SamplingParams
+from mono_llm.core.errors import UnsupportedModelError
+from mono_llm.core.testing import fixture_path
+from mono_llm.core.testing.opt import OPT_BOS_ID, build_opt
+from mono_llm.core.testing.variants import derive_model
+from mono_llm.core.worker.batch import LogitsWanted, ModelBatch, SequenceSlice
+from mono_llm.core.worker.model_runner import ModelRunner
+
+ATOL = 2e-4
+
+# (fixture the variant starts from, OPTConfig fields changed)
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "no-bias": ("tiny-opt", {"enable_bias": False}),
+    "layer-norm-without-affine": ("tiny-opt", {"layer_norm_elementwise_affine": False}),
+    "final-layer-norm-removed": ("tiny-opt", {"_remove_final_layer_norm": True}),
+    "untied-lm-head-gelu": (
+        "tiny-opt",
+        {"tie_word_embeddings": False, "activation_function": "gelu"},
+    ),
+    "pre-ln-projected": ("tiny-opt", {"word_embed_proj_dim": 32}),
+    "post-ln-unprojected": ("tiny-opt-post-ln", {"word_embed_proj_dim": 64}),
+}
+
+
+def hf_logits(folder: Path, prompt: list[int]) -> torch.Tensor:
+    import transformers
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    with torch.no_grad():
+        return model(torch.tensor([prompt])).logits[0]
+
+
+def runner_logits(folder: Path, prompt: list[int], **overrides: Any) -> torch.Tensor:
+    """All rows' logits, the prompt run in two chunks (the second over a cached prefix)."""
+    args = EngineArgs(
+        model=str(folder), device="cpu", dtype="float32", max_num_seqs=2, max_model_len=512,
+        kv_cache_memory_gib=0.01, **overrides,
+    )  # fmt: skip
+    runner = ModelRunner(args.create_engine_config())
+    table = list(range(-(-len(prompt) // runner.block_size)))
+    half = len(prompt) // 2
+    first = runner.execute(ModelBatch([SequenceSlice(prompt[:half], 0, table, LogitsWanted.ALL)]))
+    second = runner.execute(
+        ModelBatch([SequenceSlice(prompt[half:], half, table, LogitsWanted.ALL)])
+    )
+    return torch.cat([first, second])
+
+
+def prompt_ids(length: int = 90, vocab: int = 1200) -> list[int]:
+    return torch.randint(3, vocab, (length,), generator=torch.Generator().manual_seed(1)).tolist()
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_config_variant_matches_hf(variant: str, tmp_path: Path) -> None:
+    base, overrides = VARIANTS[variant]
+    build_opt(base, tmp_path, **overrides)
+    prompt = prompt_ids()
+    expected = hf_logits(tmp_path, prompt)
+    got = runner_logits(tmp_path, prompt)
+    torch.testing.assert_close(got, expected, atol=ATOL, rtol=1e-4)
+    assert torch.equal(got.argmax(-1), expected.argmax(-1))
+
+
+def test_bare_decoder_names_in_a_pytorch_bin_load(tmp_path: Path) -> None:
+    """opt-125m's pytorch_model.bin: `decoder.*` without `model.`, no lm_head (tied)."""
+
+    def bare(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {k.removeprefix("model."): v for k, v in state.items() if k != "lm_head.weight"}
+
+    folder = derive_model("tiny-opt-post-ln", tmp_path / "bare", weights=bare, weight_format="bin")
+    assert not list(folder.glob("*.safetensors"))
+    prompt = prompt_ids(40)
+    expected = hf_logits(fixture_path("tiny-opt-post-ln"), prompt)
+    torch.testing.assert_close(runner_logits(folder, prompt), expected, atol=ATOL, rtol=1e-4)
+
+
+def test_checkpoint_with_an_lm_head_copy_loads_tied(tmp_path: Path) -> None:
+    """Exports that also write `lm_head.weight` for a tied model load the same model."""
+
+    def with_head(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {**state, "lm_head.weight": state["model.decoder.embed_tokens.weight"].clone()}
+
+    folder = derive_model("tiny-opt", tmp_path / "head", weights=with_head)
+    prompt = prompt_ids(20)
+    expected = hf_logits(fixture_path("tiny-opt"), prompt)
+    torch.testing.assert_close(runner_logits(folder, prompt), expected, atol=ATOL, rtol=1e-4)
+
+
+def test_missing_layer_weight_is_named(tmp_path: Path) -> None:
+    def drop(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in state.items() if "layers.1.fc2.weight" not in k}
+
+    folder = derive_model("tiny-opt", tmp_path / "partial", weights=drop)
+    with pytest.raises(UnsupportedModelError, match=r"layers\.1\.fc2\.weight"):
+        runner_logits(folder, [2, 5, 6])
+
+
+@functools.cache
+def _quickstart(name: str) -> tuple[list, list[list[int]]]:
+    """vLLM's quickstart on the fixture, and HF generate's greedy tokens for the same prompts."""
+    import transformers
+
+    prompts = ["Hello, my name is", "The capital of France is", "The future of AI is"]
+    llm = LLM(model=str(fixture_path(name)), seed=0, max_model_len=256)
+    outputs = llm.generate(prompts, SamplingParams(temperature=0, max_tokens=24, ignore_eos=True))
+    tokenizer = transformers.AutoTokenizer.from_pretrained(fixture_path(name))
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        fixture_path(name), dtype=torch.float32
+    ).eval()
+    model.generation_config = transformers.GenerationConfig(
+        do_sample=False, max_new_tokens=24, pad_token_id=1
+    )
+    expected = []
+    with torch.no_grad():
+        for prompt in prompts:
+            ids = tokenizer(prompt, return_tensors="pt").input_ids
+            expected.append(model.generate(ids)[0, ids.shape[1] :].tolist())
+    return outputs, expected
+
+
+@pytest.mark.parametrize("name", ["tiny-opt", "tiny-opt-post-ln"])
+def test_quickstart_text_prompts_match_hf_generate(name: str) -> None:
+    outputs, expected = _quickstart(name)
+    for out, hf_tokens in zip(outputs, expected, strict=True):
+        assert out.prompt_token_ids[0] == OPT_BOS_ID  # `</s>` prepended, as OPT's tokenizer does
+        assert OPT_BOS_ID not in out.prompt_token_ids[1:]
+        assert out.outputs[0].token_ids == hf_tokens
+        assert isinstance(out.outputs[0].text, str) and out.outputs[0].text
+
+
+def test_embedding_rows_past_the_tokenizer_are_read_but_never_sampled() -> None:
+    """OPT's embedding has more rows than its tokenizer has tokens (50272 vs 50265); the
+    fixture pads the same way. Prompt ids in the padding embed like any other; sampling
+    stays within the ids the tokenizer can decode."""
+    folder = fixture_path("tiny-opt")
+    llm = LLM(model=str(folder), seed=0, max_model_len=256)
+    vocab = llm.llm_engine.model_config.hf_config["vocab_size"]
+    tokenizer_size = len(llm.get_tokenizer())
+    assert vocab > tokenizer_size
+    params = SamplingParams(temperature=1.5, max_tokens=64, ignore_eos=True, seed=1)
+    prompt = [OPT_BOS_ID, vocab - 1, tokenizer_size, 50]
+    out = llm.generate([{"prompt_token_ids": prompt}], params)[0].outputs[0]
+    assert len(out.token_ids) == 64
+    assert max(out.token_ids) < tokenizer_size
+    assert isinstance(out.text, str) and out.text
+
+
+def test_context_longer_than_the_learned_positions_is_refused() -> None:
+    from mono_llm.core.models.opt import OPTForCausalLM
+
+    folder = fixture_path("tiny-opt")
+    with pytest.raises(ValueError, match="max_model_len"):
+        EngineArgs(model=str(folder), max_model_len=2048).create_engine_config()
+    config = EngineArgs(model=str(folder)).create_engine_config().model_config
+    assert config.max_model_len == 1024  # max_position_embeddings is the context window
+    with torch.device("meta"), pytest.raises(UnsupportedModelError, match="1024"):
+        OPTForCausalLM.from_hf_config(config.hf_config, "OPTForCausalLM", max_model_len=1025)
+
+
+def test_unknown_activation_is_refused(tmp_path: Path) -> None:
+    folder = derive_model(
+        "tiny-opt", tmp_path / "act", config=lambda c: c.update(activation_function="mish")
+    )
+    with pytest.raises(UnsupportedModelError, match="mish"):
+        runner_logits(folder, [2, 5, 6])
