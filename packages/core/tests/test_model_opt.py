@@ -177,3 +177,29 @@ def test_unknown_activation_is_refused(tmp_path: Path) -> None:
     )
     with pytest.raises(UnsupportedModelError, match="mish"):
         runner_logits(folder, [2, 5, 6])
+
+
+def test_tensor_parallel_2_equals_one_device() -> None:
+    """Two gloo ranks on CPU: heads, fc1 rows and fc2 columns split, the tied embedding and
+    lm_head split over the vocabulary, project_in/out and positions replicated."""
+    prompts = ["the quick brown fox jumps over", {"prompt_token_ids": [2, *range(300, 320)]}]
+    params = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True, logprobs=3)
+
+    def run(tp: int) -> list:
+        llm = LLM(
+            str(fixture_path("tiny-opt-post-ln")),
+            max_model_len=128,
+            num_gpu_blocks_override=64,
+            max_num_batched_tokens=16,  # chunked prefill mixed with decodes
+            tensor_parallel_size=tp,
+        )
+        assert llm.llm_engine.model_runner.tensor_parallel_size == tp
+        return llm.generate(prompts, params)
+
+    single, split = run(1), run(2)
+    for a, b in zip(single, split, strict=True):
+        assert b.outputs[0].token_ids == a.outputs[0].token_ids
+        for step_a, step_b in zip(a.outputs[0].logprobs, b.outputs[0].logprobs, strict=True):
+            assert list(step_b) == list(step_a)
+            for token, lp in step_a.items():
+                assert step_b[token].logprob == pytest.approx(lp.logprob, abs=1e-4)
