@@ -193,7 +193,7 @@ def test_tensor_parallel_2_equals_one_device() -> None:
             max_num_batched_tokens=16,  # chunked prefill mixed with decodes
             tensor_parallel_size=tp,
         )
-        assert llm.llm_engine.model_runner.tensor_parallel_size == tp
+        assert getattr(llm.llm_engine.model_runner, "tensor_parallel_size", 1) == tp
         return llm.generate(prompts, params)
 
     single, split = run(1), run(2)
