@@ -14,7 +14,7 @@ import pytest
 from mono_llm.core.testing import fixture_path
 from tests.conftest import free_port, mono_llm_command, wait_ready
 
-MODEL = "tiny-opt-post-ln"  # shaped like opt-350m: post-LayerNorm, project_in/out
+MODEL = "tiny-opt-post-ln"  # as opt-350m: post-LN, project_in/out, vocab.json + merges.txt
 PROMPT = "The capital of France is"
 
 

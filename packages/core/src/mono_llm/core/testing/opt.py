@@ -7,7 +7,9 @@
 
 The tokenizer follows OPT's GPT-2 one: `<s>` `<pad>` `</s>` `<unk>` at ids 0-3, `</s>` (id 2)
 prepended to every prompt as BOS and also the EOS, `<pad>` (id 1) the padding, and no chat
-template (OPT is a base model).
+template (OPT is a base model). tiny-opt ships it as tokenizer.json; tiny-opt-post-ln in the
+files facebook/opt-* repositories ship (vocab.json, merges.txt, a `GPT2Tokenizer`
+tokenizer_config.json with `add_bos_token`), which transformers converts on load.
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ OPT_FIXTURES: dict[str, dict[str, Any]] = {
     "tiny-opt": {"do_layer_norm_before": True},
     "tiny-opt-post-ln": {"do_layer_norm_before": False, "word_embed_proj_dim": 32},
 }
+# Fixtures whose tokenizer comes as OPT's own vocab.json + merges.txt rather than tokenizer.json.
+GPT2_FILES_FIXTURES = frozenset({"tiny-opt-post-ln"})
 
 
 def train_opt_tokenizer(out_dir: Path) -> int:
@@ -61,12 +65,54 @@ def train_opt_tokenizer(out_dir: Path) -> int:
     return vocab
 
 
+def write_gpt2_tokenizer_files(out_dir: Path) -> None:
+    """Replace tokenizer.json by OPT's published tokenizer files: vocab.json and merges.txt of
+    the same BPE, and the tokenizer_config.json / special_tokens_map.json of facebook/opt-*."""
+    from tokenizers import Tokenizer
+
+    tokenizer_json = out_dir / "tokenizer.json"
+    Tokenizer.from_file(str(tokenizer_json)).model.save(str(out_dir))  # vocab.json, merges.txt
+    tokenizer_json.unlink()
+
+    def token(content: str) -> dict[str, Any]:
+        return {
+            "__type": "AddedToken",
+            "content": content,
+            "lstrip": False,
+            "normalized": True,
+            "rstrip": False,
+            "single_word": False,
+        }
+
+    config = {
+        "add_bos_token": True,
+        "add_prefix_space": False,
+        "bos_token": token("</s>"),
+        "eos_token": token("</s>"),
+        "errors": "replace",
+        "pad_token": token("<pad>"),
+        "unk_token": token("</s>"),
+        "model_max_length": 1000000000000000019884624838656,
+        "tokenizer_class": "GPT2Tokenizer",
+    }
+    (out_dir / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
+    special = {key: config[key] for key in ("bos_token", "eos_token", "unk_token")}
+    special = {
+        key: {k: v for k, v in value.items() if k != "__type"} for key, value in special.items()
+    }
+    (out_dir / "special_tokens_map.json").write_text(
+        json.dumps({**special, "pad_token": "<pad>"}, indent=2)
+    )
+
+
 def build_opt(name: str, out_dir: Path, *, seed: int = 0, **overrides: Any) -> None:
     """Write fixture `name` (a key of OPT_FIXTURES) into the empty folder `out_dir`;
     `overrides` change further OPTConfig fields (the tests' config variants)."""
     import transformers  # heavy import, only when a fixture is built
 
     vocab = train_opt_tokenizer(out_dir)
+    if name in GPT2_FILES_FIXTURES:
+        write_gpt2_tokenizer_files(out_dir)
     config = transformers.OPTConfig(
         # Padded past the tokenizer to a multiple of 8, as OPT's 50272 rows over a 50265-token
         # tokenizer: the engine must cope with ids the tokenizer does not know.
