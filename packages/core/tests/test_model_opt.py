@@ -203,3 +203,51 @@ def test_tensor_parallel_2_equals_one_device() -> None:
             assert list(step_b) == list(step_a)
             for token, lp in step_a.items():
                 assert step_b[token].logprob == pytest.approx(lp.logprob, abs=1e-4)
+
+
+# The shape fields of published facebook/opt-* config.json files (the rest are OPTConfig
+# defaults there too): widths, depth, heads, the 350m's narrower embedding and post-LN.
+PUBLISHED_SHAPES: dict[str, dict[str, Any]] = {
+    "opt-125m": {"hidden_size": 768, "ffn_dim": 3072, "num_hidden_layers": 12,
+                 "num_attention_heads": 12, "word_embed_proj_dim": 768},
+    "opt-350m": {"hidden_size": 1024, "ffn_dim": 4096, "num_hidden_layers": 24,
+                 "num_attention_heads": 16, "word_embed_proj_dim": 512,
+                 "do_layer_norm_before": False},
+    "opt-1.3b": {"hidden_size": 2048, "ffn_dim": 8192, "num_hidden_layers": 24,
+                 "num_attention_heads": 32, "word_embed_proj_dim": 2048},
+    "opt-2.7b": {"hidden_size": 2560, "ffn_dim": 10240, "num_hidden_layers": 32,
+                 "num_attention_heads": 32, "word_embed_proj_dim": 2560},
+    "opt-6.7b": {"hidden_size": 4096, "ffn_dim": 16384, "num_hidden_layers": 32,
+                 "num_attention_heads": 32, "word_embed_proj_dim": 4096},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("shape", sorted(PUBLISHED_SHAPES))
+@pytest.mark.parametrize("naming", ["model.decoder", "decoder"])
+def test_published_shapes_load_every_hf_tensor_exactly(shape: str, naming: str) -> None:
+    """On the meta device (shapes only, no memory): transformers' OPTForCausalLM state dict
+    of each published size, named as its safetensors (`model.decoder.*`) or as opt-125m's
+    bin (`decoder.*`), fills every parameter of ours once, with matching shapes."""
+    import transformers
+
+    from mono_llm.core.models.loader import mapped_weights
+    from mono_llm.core.models.opt import OPTForCausalLM
+    from mono_llm.core.models.registry import resolve_spec
+
+    fields = {"vocab_size": 50272, "max_position_embeddings": 2048, **PUBLISHED_SHAPES[shape]}
+    config = transformers.OPTConfig(**fields)
+    with torch.device("meta"):
+        hf = transformers.OPTForCausalLM(config)
+        ours = OPTForCausalLM.from_hf_config(config.to_dict(), "OPTForCausalLM", 2048)
+    state = hf.state_dict()
+    if naming == "decoder":  # opt-125m's pytorch_model.bin: bare body, no lm_head
+        state = {k.removeprefix("model."): v for k, v in state.items() if k != "lm_head.weight"}
+    assert any(k.startswith(f"{naming}.layers.") for k in state)
+    spec = resolve_spec(["OPTForCausalLM"])
+    loaded = ours.load_weights(mapped_weights(iter(state.items()), spec.weights))
+    assert loaded == ours.expected_weights()
+    hf_params = sum(p.numel() for p in hf.parameters())
+    assert sum(p.numel() for p in ours.parameters()) == hf_params
+    decoder = ours.model.decoder
+    assert (decoder.project_in is not None) == (shape == "opt-350m")
+    assert (decoder.final_layer_norm is None) == (shape == "opt-350m")
