@@ -6,6 +6,7 @@ test_model_inputs_embeds.py."""
 from __future__ import annotations
 
 import functools
+import gc
 from pathlib import Path
 from typing import Any
 
@@ -251,3 +252,68 @@ def test_published_shapes_load_every_hf_tensor_exactly(shape: str, naming: str) 
     decoder = ours.model.decoder
     assert (decoder.project_in is not None) == (shape == "opt-350m")
     assert (decoder.final_layer_norm is None) == (shape == "opt-350m")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("shape", ["opt-125m", "opt-350m", "opt-2.7b"])
+def test_published_shapes_graphed_on_cuda_equal_eager(shape: str, tmp_path: Path) -> None:
+    """Dummy weights of a published size (opt-350m: post-LN and project_in/out; opt-2.7b:
+    head_dim 80) on the GPU: decode CUDA graphs (and prefill graphs) give the eager logits,
+    up to the last learned position (2047)."""
+    fields = {"vocab_size": 50272, "max_position_embeddings": 2048, **PUBLISHED_SHAPES[shape]}
+    folder = derive_model(
+        "tiny-opt",
+        tmp_path / shape,
+        config=lambda c: c.update(fields),
+        remove=("model.safetensors",),
+    )
+
+    def cuda_runner(eager: bool) -> ModelRunner:
+        args = EngineArgs(
+            model=str(folder), device="cuda", dtype="float32", load_format="dummy",
+            max_num_seqs=8, max_model_len=2048, max_num_batched_tokens=2048,
+            gpu_memory_utilization=0.4, enforce_eager=eager,
+            cuda_graph_max_prefill_tokens=0 if eager else 64,
+        )  # fmt: skip
+        return ModelRunner(args.create_engine_config())
+
+    def session(runner: ModelRunner) -> list[torch.Tensor]:
+        """A 2041-token prefill alone (eager: no graph that large), two short prompts
+        together (the 64-token prefill graph), 7 decode steps of fixed tokens for the three
+        (the 4-sequence decode graph; the long one reaches position 2047, the table's last
+        row), then a 10-token prefill (the 16-token graph). Returns every step's logits."""
+        gen = torch.Generator().manual_seed(0)
+        prompts = [torch.randint(3, 50000, (n,), generator=gen).tolist() for n in (2041, 7, 33)]
+        tables, next_block = [], 0
+        for p in prompts:
+            count = -(-(len(p) + 7) // runner.block_size)
+            tables.append(list(range(next_block, next_block + count)))
+            next_block += count
+        slices = [SequenceSlice(p, 0, t, LogitsWanted.LAST) for p, t in zip(prompts, tables)]
+        out = [runner.execute(ModelBatch(slices[:1])).cpu()]
+        out.append(runner.execute(ModelBatch(slices[1:])).cpu())
+        lengths = [len(p) for p in prompts]
+        for step in range(7):
+            decode = []
+            for i, table in enumerate(tables):
+                decode.append(SequenceSlice([1000 + 7 * step + i], lengths[i], table))
+                lengths[i] += 1
+            out.append(runner.execute(ModelBatch(decode)).cpu())
+        assert lengths[0] == 2048
+        extra = SequenceSlice(list(range(3, 13)), 0, [next_block], LogitsWanted.ALL)
+        out.append(runner.execute(ModelBatch([extra])).cpu())
+        return out
+
+    graphs = cuda_runner(eager=False)
+    assert graphs.decode_graphs
+    got = session(graphs)
+    assert graphs.num_prefill_graph_replays == 2
+    del graphs
+    gc.collect()
+    torch.cuda.empty_cache()
+    expected = session(cuda_runner(eager=True))
+    for a, b in zip(got, expected, strict=True):
+        assert torch.isfinite(a).all() and b.std() > 0
+        # Dummy weights give small logits: the tolerance follows their scale.
+        torch.testing.assert_close(a, b, atol=1e-3 * float(b.abs().max()), rtol=1e-3)
