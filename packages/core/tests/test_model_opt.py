@@ -47,9 +47,10 @@ def hf_logits(folder: Path, prompt: list[int]) -> torch.Tensor:
 
 def runner_logits(folder: Path, prompt: list[int], **overrides: Any) -> torch.Tensor:
     """All rows' logits, the prompt run in two chunks (the second over a cached prefix)."""
+    options: dict[str, Any] = {"dtype": "float32", **overrides}
     args = EngineArgs(
-        model=str(folder), device="cpu", dtype="float32", max_num_seqs=2, max_model_len=512,
-        kv_cache_memory_gib=0.01, **overrides,
+        model=str(folder), device="cpu", max_num_seqs=2, max_model_len=512,
+        kv_cache_memory_gib=0.01, **options,
     )  # fmt: skip
     runner = ModelRunner(args.create_engine_config())
     table = list(range(-(-len(prompt) // runner.block_size)))
@@ -99,6 +100,32 @@ def test_checkpoint_with_an_lm_head_copy_loads_tied(tmp_path: Path) -> None:
     prompt = prompt_ids(20)
     expected = hf_logits(fixture_path("tiny-opt"), prompt)
     torch.testing.assert_close(runner_logits(folder, prompt), expected, atol=ATOL, rtol=1e-4)
+
+
+def test_final_layer_norm_tensors_of_a_post_ln_config_are_ignored(tmp_path: Path) -> None:
+    """As transformers does: a checkpoint that carries a final LayerNorm the config does not
+    build (post-LN, or `_remove_final_layer_norm`) loads, and the tensor has no effect."""
+
+    def with_norm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {
+            **state,
+            "model.decoder.final_layer_norm.weight": torch.full((64,), 3.0),
+            "model.decoder.final_layer_norm.bias": torch.full((64,), 0.5),
+        }
+
+    folder = derive_model("tiny-opt-post-ln", tmp_path / "extra", weights=with_norm)
+    prompt = prompt_ids(20)
+    expected = hf_logits(fixture_path("tiny-opt-post-ln"), prompt)
+    torch.testing.assert_close(runner_logits(folder, prompt), expected, atol=ATOL, rtol=1e-4)
+
+
+def test_bfloat16_tracks_float32() -> None:
+    prompt = prompt_ids(60)
+    expected = hf_logits(fixture_path("tiny-opt-post-ln"), prompt)
+    got = runner_logits(fixture_path("tiny-opt-post-ln"), prompt, dtype="bfloat16")
+    assert got.dtype == torch.float32 and torch.isfinite(got).all()
+    assert (got - expected).abs().max() < 0.25 * expected.std()
+    assert (got.argmax(-1) == expected.argmax(-1)).float().mean() > 0.9
 
 
 def test_missing_layer_weight_is_named(tmp_path: Path) -> None:

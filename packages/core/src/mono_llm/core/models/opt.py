@@ -315,6 +315,10 @@ class OPTForCausalLM(nn.Module):
         for name, tensor in weights:
             if name == "lm_head.weight" and self.settings.tie_word_embeddings:
                 continue  # the embedding is the head
+            if name.startswith(_FINAL_NORM) and not self.settings.final_layer_norm:
+                # A post-LN or `_remove_final_layer_norm` config builds no final LayerNorm;
+                # transformers ignores such a tensor in the checkpoint, and so do we.
+                continue
             fused = _fused_target(name)
             if fused is not None:
                 target, shard = fused
@@ -344,6 +348,9 @@ class OPTForCausalLM(nn.Module):
             else:
                 expected.add(name)
         return expected
+
+
+_FINAL_NORM = "model.decoder.final_layer_norm."
 
 
 def _fused_target(name: str) -> tuple[str, str] | None:
