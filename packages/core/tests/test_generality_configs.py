@@ -362,3 +362,10 @@ def test_yarn_without_original_length_scales_from_the_declared_context(tmp_path:
     torch.testing.assert_close(
         engine_logits(folder, prompt), hf_logits(folder, prompt), atol=2e-4, rtol=1e-4
     )
+
+
+def test_every_model_type_fallback_names_a_supported_architecture() -> None:
+    from mono_llm.core.config import _CAUSAL_LM_BY_MODEL_TYPE
+    from mono_llm.core.models.registry import supported_architectures
+
+    assert set(_CAUSAL_LM_BY_MODEL_TYPE.values()) <= set(supported_architectures())
