@@ -24,6 +24,8 @@ FIXTURES = [
     "tiny-phi3",
     "tiny-opt",
     "tiny-opt-post-ln",
+    "tiny-gemma",
+    "tiny-gemma2",
 ]
 NEW_TOKENS = 32
 LOGPROB_ATOL = 1e-3

@@ -12,7 +12,15 @@ import transformers
 from mono_llm.core.testing import fixture_names, fixture_path, minilm_path
 from mono_llm.core.testing.causal_lm import build_causal_lm
 
-CAUSAL_LMS = ["tiny-llama", "tiny-mistral", "tiny-qwen2", "tiny-qwen3", "tiny-phi3"]
+CAUSAL_LMS = [
+    "tiny-llama",
+    "tiny-mistral",
+    "tiny-qwen2",
+    "tiny-qwen3",
+    "tiny-phi3",
+    "tiny-gemma",
+    "tiny-gemma2",
+]
 
 
 def test_fixture_names_cover_the_llama_family():
@@ -30,10 +38,9 @@ def test_causal_lm_loads_in_transformers(name):
     assert 1000 <= len(tokenizer) <= 2000
     assert model.config.vocab_size == len(tokenizer)
 
-    messages = [
-        {"role": "system", "content": "You are brief."},
-        {"role": "user", "content": "Hello, café 日本"},
-    ]
+    messages = [{"role": "user", "content": "Hello, café 日本"}]
+    if not name.startswith("tiny-gemma"):  # Gemma has no system role (see the test below)
+        messages.insert(0, {"role": "system", "content": "You are brief."})
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     assert "Hello, café 日本" in text
     ids = tokenizer(text, add_special_tokens=False).input_ids
@@ -50,6 +57,24 @@ def test_causal_lm_loads_in_transformers(name):
     eos = generation["eos_token_id"]
     eos_ids = eos if isinstance(eos, list) else [eos]
     assert tokenizer.convert_tokens_to_ids(tokenizer.eos_token) in eos_ids
+
+
+def test_gemma_template_has_turns_and_refuses_a_system_role():
+    tokenizer = transformers.AutoTokenizer.from_pretrained(fixture_path("tiny-gemma"))
+    turns = [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello"},
+        {"role": "user", "content": "Bye"},
+    ]
+    text = tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+    assert text == (
+        "<bos><start_of_turn>user\nHi<end_of_turn>\n<start_of_turn>model\nHello<end_of_turn>\n"
+        "<start_of_turn>user\nBye<end_of_turn>\n<start_of_turn>model\n"
+    )
+    with pytest.raises(Exception, match="System role not supported"):
+        tokenizer.apply_chat_template(
+            [{"role": "system", "content": "Be brief."}, *turns], tokenize=False
+        )
 
 
 def test_build_is_deterministic(tmp_path):

@@ -220,6 +220,25 @@ def test_mistral_sliding_window_caps_context_and_matches_hf(
     )
 
 
+def test_gemma2_applies_its_windows_and_keeps_the_context(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Gemma 2's class applies the sliding window itself: the context is not capped to it, and
+    a released-style config without `layer_types` (even layers sliding) is the same model."""
+    from mono_llm.core.testing import fixture_path
+
+    folder = fixture_path("tiny-gemma2")
+    with caplog.at_level(logging.WARNING):
+        engine = EngineArgs(model=str(folder), device="cpu").create_engine_config()
+    assert sliding_window_in_use(engine.model_config.hf_config) == 16
+    assert engine.model_config.max_model_len == 1024  # the trained context, not the window
+    assert not any("sliding" in r.getMessage() for r in caplog.records)
+    legacy = derive_model("tiny-gemma2", tmp_path / "legacy", config=lambda c: c.pop("layer_types"))
+    prompt = PROMPT * 3  # 60 tokens: past the 16-token window
+    expected = hf_logits(folder, prompt)
+    torch.testing.assert_close(engine_logits(legacy, prompt), expected, atol=2e-4, rtol=1e-4)
+
+
 @pytest.mark.parametrize(
     ("base", "edit", "window"),
     [

@@ -80,8 +80,18 @@ def test_models_implement_the_interface(name: str) -> None:
 
 
 # tiny-opt-post-ln: the embeddings go through project_in and get learned positions added.
+# tiny-gemma / tiny-gemma2: embed_input_ids scales them by sqrt(hidden), forward does not.
 @pytest.mark.parametrize(
-    "name", ["tiny-llama", "tiny-qwen3", "tiny-phi3", "tiny-opt", "tiny-opt-post-ln"]
+    "name",
+    [
+        "tiny-llama",
+        "tiny-qwen3",
+        "tiny-phi3",
+        "tiny-opt",
+        "tiny-opt-post-ln",
+        "tiny-gemma",
+        "tiny-gemma2",
+    ],
 )
 def test_model_forward_from_embeddings_equals_token_ids(name: str) -> None:
     runner = make_runner(name)

@@ -25,6 +25,8 @@ FIXTURES = [
     "tiny-phi3",
     "tiny-opt",
     "tiny-opt-post-ln",
+    "tiny-gemma",
+    "tiny-gemma2",
 ]
 ATOL = 2e-4
 

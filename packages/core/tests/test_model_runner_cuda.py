@@ -99,7 +99,16 @@ def run_session(runner: ModelRunner, num_steps: int = 6) -> list[list[torch.Tens
 
 
 @pytest.mark.parametrize(
-    "name", ["tiny-llama", "tiny-qwen3", "tiny-phi3", "tiny-opt", "tiny-opt-post-ln"]
+    "name",
+    [
+        "tiny-llama",
+        "tiny-qwen3",
+        "tiny-phi3",
+        "tiny-opt",
+        "tiny-opt-post-ln",
+        "tiny-gemma",
+        "tiny-gemma2",
+    ],
 )
 def test_cuda_graph_runner_matches_hf(name: str) -> None:
     runner = cuda_runner(name, dtype="float32", eager=False)
@@ -114,7 +123,16 @@ def test_cuda_graph_runner_matches_hf(name: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "name", ["tiny-llama", "tiny-qwen3", "tiny-phi3", "tiny-opt", "tiny-opt-post-ln"]
+    "name",
+    [
+        "tiny-llama",
+        "tiny-qwen3",
+        "tiny-phi3",
+        "tiny-opt",
+        "tiny-opt-post-ln",
+        "tiny-gemma",
+        "tiny-gemma2",
+    ],
 )
 def test_prefill_cuda_graphs_match_hf(name: str) -> None:
     """Step 0 (3 prompts, 108 tokens) replays the 128-token prefill graph with 20 padding

@@ -1,5 +1,5 @@
 """Config switches of the Llama family against HF transformers: rope scaling variants,
-attention / MLP bias, tied embeddings, explicit head_dim, legacy configs."""
+attention / MLP bias, tied embeddings, explicit head_dim, legacy configs, Gemma's switches."""
 
 from __future__ import annotations
 
@@ -49,6 +49,32 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "mistral-no-gqa": ("MistralForCausalLM", {"num_key_value_heads": 4, "sliding_window": None}),
     "qwen2-tied": ("Qwen2ForCausalLM", {"tie_word_embeddings": True}),
     "qwen3-bias": ("Qwen3ForCausalLM", {"attention_bias": True, "head_dim": 8}),
+    # Released Gemma configs wrote "gelu" for the tanh approximation; gemma-2b has one kv head.
+    "gemma-legacy-gelu-mqa": (
+        "GemmaForCausalLM",
+        {"hidden_act": "gelu", "head_dim": 16, "num_key_value_heads": 1},
+    ),
+    "gemma-untied-headdim": ("GemmaForCausalLM", {"tie_word_embeddings": False, "head_dim": 32}),
+    "gemma2-no-caps": (
+        "Gemma2ForCausalLM",
+        {
+            "head_dim": 16,
+            "query_pre_attn_scalar": 16,
+            "attn_logit_softcapping": None,
+            "final_logit_softcapping": None,
+            "sliding_window": 512,
+        },
+    ),
+    # The window on the second layer only (spelled out), 8 tokens, over a 200-token prompt.
+    "gemma2-layer-types": (
+        "Gemma2ForCausalLM",
+        {
+            "head_dim": 32,
+            "sliding_window": 8,
+            "layer_types": ["full_attention", "sliding_attention"],
+            "attn_logit_softcapping": 3.0,
+        },
+    ),
 }
 
 
@@ -60,6 +86,8 @@ def build(tmp_path: Path, architecture: str, overrides: dict[str, Any]) -> tuple
         "MistralForCausalLM": transformers.MistralConfig,
         "Qwen2ForCausalLM": transformers.Qwen2Config,
         "Qwen3ForCausalLM": transformers.Qwen3Config,
+        "GemmaForCausalLM": transformers.GemmaConfig,
+        "Gemma2ForCausalLM": transformers.Gemma2Config,
     }[architecture]
     config = config_cls(**{**SHAPE, **overrides})
     config.architectures = [architecture]
@@ -116,3 +144,25 @@ def test_legacy_yarn_config_matches(tmp_path: Path) -> None:
     (legacy / "model.safetensors").symlink_to(folder / "model.safetensors")
     prompt = list(range(3, 203))
     torch.testing.assert_close(logits(legacy, prompt), logits(folder, prompt), atol=0, rtol=0)
+
+
+def test_gemma_embedding_scale_is_rounded_to_the_model_dtype(tmp_path: Path) -> None:
+    """sqrt(48) is 6.93 in float32 but 6.94 in bfloat16; the reference multiplies by the
+    rounded factor, so bfloat16 embeddings must equal its embeddings bit for bit."""
+    import transformers
+
+    folder, _ = build(tmp_path, "GemmaForCausalLM", {"hidden_size": 48, "head_dim": 16})
+    hf = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16)
+    args = EngineArgs(
+        model=str(folder), device="cpu", dtype="bfloat16", max_num_seqs=2, max_model_len=64,
+        kv_cache_memory_gib=0.01,
+    )  # fmt: skip
+    runner = ModelRunner(args.create_engine_config())
+    ids = torch.arange(0, SHAPE["vocab_size"])
+    with torch.no_grad():
+        expected = hf.get_input_embeddings()(ids[None])[0]
+        ours = runner.model.embed_input_ids(ids)
+    assert ours.dtype == torch.bfloat16
+    assert torch.equal(ours, expected)
+    unrounded = (runner.model.model.embed_tokens(ids).float() * 48**0.5).to(torch.bfloat16)
+    assert not torch.equal(unrounded, expected)  # the rounding is what makes them equal

@@ -207,3 +207,35 @@ def test_matryoshka_dimensions(tmp_path):
     torch.testing.assert_close(vector, torch.nn.functional.normalize(full[:32], dim=0))
     with pytest.raises(InvalidRequestError, match="trained for 16, 32, 64"):
         llm.embed("x", pooling_params=PoolingParams(dimensions=24))
+
+
+def test_gemma_classifier_and_embedder_match_transformers(tmp_path):
+    """Gemma's switches (scaled embeddings, 1 + weight norms, GeGLU) reach the pooling heads:
+    a GemmaForSequenceClassification made from tiny-gemma with a random `score` head, and
+    tiny-gemma itself as a last-token embedder."""
+    from mono_llm.core.testing.variants import derive_model
+
+    def add_score(state):
+        state["score.weight"] = torch.randn(2, 64, generator=torch.Generator().manual_seed(0))
+
+    def as_classifier(config):
+        config.update(architectures=["GemmaForSequenceClassification"])
+        config.update(id2label={"0": "bad", "1": "good"}, label2id={"bad": 0, "good": 1})
+
+    path = derive_model("tiny-gemma", tmp_path / "cls", config=as_classifier, weights=add_score)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+    hf = transformers.AutoModelForSequenceClassification.from_pretrained(path).eval()
+    assert hf.config.num_labels == 2
+    outputs = LLM(str(path)).classify(TEXTS)
+    for text, out in zip(TEXTS, outputs, strict=True):
+        with torch.no_grad():
+            probs = hf(**tokenizer(text, return_tensors="pt")).logits[0].softmax(-1)
+        assert out.outputs.probs == pytest.approx(probs.tolist(), abs=1e-5)
+
+    base = fixture_path("tiny-gemma")
+    body = transformers.AutoModel.from_pretrained(base).eval()
+    for text, result in zip(TEXTS[:2], LLM(str(base), task="embed").embed(TEXTS[:2]), strict=True):
+        with torch.no_grad():
+            hidden = body(**tokenizer(text, return_tensors="pt")).last_hidden_state[0, -1]
+        expected = torch.nn.functional.normalize(hidden, dim=0)
+        assert result.outputs.embedding == pytest.approx(expected.tolist(), abs=1e-4)

@@ -88,6 +88,29 @@ def test_tp2_tied_embeddings_and_tp4_replicated_kv_heads(tmp_path: Path) -> None
     _assert_same(_reference("tiny-mistral"), tp4)
 
 
+@pytest.mark.parametrize("name", ["tiny-gemma", "tiny-gemma2"])
+def test_tp2_gemma_equals_tp1(tmp_path: Path, name: str) -> None:
+    """Gemma through the Llama family's split: scaled embeddings after the vocabulary
+    all-reduce, a GeGLU over each rank's gate/up slice, the tied head; Gemma 2's soft caps and
+    window on each rank's heads. The vocabulary is padded by one row (as released checkpoints
+    pad theirs) so that two ranks divide it."""
+    import torch
+
+    def pad_vocab(state: dict) -> None:
+        embed = state["model.embed_tokens.weight"]
+        state["model.embed_tokens.weight"] = torch.cat([embed, embed[:1]])
+
+    gemma = derive_model(
+        name,
+        tmp_path / "gemma",
+        config=lambda c: c.update(vocab_size=c["vocab_size"] + 1),
+        weights=pad_vocab,
+    )
+    split = _llm(gemma, 2)
+    assert split.llm_engine.model_runner.tensor_parallel_size == 2
+    _assert_same(_llm(gemma, 1).generate(PROMPTS, PARAMS), split.generate(PROMPTS, PARAMS))
+
+
 def test_head_split_replicates_kv_heads_below_the_group_size() -> None:
     def split(heads: int, kv: int, rank: int, size: int) -> tuple[int, int, int, int]:
         s = attention_head_split(heads, kv, SimpleNamespace(rank=rank, size=size))

@@ -29,7 +29,8 @@ def _run(b, **kwargs):
     )
     with kernels.use_backend("triton"):
         got = kernels.paged_attention(*args, **kwargs)
-    want = reference.paged_attention(*args, causal=kwargs.get("causal", True))
+    options = {k: kwargs[k] for k in ("causal", "softcap", "window") if k in kwargs}
+    want = reference.paged_attention(*args, **options)
     return got, want
 
 
@@ -105,3 +106,20 @@ def test_kernels_refuse_caches_with_different_head_strides(triton_device, paged_
             b.query, b.key_cache, b.value_cache, b.block_tables, b.query_start_loc, b.seq_lens_t, b.scale
         )  # fmt: skip
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("softcap,window", [(8.0, None), (None, 7), (3.0, 20), (None, 1)], ids=str)
+@pytest.mark.parametrize("block_size", [16, 5])
+def test_paged_attention_kernel_softcap_and_window(
+    triton_device, paged_batch, dtype, softcap, window, block_size
+):
+    """Windows shorter than a key tile, spanning tiles and blocks, of one token; caps that bite
+    (queries scaled up); prefills, a chunk after a long cached prefix, decodes."""
+    b = paged_batch(
+        [13, 21, 1, 1, 0, 1], [13, 70, 16, 40, 9, 1], 8, 2, 64, block_size, dtype, triton_device
+    )
+    b.query = b.query * 3
+    got, want = _run(b, softcap=softcap, window=window)
+    atol, rtol = TOL[dtype]
+    torch.testing.assert_close(got, want, atol=atol, rtol=rtol)

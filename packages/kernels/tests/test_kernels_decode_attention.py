@@ -44,3 +44,23 @@ def test_choose_num_splits_grows_for_small_batches_long_contexts():
     cpu = torch.device("cpu")
     assert choose_num_splits(1, 8, 32, cpu) == 1
     assert choose_num_splits(1, 8, 4096, cpu) > 1
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("softcap,window", [(8.0, None), (None, 7), (3.0, 40), (None, 1)], ids=str)
+@pytest.mark.parametrize("num_splits", [1, 3, None])
+def test_decode_kernel_softcap_and_window(
+    triton_device, paged_batch, dtype, softcap, window, num_splits
+):
+    """The window leaves out whole tiles and splits (130 keys, window 7 or 1) or a part of one."""
+    b = paged_batch([1] * len(SEQ_LENS), SEQ_LENS, 8, 2, 64, 16, dtype, triton_device)
+    b.query = b.query * 3
+    args = (b.query, b.key_cache, b.value_cache, b.block_tables, b.seq_lens_t, b.scale)
+    options = {"softcap": softcap, "window": window}
+    with kernels.use_backend("triton"):
+        got = kernels.paged_decode_attention(
+            *args, num_splits=num_splits, max_seq_len=max(SEQ_LENS), **options
+        )
+    want = reference.paged_decode_attention(*args, **options)
+    atol, rtol = TOL[dtype]
+    torch.testing.assert_close(got, want, atol=atol, rtol=rtol)

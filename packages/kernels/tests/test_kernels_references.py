@@ -233,3 +233,70 @@ def test_cpu_dispatch_uses_references_and_backend_switch():
     with pytest.raises(ValueError):
         kernels.set_backend("cuda")  # type: ignore[arg-type]
     assert kernels.rms_norm.reference is reference.rms_norm
+
+
+def _dense_oracle(b, s: int, softcap: float | None, window: int | None) -> torch.Tensor:
+    """Sequence s of a paged batch in float64 from its unpaged K/V: scores capped as
+    cap * tanh(x / cap), a query at position p sees keys in (p - window, p]."""
+    ql, ctx = b.query_lens[s], b.seq_lens[s]
+    q0 = int(b.query_start_loc[s])
+    group = b.num_heads // b.num_kv_heads
+    q = b.query[q0 : q0 + ql].double().transpose(0, 1)  # [H, ql, D]
+    k = b.keys[s].double().repeat_interleave(group, dim=1).transpose(0, 1)
+    v = b.values[s].double().repeat_interleave(group, dim=1).transpose(0, 1)
+    scores = q @ k.transpose(1, 2) * b.scale  # [H, ql, ctx]
+    if softcap is not None:
+        scores = softcap * torch.tanh(scores / softcap)
+    q_pos = torch.arange(ctx - ql, ctx)[:, None]
+    k_pos = torch.arange(ctx)[None, :]
+    visible = k_pos <= q_pos
+    if window is not None:
+        visible &= k_pos > q_pos - window
+    scores = scores.masked_fill(~visible, float("-inf"))
+    return (scores.softmax(-1) @ v).transpose(0, 1)  # [ql, H, D]
+
+
+@pytest.mark.parametrize("softcap,window", [(5.0, None), (None, 6), (2.0, 9), (None, 1)])
+def test_attention_references_softcap_and_window_match_float64(paged_batch, softcap, window):
+    query_lens, seq_lens = [7, 5, 1, 1], [7, 21, 16, 1]
+    b = paged_batch(query_lens, seq_lens, 4, 2, 16, 4, torch.float32, torch.device("cpu"))
+    b.query = b.query * 4  # large scores, so that the cap bites
+    got = reference.paged_attention(
+        b.query, b.key_cache, b.value_cache, b.block_tables, b.query_start_loc, b.seq_lens_t,
+        b.scale, softcap=softcap, window=window,
+    )  # fmt: skip
+    plain = reference.paged_attention(
+        b.query, b.key_cache, b.value_cache, b.block_tables, b.query_start_loc, b.seq_lens_t,
+        b.scale,
+    )  # fmt: skip
+    assert not torch.allclose(got, plain, atol=1e-3)  # the option changed the result
+    for s in range(len(query_lens)):
+        q0 = int(b.query_start_loc[s])
+        want = _dense_oracle(b, s, softcap, window)
+        torch.testing.assert_close(
+            got[q0 : q0 + query_lens[s]].double(), want, atol=1e-5, rtol=1e-5
+        )
+    # The decode reference agrees on the sequences whose last query is their only one.
+    decodes = [2, 3]
+    dec = reference.paged_decode_attention(
+        b.query[[int(b.query_start_loc[s]) for s in decodes]], b.key_cache, b.value_cache,
+        b.block_tables[decodes], b.seq_lens_t[decodes], b.scale, softcap=softcap, window=window,
+    )  # fmt: skip
+    for row, s in enumerate(decodes):
+        want = _dense_oracle(b, s, softcap, window)[0]
+        torch.testing.assert_close(dec[row].double(), want, atol=1e-5, rtol=1e-5)
+
+
+def test_attention_options_are_validated():
+    q, cache = torch.zeros(1, 2, 8), torch.zeros(1, 4, 2, 8)
+    table, starts, lens = (
+        torch.zeros(1, 1, dtype=torch.int32),
+        torch.tensor([0, 1]),
+        torch.tensor([1]),
+    )
+    with pytest.raises(ValueError, match="causal"):
+        reference.paged_attention(q, cache, cache, table, starts, lens, 1.0, causal=False, window=4)
+    with pytest.raises(ValueError, match="window"):
+        reference.paged_decode_attention(q, cache, cache, table, lens, 1.0, window=0)
+    with pytest.raises(ValueError, match="softcap"):
+        reference.paged_decode_attention(q, cache, cache, table, lens, 1.0, softcap=0.0)

@@ -511,6 +511,8 @@ _CAUSAL_LM_BY_MODEL_TYPE = {
     "qwen3": "Qwen3ForCausalLM",
     "opt": "OPTForCausalLM",
     "phi3": "Phi3ForCausalLM",
+    "gemma": "GemmaForCausalLM",
+    "gemma2": "Gemma2ForCausalLM",
 }
 
 
@@ -622,10 +624,14 @@ def sliding_window_in_use(hf_config: dict[str, Any]) -> int | None:
 def _cap_to_sliding_window(
     hf_config: dict[str, Any], max_model_len: int, requested: int | None
 ) -> int:
-    """The attention kernels have no sliding window. Within `window` tokens, windowed and full
-    attention are the same computation, so capping the context there keeps results exact."""
+    """Most model classes apply no sliding window. Within `window` tokens, windowed and full
+    attention are the same computation, so capping the context there keeps results exact.
+    Classes whose registry entry says they apply the window (Gemma 2) keep the full context."""
     window = sliding_window_in_use(hf_config)
     if window is None or max_model_len <= window:
+        return max_model_len
+    spec = find_spec(list(hf_config.get("architectures") or []))
+    if spec is not None and spec.sliding_window:
         return max_model_len
     if requested is not None:
         raise InvalidRequestError(

@@ -6,6 +6,12 @@ first (``write_kv_cache``). Query token i of sequence s sits at position
 ``seq_lens[s] - query_len[s] + i`` and, when causal, attends to keys at positions <= its own,
 which covers a fresh prefill (query_len == seq_len), a chunk after a cached prefix, and a decode.
 
+Two options, off by default and compiled in only when asked for (the kernels of models that
+use neither are unchanged): ``softcap`` caps each score as ``softcap * tanh(score / softcap)``
+before the softmax (Gemma 2's attention logit soft-capping), and ``window`` limits a query at
+position p to the keys at positions > p - window (sliding-window attention: the query and the
+window - 1 keys before it), skipping the key tiles wholly before the window.
+
 The kernel is a flash-attention forward (online softmax in exp2, fp32 accumulators) whose tile
 rows pack ``BLOCK_M // group`` query tokens x ``group`` query heads of one KV head (group =
 num_heads // num_kv_heads), so each K/V tile is loaded once for its whole GQA group. Programs
@@ -32,6 +38,14 @@ _LOG2E = 1.0 / math.log(2.0)  # softmax runs in exp2; the scale folds this in
 
 
 @triton.jit
+def _tanh(x):
+    """tanh from exp alone (portable across triton versions), on |x| so exp never overflows."""
+    e = tl.exp(-2.0 * tl.abs(x))
+    t = (1.0 - e) / (1.0 + e)
+    return tl.where(x >= 0, t, -t)
+
+
+@triton.jit
 def _find_sequence(query_start_loc_ptr, num_seqs, program, BLOCK_Q: tl.constexpr):
     """Largest s with ``query_start_loc[s] // BLOCK_Q + s <= program`` (block start of seq s)."""
     lo = 0
@@ -50,15 +64,18 @@ def _find_sequence(query_start_loc_ptr, num_seqs, program, BLOCK_Q: tl.constexpr
 def _attend_tile(
     acc, m_i, l_i, q, key_cache_ptr, value_cache_ptr, block_table_row, start_n,
     kv_head_offset, kc_block_stride, kc_slot_stride, vc_block_stride, vc_slot_stride,
-    block_size, context_len, row_pos, qk_scale,
+    block_size, context_len, row_pos, qk_scale, softcap_log2, window,
     MASK: tl.constexpr, CAUSAL: tl.constexpr, PAGE_ALIGNED: tl.constexpr,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
-    DOT_FP32: tl.constexpr,
+    DOT_FP32: tl.constexpr, SOFTCAP: tl.constexpr, WINDOW: tl.constexpr,
 ):  # fmt: skip
     """One online-softmax step over keys [start_n, start_n + BLOCK_N) of one sequence.
 
     ``DOT_FP32`` upcasts the dot operands (values unchanged): Triton's CPU interpreter computes
-    bf16 dots wrongly (triton 3.9), so the interpreter path multiplies in fp32.
+    bf16 dots wrongly (triton 3.9), so the interpreter path multiplies in fp32. With
+    ``SOFTCAP``, ``qk_scale`` is scale / softcap and ``softcap_log2`` is softcap * log2(e):
+    the capped score lands in the log2 domain the softmax runs in. With ``WINDOW``, a key is
+    visible to a row only if its position is > row_pos - window (callers mask every tile).
     """
     offs_n = start_n + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
@@ -87,10 +104,14 @@ def _attend_tile(
         qk = tl.dot(q, tl.trans(k), input_precision="ieee") * qk_scale
     else:
         qk = tl.dot(q, tl.trans(k)) * qk_scale  # [BLOCK_M, BLOCK_N], log2 domain
+    if SOFTCAP:
+        qk = _tanh(qk) * softcap_log2
     if MASK:
         visible = offs_n[None, :] < context_len
         if CAUSAL:
             visible = visible & (offs_n[None, :] <= row_pos[:, None])
+        if WINDOW:
+            visible = visible & (offs_n[None, :] > row_pos[:, None] - window)
         qk = tl.where(visible, qk, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(qk, axis=1))
     p = tl.exp2(qk - m_new[:, None])
@@ -113,28 +134,31 @@ def _attend_tile(
 def _attend_range(
     acc, m_i, l_i, q, key_cache_ptr, value_cache_ptr, block_table_row, start, full_end, end,
     kv_head_offset, kc_block_stride, kc_slot_stride, vc_block_stride, vc_slot_stride,
-    block_size, context_len, row_pos, qk_scale,
+    block_size, context_len, row_pos, qk_scale, softcap_log2, window,
     CAUSAL: tl.constexpr, PAGE_ALIGNED: tl.constexpr,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
-    DOT_FP32: tl.constexpr,
+    DOT_FP32: tl.constexpr, SOFTCAP: tl.constexpr, WINDOW: tl.constexpr,
 ):  # fmt: skip
     """Online softmax over keys [start, end) in BLOCK_N tiles: the tiles below ``full_end``
     need no mask (every key exists and, when causal, is visible to every row), the rest pay
     for it. Inlined by Triton, so each kernel compiles to the same two loops it would spell
-    out itself."""
+    out itself. With ``WINDOW`` every tile is masked (a tile's keys can leave some rows'
+    window), which costs one select per score and only on windowed layers."""
+    if WINDOW:
+        full_end = start
     for start_n in range(start, full_end, BLOCK_N):
         acc, m_i, l_i = _attend_tile(
             acc, m_i, l_i, q, key_cache_ptr, value_cache_ptr, block_table_row, start_n,
             kv_head_offset, kc_block_stride, kc_slot_stride, vc_block_stride, vc_slot_stride,
-            block_size, context_len, row_pos, qk_scale,
-            False, CAUSAL, PAGE_ALIGNED, HEAD_DIM, BLOCK_D, BLOCK_N, DOT_FP32,
+            block_size, context_len, row_pos, qk_scale, softcap_log2, window,
+            False, CAUSAL, PAGE_ALIGNED, HEAD_DIM, BLOCK_D, BLOCK_N, DOT_FP32, SOFTCAP, WINDOW,
         )  # fmt: skip
     for start_n in range(full_end, end, BLOCK_N):
         acc, m_i, l_i = _attend_tile(
             acc, m_i, l_i, q, key_cache_ptr, value_cache_ptr, block_table_row, start_n,
             kv_head_offset, kc_block_stride, kc_slot_stride, vc_block_stride, vc_slot_stride,
-            block_size, context_len, row_pos, qk_scale,
-            True, CAUSAL, PAGE_ALIGNED, HEAD_DIM, BLOCK_D, BLOCK_N, DOT_FP32,
+            block_size, context_len, row_pos, qk_scale, softcap_log2, window,
+            True, CAUSAL, PAGE_ALIGNED, HEAD_DIM, BLOCK_D, BLOCK_N, DOT_FP32, SOFTCAP, WINDOW,
         )  # fmt: skip
     return acc, m_i, l_i
 
@@ -146,11 +170,11 @@ def _paged_attention_kernel(
     q_token_stride, q_head_stride, o_token_stride, o_head_stride,
     kc_block_stride, kc_slot_stride, kc_head_stride,
     vc_block_stride, vc_slot_stride, vc_head_stride,
-    block_table_stride, num_seqs, block_size, qk_scale,
+    block_table_stride, num_seqs, block_size, qk_scale, softcap_log2, window,
     GROUP: tl.constexpr, CAUSAL: tl.constexpr, PAGE_ALIGNED: tl.constexpr,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr,
-    DOT_FP32: tl.constexpr,
+    DOT_FP32: tl.constexpr, SOFTCAP: tl.constexpr, WINDOW: tl.constexpr,
 ):  # fmt: skip
     kv_head = tl.program_id(0)  # fastest-varying: all heads of one query block launch together
     program = tl.program_id(1)
@@ -196,11 +220,14 @@ def _paged_attention_kernel(
     else:
         full_end = (context_len // BLOCK_N) * BLOCK_N
         end = context_len
+    start = 0
+    if WINDOW:  # (causal only) the first row's window starts here; earlier tiles are skipped
+        start = (tl.maximum(first_pos - window + 1, 0) // BLOCK_N) * BLOCK_N
     acc, m_i, l_i = _attend_range(
-        acc, m_i, l_i, q, key_cache_ptr, value_cache_ptr, block_table_row, 0, full_end, end,
+        acc, m_i, l_i, q, key_cache_ptr, value_cache_ptr, block_table_row, start, full_end, end,
         kv_head_offset, kc_block_stride, kc_slot_stride, vc_block_stride, vc_slot_stride,
-        block_size, context_len, row_pos, qk_scale,
-        CAUSAL, PAGE_ALIGNED, HEAD_DIM, BLOCK_D, BLOCK_N, DOT_FP32,
+        block_size, context_len, row_pos, qk_scale, softcap_log2, window,
+        CAUSAL, PAGE_ALIGNED, HEAD_DIM, BLOCK_D, BLOCK_N, DOT_FP32, SOFTCAP, WINDOW,
     )  # fmt: skip
     l_safe = tl.where(l_i > 0.0, l_i, 1.0)
     out = acc / l_safe[:, None]
@@ -249,6 +276,8 @@ def _launch(
     causal: bool,
     out: torch.Tensor,
     config: dict[str, int] | None = None,
+    softcap: float | None = None,
+    window: int | None = None,
 ) -> torch.Tensor:
     num_tokens, num_heads, head_dim = query.shape
     num_kv_heads = key_cache.shape[2]
@@ -266,13 +295,22 @@ def _launch(
     grid = (num_kv_heads, num_tokens // block_q + num_seqs)
     _paged_attention_kernel[grid](
         query, key_cache, value_cache, out, block_tables, query_start_loc, seq_lens,
-        *strides, num_seqs, block_size, scale * _LOG2E,
+        *strides, num_seqs, block_size, *score_args(scale, softcap), window or 0,
         GROUP=group, CAUSAL=causal, PAGE_ALIGNED=block_size % block_n == 0,
         HEAD_DIM=head_dim, BLOCK_D=triton.next_power_of_2(head_dim),
         BLOCK_M=block_m, BLOCK_Q=block_q, BLOCK_N=block_n,
-        DOT_FP32=query.device.type == "cpu", **cfg,
+        DOT_FP32=query.device.type == "cpu", SOFTCAP=softcap is not None,
+        WINDOW=window is not None, **cfg,
     )  # fmt: skip
     return out
+
+
+def score_args(scale: float, softcap: float | None) -> tuple[float, float]:
+    """(qk_scale, softcap_log2) for the kernels: the scores leave the tile in the log2 domain
+    of the exp2 softmax, the cap (when any) applied before that change of base."""
+    if softcap is None:
+        return scale * _LOG2E, 0.0
+    return scale / softcap, softcap * _LOG2E
 
 
 # ----------------------------------------------------------------------------- reference
@@ -290,10 +328,15 @@ def reference(
     causal: bool = True,
     out: torch.Tensor | None = None,
     query_chunk: int = 512,
+    softcap: float | None = None,
+    window: int | None = None,
 ) -> torch.Tensor:
     """Plain-torch paged attention in fp32: gather each sequence's K/V through its block table,
     then masked softmax(QK^T)V per GQA group. Loops over sequences on the host (it is the CPU
-    path and the test oracle, not a GPU hot path); queries go in chunks to bound memory."""
+    path and the test oracle, not a GPU hot path); queries go in chunks to bound memory.
+    ``softcap``: scores become softcap * tanh(score / softcap); ``window`` (causal only): a
+    query at position p sees keys at positions > p - window."""
+    _check_options(causal, softcap, window)
     num_heads, head_dim = query.shape[1:]
     num_kv_heads, block_size = key_cache.shape[2], key_cache.shape[1]
     group = num_heads // num_kv_heads
@@ -312,10 +355,15 @@ def reference(
             c1 = min(q1, c0 + query_chunk)
             q = query[c0:c1].float().view(c1 - c0, num_kv_heads, group, head_dim)
             scores = torch.einsum("qhgd,khd->hgqk", q, k) * scale
+            if softcap is not None:
+                scores = torch.tanh(scores / softcap) * softcap
             if causal:
                 q_pos = torch.arange(ctx - (q1 - c0), ctx - (q1 - c1), device=query.device)
                 k_pos = torch.arange(ctx, device=query.device)
-                scores.masked_fill_(k_pos[None, :] > q_pos[:, None], float("-inf"))
+                hidden = k_pos[None, :] > q_pos[:, None]
+                if window is not None:
+                    hidden |= k_pos[None, :] <= q_pos[:, None] - window
+                scores.masked_fill_(hidden, float("-inf"))
             o = torch.einsum("hgqk,khd->qhgd", scores.softmax(-1), v)
             out[c0:c1] = o.reshape(c1 - c0, num_heads, head_dim).to(out.dtype)
     return out
@@ -350,6 +398,16 @@ def _kernel_strides(
     )  # fmt: skip
 
 
+def _check_options(causal: bool, softcap: float | None, window: int | None) -> None:
+    if softcap is not None and not softcap > 0:
+        raise ValueError(f"softcap must be positive, got {softcap}")
+    if window is not None:
+        if window < 1:
+            raise ValueError(f"window must be at least 1, got {window}")
+        if not causal:
+            raise ValueError("a sliding window applies to causal attention only")
+
+
 def _check(query: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor) -> None:
     if query.dim() != 3 or key_cache.dim() != 4 or value_cache.shape != key_cache.shape:
         raise ValueError(
@@ -377,6 +435,8 @@ def paged_attention(
     max_query_len: int | None = None,
     max_seq_len: int | None = None,
     out: torch.Tensor | None = None,
+    softcap: float | None = None,
+    window: int | None = None,
 ) -> torch.Tensor:
     """Attention of a ragged batch's queries [num_tokens, num_heads, head_dim] over the paged
     cache; returns [num_tokens, num_heads, head_dim] (written into ``out`` when given).
@@ -384,28 +444,32 @@ def paged_attention(
     ``block_tables`` [num_seqs, max_blocks] int32, ``query_start_loc`` [num_seqs + 1] int32
     (cumulative query lengths), ``seq_lens`` [num_seqs] int32 (context incl. this step's
     tokens). ``max_query_len``/``max_seq_len`` are optional host ints: when ``max_query_len``
-    is 1 the batch is pure decode and goes to the split-K decode kernel.
+    is 1 the batch is pure decode and goes to the split-K decode kernel. ``softcap`` caps the
+    scores at ±softcap through tanh; ``window`` (causal only) is a sliding attention window:
+    the query and the ``window - 1`` keys before it. Both default off.
     """
     _check(query, key_cache, value_cache)
+    _check_options(causal, softcap, window)
     if out is None:
         out = torch.empty_like(query)
     if not use_triton(query):
         return reference(
             query, key_cache, value_cache, block_tables, query_start_loc, seq_lens, scale,
-            causal=causal, out=out,
+            causal=causal, out=out, softcap=softcap, window=window,
         )  # fmt: skip
     if max_query_len == 1 and query.shape[0] == seq_lens.shape[0]:
         from mono_llm.kernels.decode_attention import paged_decode_attention
 
         return paged_decode_attention(
             query, key_cache, value_cache, block_tables, seq_lens, scale,
-            max_seq_len=max_seq_len, out=out,
+            max_seq_len=max_seq_len, out=out, softcap=softcap, window=window,
         )  # fmt: skip
     if query.stride(-1) != 1:
         query = query.contiguous()
     return _launch(
-        query, key_cache, value_cache, block_tables, query_start_loc, seq_lens, scale, causal, out
-    )
+        query, key_cache, value_cache, block_tables, query_start_loc, seq_lens, scale, causal,
+        out, softcap=softcap, window=window,
+    )  # fmt: skip
 
 
 def attention_flops(

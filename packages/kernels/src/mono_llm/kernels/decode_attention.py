@@ -9,6 +9,8 @@ and its log-sum-exp, and a second small kernel merges the partials exactly
 (``out = sum_i exp2(lse_i - max) o_i / sum_i exp2(lse_i - max)``).
 The split count is picked on the host from shapes and ``max_seq_len`` alone (no device sync), so
 the launch can be captured in a CUDA graph; chunk bounds are computed per sequence on device.
+``softcap`` and ``window`` are the options of the prefill kernel (attention.py); with a window
+the splits share out only the keys inside it.
 
 H100 80GB HBM3, batch 64 x context 2048, 32/8 heads, d128, bf16, 16-token blocks: 196.5 us,
 2.74 TB/s = 82% of the nominal 3.35 TB/s HBM (1.10x SDPA flash on contiguous K/V).
@@ -17,14 +19,17 @@ H100 80GB HBM3, batch 64 x context 2048, 32/8 heads, d128, bf16, 16-token blocks
 from __future__ import annotations
 
 import functools
-import math
 
 import torch
 
-from mono_llm.kernels.attention import _attend_range, _check, _kernel_strides
+from mono_llm.kernels.attention import (
+    _attend_range,
+    _check,
+    _check_options,
+    _kernel_strides,
+    score_args,
+)
 from mono_llm.kernels.backend import tl, triton, use_triton
-
-_LOG2E = 1.0 / math.log(2.0)
 
 # ----------------------------------------------------------------------------- kernels
 
@@ -36,20 +41,25 @@ def _decode_kernel(
     q_seq_stride, q_head_stride, o_seq_stride, o_head_stride,
     kc_block_stride, kc_slot_stride, kc_head_stride,
     vc_block_stride, vc_slot_stride, vc_head_stride,
-    block_table_stride, block_size, qk_scale, num_heads, num_splits,
+    block_table_stride, block_size, qk_scale, softcap_log2, window, num_heads, num_splits,
     GROUP: tl.constexpr, PAGE_ALIGNED: tl.constexpr, SPLIT: tl.constexpr,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr,
-    DOT_FP32: tl.constexpr,
+    DOT_FP32: tl.constexpr, SOFTCAP: tl.constexpr, WINDOW: tl.constexpr,
 ):  # fmt: skip
     seq = tl.program_id(0).to(tl.int64)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
     context_len = tl.load(seq_lens_ptr + seq)
-    chunk = tl.cdiv(tl.cdiv(context_len, num_splits), BLOCK_N) * BLOCK_N
-    start = split * chunk
+    first = 0  # the first key tile any query can see
+    if WINDOW:
+        first = (tl.maximum(context_len - window, 0) // BLOCK_N) * BLOCK_N
+    chunk = tl.cdiv(tl.cdiv(context_len - first, num_splits), BLOCK_N) * BLOCK_N
+    start = first + split * chunk
     end = tl.minimum(start + chunk, context_len)
 
     rows = tl.arange(0, BLOCK_H)
+    # The query's position, for the window mask (unused, and free, without one).
+    row_pos = tl.zeros([BLOCK_H], dtype=tl.int32) + (context_len - 1)
     head = kv_head * GROUP + rows
     offs_d = tl.arange(0, BLOCK_D)
     q_mask = (rows[:, None] < GROUP) & (offs_d[None, :] < HEAD_DIM)
@@ -67,8 +77,8 @@ def _decode_kernel(
     acc, m_i, l_i = _attend_range(
         acc, m_i, l_i, q, key_cache_ptr, value_cache_ptr, block_table_row, start, full_end, end,
         kv_head_offset, kc_block_stride, kc_slot_stride, vc_block_stride, vc_slot_stride,
-        block_size, context_len, rows, qk_scale,
-        False, PAGE_ALIGNED, HEAD_DIM, BLOCK_D, BLOCK_N, DOT_FP32,
+        block_size, context_len, row_pos, qk_scale, softcap_log2, window,
+        False, PAGE_ALIGNED, HEAD_DIM, BLOCK_D, BLOCK_N, DOT_FP32, SOFTCAP, WINDOW,
     )  # fmt: skip
     l_safe = tl.where(l_i > 0.0, l_i, 1.0)
     o = acc / l_safe[:, None]
@@ -155,6 +165,8 @@ def _launch(
     num_splits: int | None,
     out: torch.Tensor,
     config: dict[str, int] | None = None,
+    softcap: float | None = None,
+    window: int | None = None,
 ) -> torch.Tensor:
     num_seqs, num_heads, head_dim = query.shape
     num_kv_heads, block_size = key_cache.shape[2], key_cache.shape[1]
@@ -165,7 +177,8 @@ def _launch(
     cfg = dict(config or _decode_config(head_dim, query.device.type == "cpu"))
     block_n = cfg.pop("BLOCK_N")
     if num_splits is None:
-        num_splits = choose_num_splits(num_seqs, num_kv_heads, max_seq_len, query.device, block_n)
+        span = max_seq_len if window is None else min(max_seq_len, window + block_n)
+        num_splits = choose_num_splits(num_seqs, num_kv_heads, span, query.device, block_n)
     block_d = triton.next_power_of_2(head_dim)
     split = num_splits > 1
     if split:
@@ -179,10 +192,11 @@ def _launch(
         part_out = part_lse = out
     _decode_kernel[(num_seqs, num_kv_heads, num_splits)](
         query, key_cache, value_cache, out, part_out, part_lse, block_tables, seq_lens,
-        *strides, block_size, scale * _LOG2E, num_heads, num_splits,
+        *strides, block_size, *score_args(scale, softcap), window or 0, num_heads, num_splits,
         GROUP=group, PAGE_ALIGNED=block_size % block_n == 0, SPLIT=split,
         HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_H=max(16, triton.next_power_of_2(group)),
-        BLOCK_N=block_n, DOT_FP32=query.device.type == "cpu", **cfg,
+        BLOCK_N=block_n, DOT_FP32=query.device.type == "cpu", SOFTCAP=softcap is not None,
+        WINDOW=window is not None, **cfg,
     )  # fmt: skip
     if split:
         _merge_splits_kernel[(num_seqs, num_heads)](
@@ -205,12 +219,16 @@ def reference(
     scale: float,
     *,
     out: torch.Tensor | None = None,
+    softcap: float | None = None,
+    window: int | None = None,
 ) -> torch.Tensor:
     """Plain-torch decode attention in fp32, batched over sequences (it is the engine's CPU decode
     path, where a per-sequence loop dominated the step): gather every sequence's pages at once,
     mask keys past each context, softmax, weight the values. Sequences go in groups so the
     gathered K/V stay under ~64 Mi elements. CPU, 128 decodes of contexts < 200 (4/2 heads,
-    d16, one thread): 4.1 ms against 17.6 ms for the per-sequence loop of the paged reference."""
+    d16, one thread): 4.1 ms against 17.6 ms for the per-sequence loop of the paged reference.
+    ``softcap`` and ``window`` as in the paged reference."""
+    _check_options(True, softcap, window)
     num_seqs, num_heads, head_dim = query.shape
     num_kv_heads, block_size = key_cache.shape[2], key_cache.shape[1]
     group = num_heads // num_kv_heads
@@ -229,8 +247,13 @@ def reference(
         v = value_cache[pages].flatten(1, 2).float()
         q = query[s0:s1].float().view(s1 - s0, num_kv_heads, group, head_dim)
         scores = torch.einsum("shgd,skhd->shgk", q, k) * scale
-        past_end = positions[None, :] >= seq_lens[s0:s1, None].long()  # [S, keys]
-        scores.masked_fill_(past_end[:, None, None, :], float("-inf"))
+        if softcap is not None:
+            scores = torch.tanh(scores / softcap) * softcap
+        lens = seq_lens[s0:s1, None].long()
+        hidden = positions[None, :] >= lens  # [S, keys]: past the end
+        if window is not None:  # the query sits at lens - 1
+            hidden |= positions[None, :] <= lens - 1 - window
+        scores.masked_fill_(hidden[:, None, None, :], float("-inf"))
         o = torch.einsum("shgk,skhd->shgd", scores.softmax(-1), v)
         out[s0:s1] = o.reshape(s1 - s0, num_heads, head_dim).to(out.dtype)
     return out
@@ -250,25 +273,33 @@ def paged_decode_attention(
     max_seq_len: int | None = None,
     num_splits: int | None = None,
     out: torch.Tensor | None = None,
+    softcap: float | None = None,
+    window: int | None = None,
 ) -> torch.Tensor:
     """Decode attention: ``query`` [num_seqs, num_heads, head_dim], one token per sequence at
     position ``seq_lens[s] - 1``, over the paged cache; returns [num_seqs, num_heads, head_dim].
 
     ``max_seq_len`` (host int) sizes the split count; without it the block table's capacity is
     used. ``num_splits`` overrides the heuristic (results are identical up to rounding).
+    ``softcap`` and ``window`` as in ``paged_attention``, default off.
     """
     _check(query, key_cache, value_cache)
+    _check_options(True, softcap, window)
     if out is None:
         out = torch.empty_like(query)
     if not use_triton(query):
-        return reference(query, key_cache, value_cache, block_tables, seq_lens, scale, out=out)
+        return reference(
+            query, key_cache, value_cache, block_tables, seq_lens, scale, out=out,
+            softcap=softcap, window=window,
+        )  # fmt: skip
     if query.stride(-1) != 1:
         query = query.contiguous()
     if max_seq_len is None:
         max_seq_len = block_tables.shape[1] * key_cache.shape[1]
     return _launch(
-        query, key_cache, value_cache, block_tables, seq_lens, scale, max_seq_len, num_splits, out
-    )
+        query, key_cache, value_cache, block_tables, seq_lens, scale, max_seq_len, num_splits, out,
+        softcap=softcap, window=window,
+    )  # fmt: skip
 
 
 __all__ = ["choose_num_splits", "paged_decode_attention", "reference"]

@@ -96,11 +96,20 @@ def attend_paged(
     causal: bool,
     max_query_len: int,
     max_seq_len: int,
+    softcap: float | None = None,
+    window: int | None = None,
 ) -> torch.Tensor:
     """query [num_tokens, num_heads, head_dim] over keys/values already in paged blocks ->
     [num_tokens, num_heads, head_dim]: the decode kernel when every sequence has one query
     token (`decode_only`), else the general one. Self-attention and cross-attention both read
-    their caches through here, so a kernel change reaches both."""
+    their caches through here, so a kernel change reaches both. `softcap` (scores capped at
+    ±softcap through tanh) and `window` (sliding-window attention) are off unless given; the
+    kernels of layers without them are the same as before either existed."""
+    options = {}
+    if softcap is not None:
+        options["softcap"] = softcap
+    if window is not None:
+        options["window"] = window
     if decode_only:
         return ops.paged_decode_attention(
             query,
@@ -110,6 +119,7 @@ def attend_paged(
             seq_lens,
             scale,
             max_seq_len=max_seq_len,
+            **options,
         )
     return ops.paged_attention(
         query,
@@ -122,6 +132,7 @@ def attend_paged(
         causal=causal,
         max_query_len=max_query_len,
         max_seq_len=max_seq_len,
+        **options,
     )
 
 
@@ -129,7 +140,9 @@ class PagedAttention(nn.Module):
     """Writes this step's K/V into the layer's cache blocks, then attends over the cache.
 
     The runner binds `key_cache` / `value_cache` ([num_blocks, block_size, num_kv_heads,
-    head_dim] each) once it has sized the cache.
+    head_dim] each) once it has sized the cache. `softcap` caps the attention scores
+    (softcap * tanh(score / softcap), Gemma 2); `sliding_window` limits each query to itself
+    and the `sliding_window - 1` keys before it (this layer only: models alternate).
     """
 
     def __init__(
@@ -139,6 +152,9 @@ class PagedAttention(nn.Module):
         head_dim: int,
         scale: float,
         context: ForwardContext,
+        *,
+        softcap: float | None = None,
+        sliding_window: int | None = None,
     ) -> None:
         super().__init__()
         # A tuple keeps the shared context out of nn.Module attribute handling.
@@ -149,6 +165,8 @@ class PagedAttention(nn.Module):
         self.num_kv_heads = num_kv_heads
         self.head_dim = head_dim
         self.scale = scale
+        self.softcap = softcap
+        self.sliding_window = sliding_window
         self.key_cache: torch.Tensor | None = None
         self.value_cache: torch.Tensor | None = None
 
@@ -176,4 +194,6 @@ class PagedAttention(nn.Module):
             causal=metadata.causal,
             max_query_len=metadata.max_query_len,
             max_seq_len=metadata.max_seq_len,
+            softcap=self.softcap,
+            window=self.sliding_window if metadata.causal else None,
         )

@@ -1,8 +1,11 @@
 """The Llama family in one config-driven implementation.
 
 LlamaForCausalLM (Llama 2, 3, 3.1+ with llama3 / linear / yarn rope scaling), MistralForCausalLM,
-Qwen2ForCausalLM (bias on q/k/v), Qwen3ForCausalLM (RMSNorm over each q/k head) and
-Phi3ForCausalLM (Phi-3, Phi-3.5-mini, Phi-4-mini: LongRoPE, partial rotary) differ only in a few
+Qwen2ForCausalLM (bias on q/k/v), Qwen3ForCausalLM (RMSNorm over each q/k head),
+Phi3ForCausalLM (Phi-3, Phi-3.5-mini, Phi-4-mini: LongRoPE, partial rotary), GemmaForCausalLM
+(RMSNorm scaling by 1 + weight, embeddings scaled by sqrt(hidden), GELU-tanh MLP, tied head)
+and Gemma2ForCausalLM (Gemma plus norms after attention and around the MLP, soft-capped
+attention scores and logits, sliding-window attention on alternate layers) differ only in a few
 switches read from config.json, so they share this file. Module and parameter names follow the
 HF ones (`model.layers.N.self_attn...`) except for the fused `qkv_proj` and `gate_up_proj`,
 which `load_weights` assembles from the checkpoint's separate tensors, or splits from the
@@ -61,6 +64,20 @@ class LlamaSettings:
     mlp_bias: bool
     qk_norm: bool  # Qwen3
     tie_word_embeddings: bool
+    # "silu" (SwiGLU) or a GeGLU: "gelu_tanh" (Gemma's gelu_pytorch_tanh) or "gelu" (erf).
+    activation: str = "silu"
+    # Gemma: every RMSNorm scales by 1 + weight (in float32), and the token embeddings are
+    # multiplied by sqrt(hidden_size) rounded to the model dtype.
+    norm_unit_offset: bool = False
+    embed_scale: float | None = None
+    # Gemma 2: a norm on the attention output and on the MLP's input and output ("sandwich"),
+    # attention scale query_pre_attn_scalar**-0.5, tanh soft-capping of attention scores and of
+    # the logits, and a sliding window (or None: full attention) per layer.
+    sandwich_norms: bool = False
+    attention_scale: float | None = None  # None: head_dim**-0.5
+    attn_softcap: float | None = None
+    final_softcap: float | None = None
+    layer_windows: tuple[int | None, ...] = ()
 
     @classmethod
     def from_hf(
@@ -68,16 +85,21 @@ class LlamaSettings:
     ) -> LlamaSettings:
         hidden = int(config["hidden_size"])
         heads = int(config["num_attention_heads"])
-        act = config.get("hidden_act", config.get("hidden_activation", "silu"))
-        if act not in ("silu", "swish"):
-            raise UnsupportedModelError(f"{architecture}: hidden_act={act!r} is not supported")
+        is_gemma2 = architecture == "Gemma2ForCausalLM"
+        is_gemma = is_gemma2 or architecture == "GemmaForCausalLM"
+        num_layers = int(config["num_hidden_layers"])
         theta, scaling = rope_settings(config)
         trained = int(config.get("max_position_embeddings", 2048))
         attention_bias = bool(config.get("attention_bias", False))
         is_qwen2 = architecture == "Qwen2ForCausalLM"
         head_dim = int(config.get("head_dim") or hidden // heads)
         window = sliding_window_in_use(config)
-        if window is not None and max_model_len is not None and max_model_len > window:
+        if (
+            not is_gemma2
+            and window is not None
+            and max_model_len is not None
+            and max_model_len > window
+        ):
             # EngineArgs caps max_model_len to the window; a caller that builds the model
             # directly with a longer context gets full attention past it, so say so.
             logger.warning(
@@ -91,7 +113,7 @@ class LlamaSettings:
             vocab_size=int(config["vocab_size"]),
             hidden_size=hidden,
             intermediate_size=int(config["intermediate_size"]),
-            num_layers=int(config["num_hidden_layers"]),
+            num_layers=num_layers,
             num_heads=heads,
             num_kv_heads=int(config.get("num_key_value_heads") or heads),
             head_dim=head_dim,
@@ -110,8 +132,69 @@ class LlamaSettings:
             o_bias=attention_bias and not is_qwen2,
             mlp_bias=bool(config.get("mlp_bias", False)),
             qk_norm=architecture == "Qwen3ForCausalLM",
-            tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
+            tie_word_embeddings=bool(config.get("tie_word_embeddings", is_gemma)),
+            activation=_activation(config, architecture),
+            norm_unit_offset=is_gemma,
+            embed_scale=hidden**0.5 if is_gemma else None,
+            sandwich_norms=is_gemma2,
+            attention_scale=(
+                float(config.get("query_pre_attn_scalar") or 256) ** -0.5 if is_gemma2 else None
+            ),
+            attn_softcap=_softcap(config, "attn_logit_softcapping") if is_gemma2 else None,
+            final_softcap=_softcap(config, "final_logit_softcapping") if is_gemma2 else None,
+            layer_windows=_gemma2_windows(config, num_layers) if is_gemma2 else (),
         )
+
+
+def _softcap(config: dict[str, Any], key: str) -> float | None:
+    value = config.get(key)
+    return float(value) if value else None
+
+
+def _gemma2_windows(config: dict[str, Any], num_layers: int) -> tuple[int | None, ...]:
+    """Each layer's attention window: `layer_types` when the config spells them out
+    (transformers 5), else the released models' pattern, sliding on even layers."""
+    window = config.get("sliding_window")
+    if not isinstance(window, int) or window <= 0:
+        return (None,) * num_layers
+    layer_types = config.get("layer_types")
+    if not isinstance(layer_types, list) or len(layer_types) != num_layers:
+        layer_types = ["sliding_attention" if i % 2 == 0 else "full" for i in range(num_layers)]
+    return tuple(window if kind == "sliding_attention" else None for kind in layer_types)
+
+
+# HF activation names (ACT2FN keys) -> the gated MLP's activation.
+_ACTIVATIONS = {
+    "silu": "silu",
+    "swish": "silu",
+    "gelu_pytorch_tanh": "gelu_tanh",
+    "gelu_new": "gelu_tanh",  # the same tanh approximation, written out
+    "gelu": "gelu",
+}
+
+
+def _activation(config: dict[str, Any], architecture: str) -> str:
+    """The MLP activation the reference applies for this config."""
+    default = "gelu_pytorch_tanh" if architecture == "GemmaForCausalLM" else "silu"
+    name = config.get("hidden_act") or config.get("hidden_activation") or default
+    if architecture == "Gemma2ForCausalLM":  # transformers reads hidden_activation there
+        name = config.get("hidden_activation") or "gelu_pytorch_tanh"
+    if architecture == "GemmaForCausalLM" and name == "gelu":
+        # As transformers: the first Gemma releases wrote "gelu" for the tanh approximation
+        # they were trained with.
+        name = "gelu_pytorch_tanh"
+    if name not in _ACTIVATIONS:
+        raise UnsupportedModelError(f"{architecture}: hidden_act={name!r} is not supported")
+    return _ACTIVATIONS[name]
+
+
+def _norm(s: LlamaSettings, size: int) -> RMSNorm:
+    return RMSNorm(size, s.rms_norm_eps, unit_offset=s.norm_unit_offset)
+
+
+def _round_to(value: float, dtype: torch.dtype) -> float:
+    """`value` as the nearest number `dtype` can hold."""
+    return float(torch.tensor(value, dtype=dtype))
 
 
 class LlamaAttention(nn.Module):
@@ -121,6 +204,7 @@ class LlamaAttention(nn.Module):
         rotary: RotaryEmbedding,
         context: ForwardContext,
         tp: TensorParallelGroup,
+        window: int | None = None,
     ) -> None:
         super().__init__()
         # This rank's heads (all of them without tensor parallelism).
@@ -140,13 +224,20 @@ class LlamaAttention(nn.Module):
         )
         self.o_proj = RowParallelLinear(s.num_heads * s.head_dim, s.hidden_size, s.o_bias, tp)
         if s.qk_norm:
-            self.q_norm = RMSNorm(s.head_dim, s.rms_norm_eps)
-            self.k_norm = RMSNorm(s.head_dim, s.rms_norm_eps)
+            self.q_norm = _norm(s, s.head_dim)
+            self.k_norm = _norm(s, s.head_dim)
         self.qk_norm = s.qk_norm
         # Shared by every layer; kept out of the module tree so it is not registered N times.
         self._rotary = (rotary,)
+        scale = s.attention_scale if s.attention_scale is not None else s.head_dim**-0.5
         self.attn = PagedAttention(
-            self.num_heads, self.num_kv_heads, s.head_dim, s.head_dim**-0.5, context
+            self.num_heads,
+            self.num_kv_heads,
+            s.head_dim,
+            scale,
+            context,
+            softcap=s.attn_softcap,
+            sliding_window=window,
         )
 
     def forward(self, positions: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
@@ -176,9 +267,14 @@ class LlamaMLP(nn.Module):
             {"gate": start, "up": start} if tp.is_parallel else None,
         )
         self.down_proj = RowParallelLinear(s.intermediate_size, s.hidden_size, s.mlp_bias, tp)
+        self.activation = s.activation
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(ops.silu_and_mul(self.gate_up_proj(x)))
+        gate_up = self.gate_up_proj(x)  # [num_tokens, 2 * intermediate / tp]
+        if self.activation == "silu":
+            return self.down_proj(ops.silu_and_mul(gate_up))
+        approximate = "tanh" if self.activation == "gelu_tanh" else "none"
+        return self.down_proj(ops.gelu_and_mul(gate_up, approximate))
 
 
 class LlamaDecoderLayer(nn.Module):
@@ -188,12 +284,19 @@ class LlamaDecoderLayer(nn.Module):
         rotary: RotaryEmbedding,
         context: ForwardContext,
         tp: TensorParallelGroup,
+        window: int | None = None,
     ) -> None:
         super().__init__()
-        self.self_attn = LlamaAttention(s, rotary, context, tp)
+        self.self_attn = LlamaAttention(s, rotary, context, tp, window)
         self.mlp = LlamaMLP(s, tp)
-        self.input_layernorm = RMSNorm(s.hidden_size, s.rms_norm_eps)
-        self.post_attention_layernorm = RMSNorm(s.hidden_size, s.rms_norm_eps)
+        self.input_layernorm = _norm(s, s.hidden_size)
+        # Llama: the norm before the MLP. Gemma 2 (sandwich): the norm of the attention output,
+        # with pre_ and post_feedforward_layernorm around the MLP.
+        self.post_attention_layernorm = _norm(s, s.hidden_size)
+        self.sandwich = s.sandwich_norms
+        if s.sandwich_norms:
+            self.pre_feedforward_layernorm = _norm(s, s.hidden_size)
+            self.post_feedforward_layernorm = _norm(s, s.hidden_size)
 
     def forward(
         self, positions: torch.Tensor, hidden: torch.Tensor, residual: torch.Tensor | None
@@ -205,6 +308,10 @@ class LlamaDecoderLayer(nn.Module):
         else:
             hidden, residual = self.input_layernorm(hidden, residual)
         hidden = self.self_attn(positions, hidden)
+        if self.sandwich:
+            hidden = self.post_attention_layernorm(hidden)
+            hidden, residual = self.pre_feedforward_layernorm(hidden, residual)
+            return self.post_feedforward_layernorm(self.mlp(hidden)), residual
         hidden, residual = self.post_attention_layernorm(hidden, residual)
         return self.mlp(hidden), residual
 
@@ -224,13 +331,24 @@ class LlamaModel(nn.Module):
             context_len=s.context_len,
         )
         self.embed_tokens = VocabParallelEmbedding(s.vocab_size, s.hidden_size, tp)
+        windows = s.layer_windows or (None,) * s.num_layers
         self.layers = nn.ModuleList(
             [
-                LlamaDecoderLayer(s, self.rotary_emb, self.forward_context, tp)
-                for _ in range(s.num_layers)
+                LlamaDecoderLayer(s, self.rotary_emb, self.forward_context, tp, windows[i])
+                for i in range(s.num_layers)
             ]
         )
-        self.norm = RMSNorm(s.hidden_size, s.rms_norm_eps)
+        self.norm = _norm(s, s.hidden_size)
+        self.embed_scale = s.embed_scale
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """input_ids [num_tokens] -> the first layer's input [num_tokens, hidden]."""
+        hidden = self.embed_tokens(input_ids)
+        if self.embed_scale is not None:
+            # As the reference: the factor is rounded to the model dtype first (sqrt(3072) is
+            # 55.43 in float32 but 55.5 in bfloat16). Rounding a host scalar costs no sync.
+            hidden = hidden * _round_to(self.embed_scale, hidden.dtype)
+        return hidden
 
     def forward(
         self,
@@ -240,7 +358,7 @@ class LlamaModel(nn.Module):
     ) -> torch.Tensor:
         if inputs_embeds is None:
             assert input_ids is not None
-            hidden = self.embed_tokens(input_ids)  # [num_tokens, hidden]
+            hidden = self.embed(input_ids)  # [num_tokens, hidden]
         else:
             hidden = inputs_embeds  # [num_tokens, hidden]
         residual = None
@@ -306,8 +424,9 @@ class LlamaForCausalLM(nn.Module):
         return self.settings.hidden_size
 
     def embed_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """input_ids [num_tokens] -> the embeddings `forward` feeds its first layer."""
-        return self.model.embed_tokens(input_ids)
+        """input_ids [num_tokens] -> the embeddings `forward` feeds its first layer (scaled,
+        for Gemma, as the reference's embedding module scales them)."""
+        return self.model.embed(input_ids)
 
     def forward(
         self,
@@ -320,8 +439,13 @@ class LlamaForCausalLM(nn.Module):
         return self.model(input_ids, positions, inputs_embeds)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """[rows, hidden] -> float32 logits [rows, vocab]."""
-        return self.lm_head(hidden).float()
+        """[rows, hidden] -> float32 logits [rows, vocab] (soft-capped at ±final_softcap
+        through tanh for Gemma 2)."""
+        logits = self.lm_head(hidden).float()
+        cap = self.settings.final_softcap
+        if cap is not None:
+            logits = torch.tanh(logits / cap) * cap
+        return logits
 
     def attention_layers(self) -> list[PagedAttention]:
         return [layer.self_attn.attn for layer in self.model.layers]

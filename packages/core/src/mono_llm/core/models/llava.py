@@ -31,6 +31,8 @@ _DECODER_BY_MODEL_TYPE = {
     "mistral": "MistralForCausalLM",
     "qwen2": "Qwen2ForCausalLM",
     "qwen3": "Qwen3ForCausalLM",
+    "gemma": "GemmaForCausalLM",
+    "gemma2": "Gemma2ForCausalLM",
 }
 _PROJECTOR_ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu, "silu": F.silu}
 

@@ -92,6 +92,9 @@ class ModelSpec:
     family_architecture: str | None = None
     # Its class takes a `tp` (TensorParallelGroup) and splits its layers over the ranks.
     tensor_parallel: bool = False
+    # Its class applies the config's sliding attention window(s) itself; for the others the
+    # engine caps the context at the window, where full attention gives the same results.
+    sliding_window: bool = False
 
     @property
     def is_encoder_only(self) -> bool:
@@ -136,8 +139,9 @@ def _llama_family() -> list[ModelSpec]:
     specs: list[ModelSpec] = []
     # Phi3: Phi-3 / Phi-3.5-mini / Phi-4-mini (model_type "phi3"), whose checkpoints store
     # qkv_proj and gate_up_proj already fused; models/llama.py splits them at load.
-    for family in ("Llama", "Mistral", "Qwen2", "Qwen3", "Phi3"):
+    for family in ("Llama", "Mistral", "Qwen2", "Qwen3", "Phi3", "Gemma", "Gemma2"):
         causal = f"{family}ForCausalLM"
+        windows = family == "Gemma2"
         specs += [
             # Any generative decoder can also serve last-token embeddings (vLLM's --task embed).
             ModelSpec(
@@ -147,6 +151,7 @@ def _llama_family() -> list[ModelSpec]:
                 ("generate", "embed"),
                 weights=_LLAMA_WEIGHTS,
                 tensor_parallel=True,
+                sliding_window=windows,
             ),
             # Reward models, Qwen rerankers: the decoder with a `score` head on the last token.
             ModelSpec(
@@ -156,6 +161,7 @@ def _llama_family() -> list[ModelSpec]:
                 ("classify",),
                 weights=_LLAMA_POOLING_WEIGHTS,
                 family_architecture=causal,
+                sliding_window=windows,
             ),
             # Bare decoder bodies (no LM head) are published for embeddings (e5-mistral).
             ModelSpec(
@@ -165,6 +171,7 @@ def _llama_family() -> list[ModelSpec]:
                 ("embed",),
                 weights=_LLAMA_POOLING_WEIGHTS,
                 family_architecture=causal,
+                sliding_window=windows,
             ),
         ]
     return specs

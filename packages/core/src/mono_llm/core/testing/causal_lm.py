@@ -31,6 +31,8 @@ MISTRAL_SPECIALS = [
 ]
 CHATML_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
 PHI3_SPECIALS = ["<|endoftext|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
+# The released Gemma ids: <pad> 0, <eos> 1, <bos> 2, <unk> 3.
+GEMMA_SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>"]
 
 
 @dataclass(frozen=True)
@@ -153,6 +155,44 @@ SPECS: dict[str, CausalLMSpec] = {
             },
             "tie_word_embeddings": True,
             "sliding_window": None,
+        },
+    ),
+    # Instruction-tuned layout: the tokenizer's EOS is <eos>, turns end with <end_of_turn>.
+    # head_dim 32 != hidden / heads (16), as gemma-7b's 256 != 3072 / 16; tied head.
+    "tiny-gemma": CausalLMSpec(
+        config_class="GemmaConfig",
+        architecture="GemmaForCausalLM",
+        model_type="gemma",
+        special_tokens=GEMMA_SPECIALS,
+        bos_token="<bos>",
+        eos_token="<eos>",
+        pad_token="<pad>",
+        chat_template=chat_templates.GEMMA,
+        add_bos=True,
+        extra_eos_tokens=("<end_of_turn>",),
+        config_overrides={"head_dim": 32, "tie_word_embeddings": True},
+    ),
+    # Gemma 2 with every switch biting at this size: a 16-token window on layer 0 (prompts
+    # and replies run past it), caps small enough to change the scores and the logits, and
+    # an attention scale from query_pre_attn_scalar (24) rather than head_dim (32).
+    "tiny-gemma2": CausalLMSpec(
+        config_class="Gemma2Config",
+        architecture="Gemma2ForCausalLM",
+        model_type="gemma2",
+        special_tokens=GEMMA_SPECIALS,
+        bos_token="<bos>",
+        eos_token="<eos>",
+        pad_token="<pad>",
+        chat_template=chat_templates.GEMMA,
+        add_bos=True,
+        extra_eos_tokens=("<end_of_turn>",),
+        config_overrides={
+            "head_dim": 32,
+            "tie_word_embeddings": True,
+            "sliding_window": 16,
+            "query_pre_attn_scalar": 24,
+            "attn_logit_softcapping": 2.0,
+            "final_logit_softcapping": 5.0,
         },
     ),
 }

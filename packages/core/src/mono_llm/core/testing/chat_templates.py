@@ -1,7 +1,7 @@
 """Chat templates of the fixture model families, written in the style of the real ones.
 
 They are original renditions of each family's prompt format (Llama 3 headers, Mistral
-[INST] turns, ChatML, Phi-3 role tags), small but complete enough to exercise system, tool and
+[INST] turns, ChatML, Phi-3 role tags, Gemma turns), small but complete enough to exercise system, tool and
 multi-part messages, add_generation_prompt and continue_final_message.
 """
 
@@ -108,4 +108,20 @@ QWEN2_VL = (
     "{{- '<|im_end|>\\n' }}"
     "{%- endfor %}"
     "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+
+# Gemma: <start_of_turn>user / model turns. Like the released template it has no system role
+# and refuses one (raise_exception), and calls the assistant "model".
+GEMMA = (
+    "{{- bos_token }}"
+    "{%- for message in messages %}"
+    "{%- if message['role'] == 'system' %}"
+    "{{- raise_exception('System role not supported') }}{%- endif %}"
+    "{%- if message['content'] is string %}{%- set text = message['content'] %}"
+    "{%- else %}{%- set text = message['content'] | selectattr('type', 'equalto', 'text') "
+    "| map(attribute='text') | join('') %}{%- endif %}"
+    "{%- set role = 'model' if message['role'] == 'assistant' else message['role'] %}"
+    "{{- '<start_of_turn>' + role + '\\n' + text | trim + '<end_of_turn>\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<start_of_turn>model\\n' }}{%- endif %}"
 )
