@@ -436,6 +436,46 @@ def bench_mixed(b: Bench, dtype: torch.dtype) -> None:
     )  # fmt: skip
 
 
+def bench_gemma2(b: Bench, dtype: torch.dtype) -> None:
+    """Gemma-2-9B attention (16/8 heads, d256): soft-capped scores (cap 50) on a full layer and
+    with a 4096-token window on a sliding layer, each beside the kernel without the options."""
+    dev, heads, kv_heads, head_dim, bs, cap, window = b.device, 16, 8, 256, 16, 50.0, 4096
+    scale = 256**-0.5
+    for tokens in (4096, 8192):
+        kc, vc, tables = _paged_cache(1, tokens, kv_heads, head_dim, bs, dtype, dev)
+        q = torch.randn(tokens, heads, head_dim, dtype=dtype, device=dev)
+        qsl = torch.tensor([0, tokens], dtype=torch.int32, device=dev)
+        lens = torch.tensor([tokens], dtype=torch.int32, device=dev)
+        out = torch.empty_like(q)
+        args = (q, kc, vc, tables, qsl, lens, scale, True, out)
+        for win in (None, window):
+            got = attention._launch(*args, softcap=cap, window=win)
+            want = ref.paged_attention(*args[:7], softcap=cap, window=win)
+            w = min(win or tokens, tokens)
+            pairs = w * (w + 1) / 2 + (tokens - w) * w  # query p sees min(p + 1, w) keys
+            b.case(
+                "paged_attention prefill gemma2", f"T{tokens} softcap{cap:g} window{win} d256 {str(dtype)[6:]}",
+                lambda a=args, win=win: attention._launch(*a, softcap=cap, window=win),
+                flops=4.0 * pairs * heads * head_dim,
+                baselines={"no_softcap_no_window": lambda a=args: attention._launch(*a)},
+                error=_err(got, want), note="flops: the keys inside the window",
+            )  # fmt: skip
+    kc, vc, tables = _paged_cache(64, 8192, kv_heads, head_dim, bs, dtype, dev)
+    q = torch.randn(64, heads, head_dim, dtype=dtype, device=dev)
+    lens = torch.full((64,), 8192, dtype=torch.int32, device=dev)
+    out = torch.empty_like(q)
+    args = (q, kc, vc, tables, lens, scale, 8192, None, out)
+    got = decode_attention._launch(*args, softcap=cap, window=window)
+    want = ref.paged_decode_attention(*args[:6], softcap=cap, window=window)
+    b.case(
+        "paged_decode_attention gemma2", f"B64 ctx8192 softcap{cap:g} window{window} d256 {str(dtype)[6:]}",
+        lambda: decode_attention._launch(*args, softcap=cap, window=window),
+        bytes_moved=2 * 64 * window * kv_heads * head_dim * q.element_size(),
+        baselines={"no_softcap_no_window": lambda: decode_attention._launch(*args)},
+        error=_err(got, want), note="bytes: the K/V inside the window",
+    )  # fmt: skip
+
+
 def bench_bitmask(b: Bench, batch: int, vocab: int) -> None:
     dev = b.device
     logits = torch.randn(batch, vocab, device=dev)
@@ -495,8 +535,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--markdown", type=Path, help="also write a markdown table here")
     parser.add_argument("--sweep", action="store_true", help="also time a grid of kernel configs")
     parser.add_argument(
-        "--only", default="elementwise,rotary,decode,prefill,mixed,bitmask",
-        help="comma-separated groups: elementwise,rotary,decode,prefill,mixed,bitmask",
+        "--only", default="elementwise,rotary,decode,prefill,mixed,gemma2,bitmask",
+        help="comma-separated groups: elementwise,rotary,decode,prefill,mixed,gemma2,bitmask",
     )  # fmt: skip
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
@@ -518,6 +558,7 @@ def main(argv: list[str] | None = None) -> int:
         ("decode", lambda: bench_decode(b, 64, 2048, 32, 8, 128, dtype, 64, sweep=False)),
         ("decode", lambda: bench_decode(b, 1, 32768, 32, 8, 128, dtype, 64, sweep=False)),
         ("mixed", lambda: bench_mixed(b, dtype)),
+        ("gemma2", lambda: bench_gemma2(b, dtype)),
         ("bitmask", lambda: bench_bitmask(b, 64, 128256)),
     ]
     for group, step in steps:
