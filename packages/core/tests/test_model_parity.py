@@ -244,3 +244,38 @@ def test_step_limits_are_enforced() -> None:
         r.execute(ModelBatch([SequenceSlice(list(range(40)), 0, [0])]))
     with pytest.raises(EngineError, match="exceeds"):
         r.execute(ModelBatch([SequenceSlice([1], 0, [i]) for i in range(9)]))
+
+
+def test_gemma2_through_the_triton_kernels_matches_hf() -> None:
+    """The CPU runs above take the kernels' torch references; this one forces every op through
+    its Triton kernel (the interpreter on CPU): soft-capped, windowed prefill and decode
+    attention past tiny-gemma2's 16-token window, the unit-offset norms, the GeGLU."""
+    from mono_llm import kernels
+    from mono_llm.kernels.backend import triton_can_run
+
+    if not triton_can_run("cpu"):
+        pytest.skip("Triton cannot run on CPU here (TRITON_INTERPRET is not 1)")
+    name = "tiny-gemma2"
+    r = runner(name)
+    blocks = Blocks(r.num_blocks, r.block_size, shuffle_seed=5)
+    long, short = prompts(r.vocab_size)[2], prompts(r.vocab_size)[1]  # 41 and 3 tokens
+    tables = [blocks.table(len(long) + 3), blocks.table(len(short) + 3)]
+    seqs, rows = [list(long), list(short)], [[], []]
+    with kernels.use_backend("triton"):
+        out = r.execute(
+            ModelBatch([SequenceSlice(s, 0, t, LogitsWanted.ALL) for s, t in zip(seqs, tables)])
+        )
+        rows[0].extend(out[: len(long)])
+        rows[1].extend(out[len(long) :])
+        for _ in range(3):  # decode-only steps: the split-K kernel
+            tokens = [int(row[-1].argmax()) for row in rows]
+            slices = []
+            for seq, table, token in zip(seqs, tables, tokens, strict=True):
+                seq.append(token)
+                slices.append(SequenceSlice([token], len(seq) - 1, table))
+            out = r.execute(ModelBatch(slices))
+            for row_list, row in zip(rows, out, strict=True):
+                row_list.append(row)
+    for seq, row_list in zip(seqs, rows, strict=True):
+        got = torch.stack(row_list)
+        torch.testing.assert_close(got, hf_logits(name, seq)[: len(got)], atol=ATOL, rtol=1e-4)
