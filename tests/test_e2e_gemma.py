@@ -38,7 +38,11 @@ def hf_reply(name: str, messages: list[dict[str, Any]]) -> str:
 
     path = fixture_path(name)
     tokenizer = transformers.AutoTokenizer.from_pretrained(path)
-    model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        path,
+        dtype=torch.float32,
+        attn_implementation="eager",  # SDPA may skip soft-capping
+    ).eval()
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     ids = tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids
     model.generation_config = transformers.GenerationConfig(

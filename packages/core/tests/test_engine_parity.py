@@ -40,8 +40,10 @@ def _prompts(seed: int = 0, lengths: tuple[int, ...] = (5, 17, 33, 46)) -> list[
 def _hf_model(name: str) -> torch.nn.Module:
     import transformers
 
+    # Eager attention is the exact reference: some transformers releases run Gemma 2 through
+    # SDPA by default, which skips its attention soft-capping.
     return transformers.AutoModelForCausalLM.from_pretrained(
-        fixture_path(name), dtype=torch.float32
+        fixture_path(name), dtype=torch.float32, attn_implementation="eager"
     ).eval()
 
 

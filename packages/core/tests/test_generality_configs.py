@@ -36,7 +36,9 @@ def engine_logits(folder: Path, prompt: list[int] = PROMPT, **kwargs: Any) -> to
 def hf_logits(folder: Path, prompt: list[int] = PROMPT, dtype: Any = torch.float32) -> torch.Tensor:
     import transformers
 
-    model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).eval()
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        folder, dtype=dtype, attn_implementation="eager"
+    ).eval()
     with torch.no_grad():
         return model(torch.tensor([prompt])).logits[0].float()
 
