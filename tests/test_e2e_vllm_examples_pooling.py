@@ -33,6 +33,17 @@ MATRYOSHKA = "minilm-matryoshka"
 CLASSIFIER = "tiny-bert-classifier"
 RERANKER = "tiny-bert-cross-encoder"
 CHAT_EMBEDDER = "tiny-qwen2-embed"
+LM_RERANKER = "tiny-qwen3-reranker"
+
+
+def _no_yes_tokens() -> tuple[list[str], list[int]]:
+    """Two single-token words of tiny-qwen3's vocabulary, playing Qwen3-Reranker's "no" and
+    "yes" (the tiny tokenizer has neither)."""
+    import transformers
+
+    vocab = transformers.AutoTokenizer.from_pretrained(fixture_path("tiny-qwen3")).get_vocab()
+    names = sorted(t for t in vocab if t.isalpha() and len(t) > 2)[:2]
+    return names, [vocab[n] for n in names]
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +64,17 @@ def pooling(server_factory, tmp_path_factory):
         AsyncEngineArgs(model=str(fixture_path(RERANKER)), served_model_name=RERANKER),
         AsyncEngineArgs(
             model=str(fixture_path("tiny-qwen2")), served_model_name=CHAT_EMBEDDER, runner="pooling"
+        ),
+        # The documented Qwen3-Reranker recipe: a causal LM, served as a classifier.
+        AsyncEngineArgs(
+            model=str(fixture_path("tiny-qwen3")),
+            served_model_name=LM_RERANKER,
+            runner="pooling",
+            hf_overrides={
+                "architectures": ["Qwen3ForSequenceClassification"],
+                "classifier_from_token": _no_yes_tokens()[0],
+                "is_original_qwen3_reranker": True,
+            },
         ),
     ]
     with server_factory(build_app(engines)) as running:
@@ -286,3 +308,28 @@ def test_generation_routes_on_a_pooling_model_name_the_tasks(openai_api_base) ->
         with pytest.raises(openai.BadRequestError) as info:
             call()
         assert "does not support the 'generate' task; it supports: embed" in info.value.message
+
+
+def test_qwen3_reranker_recipe_scores_the_yes_no_margin(pooling) -> None:
+    """`--hf-overrides '{"architectures": ["Qwen3ForSequenceClassification"],
+    "classifier_from_token": ["no", "yes"], "is_original_qwen3_reranker": true}'`: /rerank
+    scores are sigmoid(logit(yes) - logit(no)) of the causal LM, as transformers computes."""
+    import transformers
+
+    query = "What is the capital of France?"
+    documents = ["The capital of France is Paris.", "Horses and cows are both animals"]
+    response = _post(pooling, "/rerank", {"model": LM_RERANKER, "query": query,
+                                          "documents": documents})  # fmt: skip
+    assert response.status_code == 200, response.text
+    scores = {r["index"]: r["relevance_score"] for r in response.json()["results"]}
+    path = fixture_path("tiny-qwen3")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        path, dtype=torch.float32, attn_implementation="eager"
+    ).eval()
+    _, (no, yes) = _no_yes_tokens()
+    for index, document in enumerate(documents):
+        with torch.no_grad():
+            logits = model(tokenizer(query, document, return_tensors="pt").input_ids).logits
+        expected = torch.sigmoid(logits[0, -1, yes] - logits[0, -1, no]).item()
+        assert scores[index] == pytest.approx(expected, abs=1e-4)

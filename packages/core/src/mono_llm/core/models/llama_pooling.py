@@ -13,6 +13,7 @@ Both reuse the decoder body, fused-weight loading and KV-cache plumbing of
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
@@ -23,24 +24,65 @@ from mono_llm.core.pooling.tasks import classifier_num_labels
 
 
 class LlamaForSequenceClassification(LlamaForCausalLM):
-    """Decoder + `score` linear (no bias) on the last token: class logits or one reward."""
+    """Decoder + `score` linear (no bias) on the last token: class logits or one reward.
 
-    def __init__(self, settings: LlamaSettings, num_labels: int) -> None:
+    A causal-LM checkpoint served as a classifier (`classifier_from_token`, e.g.
+    Qwen3-Reranker) has no `score` tensor: its rows are the LM head's rows of those tokens
+    (the embedding's when the head is tied), or with `is_original_qwen3_reranker` the one row
+    yes - no, so a score is the LM's logit margin of "yes" over "no".
+    """
+
+    def __init__(
+        self,
+        settings: LlamaSettings,
+        num_labels: int,
+        token_ids: list[int] | None = None,
+        token_margin: bool = False,
+    ) -> None:
         nn.Module.__init__(self)  # not LlamaForCausalLM.__init__: there is no lm_head
         self.settings = settings
         self.num_labels = num_labels
         self.model = LlamaModel(settings)
         self.score = nn.Linear(settings.hidden_size, num_labels, bias=False)
+        self.token_ids = token_ids or []
+        self.token_margin = token_margin
 
     @classmethod
     def from_hf_config(
         cls, config: dict[str, Any], architecture: str, max_model_len: int | None = None
     ) -> LlamaForSequenceClassification:
         settings = LlamaSettings.from_hf(config, architecture, max_model_len)
-        return cls(settings, classifier_num_labels(config))
+        return cls(
+            settings,
+            classifier_num_labels(config),
+            token_ids=config.get("classifier_token_ids"),
+            token_margin=bool(config.get("is_original_qwen3_reranker")),
+        )
 
     def tie_weights(self) -> None:
         pass
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
+        """The checkpoint's `score`, or one built from the LM head's (or embedding's) rows of
+        `token_ids`; an LM head is otherwise not part of a classifier."""
+        head_rows: dict[str, torch.Tensor] = {}
+
+        def body(stream: Iterable[tuple[str, torch.Tensor]]) -> Iterator[tuple[str, torch.Tensor]]:
+            for name, tensor in stream:
+                if self.token_ids and name in ("lm_head.weight", "model.embed_tokens.weight"):
+                    head_rows[name] = tensor[self.token_ids].float()
+                if name != "lm_head.weight":
+                    yield name, tensor
+
+        loaded = super().load_weights(body(weights))
+        if self.token_ids and "score.weight" not in loaded:
+            rows = head_rows.get("lm_head.weight", head_rows.get("model.embed_tokens.weight"))
+            if rows is not None:
+                if self.token_margin:
+                    rows = rows[1:2] - rows[0:1]
+                self.score.weight.data.copy_(rows.to(self.score.weight.dtype))
+                loaded.add("score.weight")
+        return loaded
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Score logits of every row. Pooling never samples from them; the runner's memory

@@ -41,6 +41,8 @@ def build_model(
     spec = resolve_spec(model_config.architectures)
     cls = spec.load_class()
     hf_config = model_config.text_config if spec.config_view == "text" else model_config.hf_config
+    if "classifier_from_token" in hf_config:
+        hf_config = {**hf_config, "classifier_token_ids": classifier_token_ids(model_config)}
     parallel = tp is not None and tp.is_parallel
 
     def on_meta(tp: TensorParallelGroup | None) -> nn.Module:
@@ -71,6 +73,24 @@ def build_model(
         )
     model.requires_grad_(False)
     return model.eval()
+
+
+def classifier_token_ids(model_config: ModelConfig) -> list[int]:
+    """The vocabulary ids of `classifier_from_token`, read with the model's tokenizer."""
+    from mono_llm.core.pooling.tasks import classifier_tokens
+    from mono_llm.core.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(model_config)
+    ids = []
+    for token in classifier_tokens(model_config.hf_config):
+        token_id = tokenizer.convert_tokens_to_ids(token)
+        if not isinstance(token_id, int) or token_id == tokenizer.unk_token_id:
+            raise UnsupportedModelError(
+                f"classifier_from_token names {token!r}, which is not one token of the "
+                "model's vocabulary."
+            )
+        ids.append(token_id)
+    return ids
 
 
 def fill_dummy_weights(model: nn.Module, seed: int) -> None:

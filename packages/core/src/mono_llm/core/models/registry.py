@@ -126,6 +126,13 @@ _LLAMA_POOLING_WEIGHTS = WeightNaming(
     add_prefix="model.",
     top_level=("score.",),
 )
+# Classifiers also see the LM head: a causal-LM checkpoint served as a classifier through
+# `classifier_from_token` (Qwen3-Reranker) builds its score head from rows of it.
+_LLAMA_CLASSIFIER_WEIGHTS = WeightNaming(
+    skip_substrings=_LLAMA_WEIGHTS.skip_substrings,
+    add_prefix="model.",
+    top_level=("lm_head.", "score."),
+)
 _BERT_WEIGHTS = WeightNaming(
     # Masked-LM heads and HF's position_ids / token_type_ids buffers are not parameters here.
     skip_prefixes=("cls.", "lm_head."),
@@ -159,7 +166,7 @@ def _llama_family() -> list[ModelSpec]:
                 "llama_pooling",
                 "LlamaForSequenceClassification",
                 ("classify",),
-                weights=_LLAMA_POOLING_WEIGHTS,
+                weights=_LLAMA_CLASSIFIER_WEIGHTS,
                 family_architecture=causal,
                 sliding_window=windows,
             ),

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mono_llm.core.errors import UnsupportedTaskError
+from mono_llm.core.errors import UnsupportedModelError, UnsupportedTaskError
 from mono_llm.core.models.registry import find_spec
 from mono_llm.core.pooling.config import (
     PoolerConfig,
@@ -143,10 +143,31 @@ def classifier_num_labels(hf_config: dict[str, Any]) -> int:
     """num_labels as HF reads it: explicit, else the size of id2label, else 2. The one reading
     shared by task detection (sigmoid vs softmax, score support) and the models' head sizes,
     so the two can never disagree."""
+    tokens = classifier_tokens(hf_config)
+    if tokens:
+        return 1 if hf_config.get("is_original_qwen3_reranker") else len(tokens)
     if isinstance(hf_config.get("num_labels"), int):
         return int(hf_config["num_labels"])
     id2label = hf_config.get("id2label")
     return len(id2label) if isinstance(id2label, dict) and id2label else 2
+
+
+def classifier_tokens(hf_config: dict[str, Any]) -> list[str]:
+    """`classifier_from_token` (vLLM's hf_overrides key): a causal LM served as a classifier
+    whose label logits are its LM head's logits of these tokens. With
+    `is_original_qwen3_reranker` there are two, ["no", "yes"], and the one score is
+    logit(yes) - logit(no), whose sigmoid is the model's probability of "yes"."""
+    tokens = hf_config.get("classifier_from_token")
+    if tokens is None:
+        return []
+    if not isinstance(tokens, list) or not tokens or not all(isinstance(t, str) for t in tokens):
+        raise UnsupportedModelError("classifier_from_token must be a list of token strings.")
+    if hf_config.get("is_original_qwen3_reranker") and len(tokens) != 2:
+        raise UnsupportedModelError(
+            "is_original_qwen3_reranker needs classifier_from_token to name two tokens "
+            f'(["no", "yes"]); got {tokens}.'
+        )
+    return tokens
 
 
 def _id2label(hf_config: dict[str, Any], num_labels: int) -> dict[int, str]:
