@@ -52,10 +52,12 @@ def test_weight_naming_of_the_llama_family() -> None:
     assert naming.map("layers.0.mlp.up_proj.weight") == "model.layers.0.mlp.up_proj.weight"
     assert naming.map("lm_head.weight") == "lm_head.weight"
     assert naming.map("model.layers.0.self_attn.rotary_emb.inv_freq") is None
-    pooling = resolve_spec(["Qwen2ForSequenceClassification"]).weights
-    assert pooling.map("lm_head.weight") is None
-    assert pooling.map("score.weight") == "score.weight"
-    assert pooling.map("embed_tokens.weight") == "model.embed_tokens.weight"
+    classifier = resolve_spec(["Qwen2ForSequenceClassification"]).weights
+    # The classifier sees an LM head (classifier_from_token builds its score rows from it).
+    assert classifier.map("lm_head.weight") == "lm_head.weight"
+    assert classifier.map("score.weight") == "score.weight"
+    assert classifier.map("embed_tokens.weight") == "model.embed_tokens.weight"
+    assert resolve_spec(["Qwen2Model"]).weights.map("lm_head.weight") is None
     assert resolve_spec(["Qwen2Model"]).settings_architecture == "Qwen2ForCausalLM"
 
 
