@@ -130,12 +130,10 @@ GEMMA = (
 # the model ends its answer with <|end_of_text|> (its only EOS). Without a system message the
 # released template writes a default one; this rendition writes a short one likewise.
 GRANITE = (
-    "{%- if messages and messages[0]['role'] == 'system' %}"
-    "{%- set loop_messages = messages[1:] %}{%- set system = messages[0]['content'] %}"
-    "{%- else %}{%- set loop_messages = messages %}"
-    "{%- set system = 'You are Granite, a helpful assistant.' %}{%- endif %}"
-    "{{- '<|start_of_role|>system<|end_of_role|>' + system + '<|end_of_text|>\n' }}"
-    "{%- for message in loop_messages %}"
+    "{%- if not messages or messages[0]['role'] != 'system' %}"
+    "{{- '<|start_of_role|>system<|end_of_role|>You are Granite, a helpful assistant."
+    "<|end_of_text|>\n' }}{%- endif %}"
+    "{%- for message in messages %}"
     "{%- if message['content'] is string %}{%- set text = message['content'] %}"
     "{%- else %}{%- set text = message['content'] | selectattr('type', 'equalto', 'text') "
     "| map(attribute='text') | join('') %}{%- endif %}"
