@@ -162,3 +162,40 @@ def test_through_the_triton_kernels_matches_hf(name: str) -> None:
     with kernels.use_backend("triton"):
         got = runner_logits(folder, prompt)
     torch.testing.assert_close(got, hf_logits(folder, prompt), atol=2e-4, rtol=1e-4)
+
+
+TEXTS = ["a short one", "the quick brown fox jumps over the lazy dog"]
+
+
+def test_olmo2_classifier_and_granite_embedder_match_transformers(tmp_path: Path) -> None:
+    """The switches reach the pooling heads: an Olmo2ForSequenceClassification made from
+    tiny-olmo2 with a random `score` head, and tiny-granite as a last-token embedder (its
+    body scales the embeddings and the residual adds, as transformers' GraniteModel)."""
+    import transformers
+
+    def add_score(state: dict[str, Any]) -> None:
+        state["score.weight"] = torch.randn(2, 64, generator=torch.Generator().manual_seed(0))
+
+    def as_classifier(config: dict[str, Any]) -> None:
+        config.update(architectures=["Olmo2ForSequenceClassification"])
+        config.update(id2label={"0": "bad", "1": "good"}, label2id={"bad": 0, "good": 1})
+
+    path = derive_model("tiny-olmo2", tmp_path / "cls", config=as_classifier, weights=add_score)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+    hf = transformers.AutoModelForSequenceClassification.from_pretrained(
+        path, attn_implementation="eager"
+    ).eval()
+    outputs = LLM(str(path)).classify(TEXTS)
+    for text, out in zip(TEXTS, outputs, strict=True):
+        with torch.no_grad():
+            probs = hf(**tokenizer(text, return_tensors="pt")).logits[0].softmax(-1)
+        assert out.outputs.probs == pytest.approx(probs.tolist(), abs=1e-5)
+
+    base = fixture_path("tiny-granite")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(base)
+    body = transformers.AutoModel.from_pretrained(base, attn_implementation="eager").eval()
+    for text, result in zip(TEXTS, LLM(str(base), task="embed").embed(TEXTS), strict=True):
+        with torch.no_grad():
+            hidden = body(**tokenizer(text, return_tensors="pt")).last_hidden_state[0, -1]
+        expected = torch.nn.functional.normalize(hidden, dim=0)
+        assert result.outputs.embedding == pytest.approx(expected.tolist(), abs=1e-4)
