@@ -26,6 +26,8 @@ FIXTURES = [
     "tiny-opt-post-ln",
     "tiny-gemma",
     "tiny-gemma2",
+    "tiny-granite",
+    "tiny-olmo2",
 ]
 NEW_TOKENS = 32
 LOGPROB_ATOL = 1e-3

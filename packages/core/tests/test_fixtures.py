@@ -20,6 +20,8 @@ CAUSAL_LMS = [
     "tiny-phi3",
     "tiny-gemma",
     "tiny-gemma2",
+    "tiny-granite",
+    "tiny-olmo2",
 ]
 
 

@@ -27,6 +27,8 @@ FIXTURES = [
     "tiny-opt-post-ln",
     "tiny-gemma",
     "tiny-gemma2",
+    "tiny-granite",
+    "tiny-olmo2",
 ]
 ATOL = 2e-4
 

@@ -513,6 +513,8 @@ _CAUSAL_LM_BY_MODEL_TYPE = {
     "phi3": "Phi3ForCausalLM",
     "gemma": "GemmaForCausalLM",
     "gemma2": "Gemma2ForCausalLM",
+    "granite": "GraniteForCausalLM",
+    "olmo2": "Olmo2ForCausalLM",
 }
 
 

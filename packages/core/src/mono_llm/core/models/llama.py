@@ -3,9 +3,12 @@
 LlamaForCausalLM (Llama 2, 3, 3.1+ with llama3 / linear / yarn rope scaling), MistralForCausalLM,
 Qwen2ForCausalLM (bias on q/k/v), Qwen3ForCausalLM (RMSNorm over each q/k head),
 Phi3ForCausalLM (Phi-3, Phi-3.5-mini, Phi-4-mini: LongRoPE, partial rotary), GemmaForCausalLM
-(RMSNorm scaling by 1 + weight, embeddings scaled by sqrt(hidden), GELU-tanh MLP, tied head)
-and Gemma2ForCausalLM (Gemma plus norms after attention and around the MLP, soft-capped
-attention scores and logits, sliding-window attention on alternate layers) differ only in a few
+(RMSNorm scaling by 1 + weight, embeddings scaled by sqrt(hidden), GELU-tanh MLP, tied head),
+Gemma2ForCausalLM (Gemma plus norms after attention and around the MLP, soft-capped
+attention scores and logits, sliding-window attention on alternate layers), GraniteForCausalLM
+(IBM Granite 3: multipliers on the embeddings, on each sub-block's output and on the attention
+scores, logits divided by a constant) and Olmo2ForCausalLM (norms after attention and after the
+MLP instead of before them, RMSNorm over the whole q and k projections) differ only in a few
 switches read from config.json, so they share this file. Module and parameter names follow the
 HF ones (`model.layers.N.self_attn...`) except for the fused `qkv_proj` and `gate_up_proj`,
 which `load_weights` assembles from the checkpoint's separate tensors, or splits from the
@@ -78,6 +81,15 @@ class LlamaSettings:
     attn_softcap: float | None = None
     final_softcap: float | None = None
     layer_windows: tuple[int | None, ...] = ()
+    # Granite: embeddings times embedding_multiplier (not rounded to the model dtype, unlike
+    # Gemma's scale), each attention / MLP output times residual_multiplier before it joins the
+    # residual stream, logits divided by logits_scaling (attention_multiplier: attention_scale).
+    embedding_multiplier: float | None = None
+    residual_multiplier: float | None = None
+    logits_scaling: float | None = None
+    # OLMo 2: no norm before attention or the MLP; a norm on each one's output instead, and
+    # q_norm / k_norm over the whole q and k projections (all heads at once) before RoPE.
+    post_norms: bool = False
 
     @classmethod
     def from_hf(
@@ -87,6 +99,8 @@ class LlamaSettings:
         heads = int(config["num_attention_heads"])
         is_gemma2 = architecture == "Gemma2ForCausalLM"
         is_gemma = is_gemma2 or architecture == "GemmaForCausalLM"
+        is_granite = architecture == "GraniteForCausalLM"
+        is_olmo2 = architecture == "Olmo2ForCausalLM"
         num_layers = int(config["num_hidden_layers"])
         theta, scaling = rope_settings(config)
         trained = int(config.get("max_position_embeddings", 2048))
@@ -131,24 +145,40 @@ class LlamaSettings:
             qkv_bias=is_qwen2 or attention_bias,
             o_bias=attention_bias and not is_qwen2,
             mlp_bias=bool(config.get("mlp_bias", False)),
-            qk_norm=architecture == "Qwen3ForCausalLM",
+            qk_norm=architecture == "Qwen3ForCausalLM" or is_olmo2,
             tie_word_embeddings=bool(config.get("tie_word_embeddings", is_gemma)),
             activation=_activation(config, architecture),
             norm_unit_offset=is_gemma,
             embed_scale=hidden**0.5 if is_gemma else None,
             sandwich_norms=is_gemma2,
             attention_scale=(
-                float(config.get("query_pre_attn_scalar") or 256) ** -0.5 if is_gemma2 else None
+                float(config.get("query_pre_attn_scalar") or 256) ** -0.5
+                if is_gemma2
+                else _multiplier(config, "attention_multiplier")
+                if is_granite
+                else None
             ),
             attn_softcap=_softcap(config, "attn_logit_softcapping") if is_gemma2 else None,
             final_softcap=_softcap(config, "final_logit_softcapping") if is_gemma2 else None,
             layer_windows=_gemma2_windows(config, num_layers) if is_gemma2 else (),
+            embedding_multiplier=_multiplier(config, "embedding_multiplier")
+            if is_granite
+            else None,
+            residual_multiplier=_multiplier(config, "residual_multiplier") if is_granite else None,
+            logits_scaling=_multiplier(config, "logits_scaling") if is_granite else None,
+            post_norms=is_olmo2,
         )
 
 
 def _softcap(config: dict[str, Any], key: str) -> float | None:
     value = config.get(key)
     return float(value) if value else None
+
+
+def _multiplier(config: dict[str, Any], key: str) -> float:
+    """A Granite constant; transformers' GraniteConfig defaults each to 1."""
+    value = config.get(key)
+    return 1.0 if value is None else float(value)
 
 
 def _gemma2_windows(config: dict[str, Any], num_layers: int) -> tuple[int | None, ...]:
@@ -223,9 +253,12 @@ class LlamaAttention(nn.Module):
             sources,
         )
         self.o_proj = RowParallelLinear(s.num_heads * s.head_dim, s.hidden_size, s.o_bias, tp)
+        # Qwen3: one norm per head; OLMo 2 (post_norms): over the whole projection, which a
+        # rank cannot do with its heads alone (the spec refuses tensor parallelism).
+        self.qk_norm_whole = s.post_norms
         if s.qk_norm:
-            self.q_norm = _norm(s, s.head_dim)
-            self.k_norm = _norm(s, s.head_dim)
+            self.q_norm = _norm(s, self.q_size if s.post_norms else s.head_dim)
+            self.k_norm = _norm(s, self.kv_size if s.post_norms else s.head_dim)
         self.qk_norm = s.qk_norm
         # Shared by every layer; kept out of the module tree so it is not registered N times.
         self._rotary = (rotary,)
@@ -243,10 +276,12 @@ class LlamaAttention(nn.Module):
     def forward(self, positions: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
         qkv = self.qkv_proj(hidden)  # [num_tokens, q_size + 2 * kv_size]
         q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        if self.qk_norm_whole:
+            q, k = self.q_norm(q.contiguous()), self.k_norm(k.contiguous())
         q = q.view(-1, self.num_heads, self.head_dim)
         k = k.view(-1, self.num_kv_heads, self.head_dim)
         v = v.view(-1, self.num_kv_heads, self.head_dim)
-        if self.qk_norm:
+        if self.qk_norm and not self.qk_norm_whole:
             q = self.q_norm(q)
             k = self.k_norm(k)
         q, k = self._rotary[0](positions, q, k)
@@ -289,31 +324,45 @@ class LlamaDecoderLayer(nn.Module):
         super().__init__()
         self.self_attn = LlamaAttention(s, rotary, context, tp, window)
         self.mlp = LlamaMLP(s, tp)
-        self.input_layernorm = _norm(s, s.hidden_size)
+        if not s.post_norms:  # OLMo 2 normalises the sub-blocks' outputs only
+            self.input_layernorm = _norm(s, s.hidden_size)
         # Llama: the norm before the MLP. Gemma 2 (sandwich): the norm of the attention output,
         # with pre_ and post_feedforward_layernorm around the MLP.
         self.post_attention_layernorm = _norm(s, s.hidden_size)
         self.sandwich = s.sandwich_norms
         if s.sandwich_norms:
             self.pre_feedforward_layernorm = _norm(s, s.hidden_size)
+        if s.sandwich_norms or s.post_norms:
             self.post_feedforward_layernorm = _norm(s, s.hidden_size)
+        self.post_norms = s.post_norms
+        self.residual_multiplier = s.residual_multiplier
 
     def forward(
         self, positions: torch.Tensor, hidden: torch.Tensor, residual: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         # The residual add of each sub-block is fused into the following norm.
+        if self.post_norms:
+            # OLMo 2: x + norm(attn(x)), then + norm(mlp(.)); the last add is left pending.
+            if residual is not None:
+                hidden = hidden + residual
+            residual = hidden + self.post_attention_layernorm(self.self_attn(positions, hidden))
+            return self.post_feedforward_layernorm(self.mlp(residual)), residual
         if residual is None:
             residual = hidden
             hidden = self.input_layernorm(hidden)
         else:
             hidden, residual = self.input_layernorm(hidden, residual)
         hidden = self.self_attn(positions, hidden)
+        scale = self.residual_multiplier  # Granite: before the add, so outside the fused norm
+        if scale is not None:
+            hidden = hidden * scale
         if self.sandwich:
             hidden = self.post_attention_layernorm(hidden)
             hidden, residual = self.pre_feedforward_layernorm(hidden, residual)
             return self.post_feedforward_layernorm(self.mlp(hidden)), residual
         hidden, residual = self.post_attention_layernorm(hidden, residual)
-        return self.mlp(hidden), residual
+        out = self.mlp(hidden)
+        return (out if scale is None else out * scale), residual
 
 
 class LlamaModel(nn.Module):
@@ -340,6 +389,7 @@ class LlamaModel(nn.Module):
         )
         self.norm = _norm(s, s.hidden_size)
         self.embed_scale = s.embed_scale
+        self.embedding_multiplier = s.embedding_multiplier
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         """input_ids [num_tokens] -> the first layer's input [num_tokens, hidden]."""
@@ -348,6 +398,8 @@ class LlamaModel(nn.Module):
             # As the reference: the factor is rounded to the model dtype first (sqrt(3072) is
             # 55.43 in float32 but 55.5 in bfloat16). Rounding a host scalar costs no sync.
             hidden = hidden * _round_to(self.embed_scale, hidden.dtype)
+        if self.embedding_multiplier is not None:  # Granite: the float factor as it is
+            hidden = hidden * self.embedding_multiplier
         return hidden
 
     def forward(
@@ -425,7 +477,7 @@ class LlamaForCausalLM(nn.Module):
 
     def embed_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
         """input_ids [num_tokens] -> the embeddings `forward` feeds its first layer (scaled,
-        for Gemma, as the reference's embedding module scales them)."""
+        for Gemma and Granite, as the reference scales them)."""
         return self.model.embed(input_ids)
 
     def forward(
@@ -439,9 +491,11 @@ class LlamaForCausalLM(nn.Module):
         return self.model(input_ids, positions, inputs_embeds)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """[rows, hidden] -> float32 logits [rows, vocab] (soft-capped at ±final_softcap
-        through tanh for Gemma 2)."""
+        """[rows, hidden] -> float32 logits [rows, vocab] (divided by logits_scaling for
+        Granite, soft-capped at ±final_softcap through tanh for Gemma 2)."""
         logits = self.lm_head(hidden).float()
+        if self.settings.logits_scaling is not None:
+            logits = logits / self.settings.logits_scaling
         cap = self.settings.final_softcap
         if cap is not None:
             logits = torch.tanh(logits / cap) * cap

@@ -146,7 +146,11 @@ def _llama_family() -> list[ModelSpec]:
     specs: list[ModelSpec] = []
     # Phi3: Phi-3 / Phi-3.5-mini / Phi-4-mini (model_type "phi3"), whose checkpoints store
     # qkv_proj and gate_up_proj already fused; models/llama.py splits them at load.
-    for family in ("Llama", "Mistral", "Qwen2", "Qwen3", "Phi3", "Gemma", "Gemma2"):
+    # Granite: IBM Granite 3.x dense (transformers has no Granite sequence classifier).
+    # Olmo2: its q/k norms span every head, so one rank's heads cannot be normalised alone:
+    # no tensor parallelism.
+    families = ("Llama", "Mistral", "Qwen2", "Qwen3", "Phi3", "Gemma", "Gemma2")
+    for family in (*families, "Granite", "Olmo2"):
         causal = f"{family}ForCausalLM"
         windows = family == "Gemma2"
         specs += [
@@ -157,7 +161,7 @@ def _llama_family() -> list[ModelSpec]:
                 "LlamaForCausalLM",
                 ("generate", "embed"),
                 weights=_LLAMA_WEIGHTS,
-                tensor_parallel=True,
+                tensor_parallel=family != "Olmo2",
                 sliding_window=windows,
             ),
             # Reward models, Qwen rerankers: the decoder with a `score` head on the last token.
@@ -181,7 +185,7 @@ def _llama_family() -> list[ModelSpec]:
                 sliding_window=windows,
             ),
         ]
-    return specs
+    return [spec for spec in specs if spec.architecture != "GraniteForSequenceClassification"]
 
 
 def _bert_family() -> list[ModelSpec]:

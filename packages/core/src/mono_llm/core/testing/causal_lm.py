@@ -33,6 +33,9 @@ CHATML_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</
 PHI3_SPECIALS = ["<|endoftext|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
 # The released Gemma ids: <pad> 0, <eos> 1, <bos> 2, <unk> 3.
 GEMMA_SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>"]
+# Granite 3: <|end_of_text|> (id 0) is BOS, EOS and padding at once.
+GRANITE_SPECIALS = ["<|end_of_text|>", "<|start_of_role|>", "<|end_of_role|>", "<|tool_call|>"]
+OLMO2_SPECIALS = ["<|endoftext|>", "<|pad|>", "<|system|>", "<|user|>", "<|assistant|>"]
 
 
 @dataclass(frozen=True)
@@ -194,6 +197,40 @@ SPECS: dict[str, CausalLMSpec] = {
             "attn_logit_softcapping": 2.0,
             "final_logit_softcapping": 5.0,
         },
+    ),
+    # Granite 3 with every multiplier far from 1, so dropping (or misplacing) any one of them
+    # changes the logits: attention scale 0.5 (head_dim**-0.5 would be 0.25).
+    "tiny-granite": CausalLMSpec(
+        config_class="GraniteConfig",
+        architecture="GraniteForCausalLM",
+        model_type="granite",
+        special_tokens=GRANITE_SPECIALS,
+        bos_token="<|end_of_text|>",
+        eos_token="<|end_of_text|>",
+        pad_token="<|end_of_text|>",
+        chat_template=chat_templates.GRANITE,
+        add_bos=False,
+        config_overrides={
+            "rope_theta": 10000000.0,
+            "embedding_multiplier": 6.0,
+            "residual_multiplier": 0.4,
+            "attention_multiplier": 0.5,
+            "logits_scaling": 3.0,
+        },
+    ),
+    # OLMo 2 (instruct tokenizer layout): norms after attention and the MLP, q/k norms across
+    # all heads; the tokenizer's <|endoftext|> is BOS and EOS.
+    "tiny-olmo2": CausalLMSpec(
+        config_class="Olmo2Config",
+        architecture="Olmo2ForCausalLM",
+        model_type="olmo2",
+        special_tokens=OLMO2_SPECIALS,
+        bos_token="<|endoftext|>",
+        eos_token="<|endoftext|>",
+        pad_token="<|pad|>",
+        chat_template=chat_templates.OLMO2,
+        add_bos=False,
+        config_overrides={"rope_theta": 500000.0, "rms_norm_eps": 1e-6},
     ),
 }
 

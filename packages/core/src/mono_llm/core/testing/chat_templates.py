@@ -1,7 +1,7 @@
 """Chat templates of the fixture model families, written in the style of the real ones.
 
 They are original renditions of each family's prompt format (Llama 3 headers, Mistral
-[INST] turns, ChatML, Phi-3 role tags, Gemma turns), small but complete enough to exercise system, tool and
+[INST] turns, ChatML, Phi-3 role tags, Gemma turns, Granite 3 roles, OLMo 2's Tulu turns), small but complete enough to exercise system, tool and
 multi-part messages, add_generation_prompt and continue_final_message.
 """
 
@@ -124,4 +124,35 @@ GEMMA = (
     "{{- '<start_of_turn>' + role + '\\n' + text | trim + '<end_of_turn>\\n' }}"
     "{%- endfor %}"
     "{%- if add_generation_prompt %}{{- '<start_of_turn>model\\n' }}{%- endif %}"
+)
+
+# Granite 3: each turn is "<|start_of_role|>role<|end_of_role|>" + text + "<|end_of_text|>\n",
+# the model ends its answer with <|end_of_text|> (its only EOS). Without a system message the
+# released template writes a default one; this rendition writes a short one likewise.
+GRANITE = (
+    "{%- if not messages or messages[0]['role'] != 'system' %}"
+    "{{- '<|start_of_role|>system<|end_of_role|>You are Granite, a helpful assistant."
+    "<|end_of_text|>\n' }}{%- endif %}"
+    "{%- for message in messages %}"
+    "{%- if message['content'] is string %}{%- set text = message['content'] %}"
+    "{%- else %}{%- set text = message['content'] | selectattr('type', 'equalto', 'text') "
+    "| map(attribute='text') | join('') %}{%- endif %}"
+    "{{- '<|start_of_role|>' + message['role'] + '<|end_of_role|>' + text + '<|end_of_text|>\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|start_of_role|>assistant<|end_of_role|>' }}{%- endif %}"
+)
+
+# OLMo 2 instruct (Tulu turns): BOS, then "<|role|>\n" + text + "\n" per turn; an assistant
+# turn ends with the EOS instead of the newline's place (and a newline unless it is the last).
+OLMO2 = (
+    "{{- bos_token }}"
+    "{%- for message in messages %}"
+    "{%- if message['content'] is string %}{%- set text = message['content'] %}"
+    "{%- else %}{%- set text = message['content'] | selectattr('type', 'equalto', 'text') "
+    "| map(attribute='text') | join('') %}{%- endif %}"
+    "{%- if message['role'] == 'assistant' %}"
+    "{{- '<|assistant|>\n' + text + eos_token }}{%- if not loop.last %}{{- '\n' }}{%- endif %}"
+    "{%- else %}{{- '<|' + message['role'] + '|>\n' + text + '\n' }}{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|assistant|>\n' }}{%- endif %}"
 )
