@@ -26,6 +26,7 @@ FIXTURES = [
     "tiny-opt-post-ln",
     "tiny-gemma",
     "tiny-gemma2",
+    "tiny-gemma3",
 ]
 NEW_TOKENS = 32
 LOGPROB_ATOL = 1e-3

@@ -20,6 +20,7 @@ CAUSAL_LMS = [
     "tiny-phi3",
     "tiny-gemma",
     "tiny-gemma2",
+    "tiny-gemma3",
 ]
 
 

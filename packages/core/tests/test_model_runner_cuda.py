@@ -110,6 +110,7 @@ def run_session(runner: ModelRunner, num_steps: int = 6) -> list[list[torch.Tens
         "tiny-opt-post-ln",
         "tiny-gemma",
         "tiny-gemma2",
+        "tiny-gemma3",
     ],
 )
 def test_cuda_graph_runner_matches_hf(name: str) -> None:
@@ -134,6 +135,7 @@ def test_cuda_graph_runner_matches_hf(name: str) -> None:
         "tiny-opt-post-ln",
         "tiny-gemma",
         "tiny-gemma2",
+        "tiny-gemma3",
     ],
 )
 def test_prefill_cuda_graphs_match_hf(name: str) -> None:

@@ -513,6 +513,7 @@ _CAUSAL_LM_BY_MODEL_TYPE = {
     "phi3": "Phi3ForCausalLM",
     "gemma": "GemmaForCausalLM",
     "gemma2": "Gemma2ForCausalLM",
+    "gemma3_text": "Gemma3ForCausalLM",
 }
 
 

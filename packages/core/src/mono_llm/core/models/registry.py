@@ -146,9 +146,16 @@ def _llama_family() -> list[ModelSpec]:
     specs: list[ModelSpec] = []
     # Phi3: Phi-3 / Phi-3.5-mini / Phi-4-mini (model_type "phi3"), whose checkpoints store
     # qkv_proj and gate_up_proj already fused; models/llama.py splits them at load.
-    for family in ("Llama", "Mistral", "Qwen2", "Qwen3", "Phi3", "Gemma", "Gemma2"):
-        causal = f"{family}ForCausalLM"
-        windows = family == "Gemma2"
+    # (causal LM, sequence classifier, bare body): HF names them after the family, except
+    # text-only Gemma 3 (model_type gemma3_text), whose Gemma3ForSequenceClassification and
+    # Gemma3Model names belong to the multimodal model.
+    names = [
+        (f"{family}ForCausalLM", f"{family}ForSequenceClassification", f"{family}Model")
+        for family in ("Llama", "Mistral", "Qwen2", "Qwen3", "Phi3", "Gemma", "Gemma2")
+    ]
+    names.append(("Gemma3ForCausalLM", "Gemma3TextForSequenceClassification", "Gemma3TextModel"))
+    for causal, classifier, bare in names:
+        windows = causal in ("Gemma2ForCausalLM", "Gemma3ForCausalLM")
         specs += [
             # Any generative decoder can also serve last-token embeddings (vLLM's --task embed).
             ModelSpec(
@@ -162,7 +169,7 @@ def _llama_family() -> list[ModelSpec]:
             ),
             # Reward models, Qwen rerankers: the decoder with a `score` head on the last token.
             ModelSpec(
-                f"{family}ForSequenceClassification",
+                classifier,
                 "llama_pooling",
                 "LlamaForSequenceClassification",
                 ("classify",),
@@ -172,7 +179,7 @@ def _llama_family() -> list[ModelSpec]:
             ),
             # Bare decoder bodies (no LM head) are published for embeddings (e5-mistral).
             ModelSpec(
-                f"{family}Model",
+                bare,
                 "llama_pooling",
                 "LlamaBareModel",
                 ("embed",),
