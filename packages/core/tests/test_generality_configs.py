@@ -280,6 +280,20 @@ def test_gemma3_keeps_the_context_and_reads_released_configs(
     torch.testing.assert_close(hf_logits(released, prompt), expected, atol=1e-5, rtol=1e-5)
 
 
+def test_bidirectional_gemma3_is_refused(tmp_path: Path) -> None:
+    """EmbeddingGemma's config (gemma3_text with use_bidirectional_attention) is refused by
+    name instead of being run with a causal mask."""
+    folder = derive_model(
+        "tiny-gemma3",
+        tmp_path / "bidirectional",
+        config=lambda c: c.update(
+            architectures=["Gemma3TextModel"], use_bidirectional_attention=True
+        ),
+    )
+    with pytest.raises(UnsupportedModelError, match="use_bidirectional_attention"):
+        LLM(str(folder), device="cpu", max_model_len=128, kv_cache_memory_gib=0.01)
+
+
 @pytest.mark.parametrize(
     ("base", "edit", "window"),
     [

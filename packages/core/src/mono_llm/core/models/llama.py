@@ -96,6 +96,13 @@ class LlamaSettings:
         # Gemma 2 and 3: sandwich norms, query_pre_attn_scalar, per-layer sliding windows.
         gemma2_layout = is_gemma3 or architecture == "Gemma2ForCausalLM"
         is_gemma = gemma2_layout or architecture == "GemmaForCausalLM"
+        if is_gemma3 and config.get("use_bidirectional_attention"):
+            # EmbeddingGemma: every layer attends both ways, which the paged causal kernels
+            # do not do; running it causally would give wrong embeddings without a word.
+            raise UnsupportedModelError(
+                f"{architecture}: use_bidirectional_attention=true (EmbeddingGemma) is not "
+                "supported; mono-llm runs Gemma 3 text models with causal attention only."
+            )
         num_layers = int(config["num_hidden_layers"])
         theta, scaling = rope_settings(config)
         if is_gemma3 and "rope_theta" not in config and "rope_parameters" not in config:
