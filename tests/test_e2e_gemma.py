@@ -1,6 +1,8 @@
-"""Gemma and Gemma 2 end to end: `mono-llm serve`'s app on the tiny fixtures, the real
-`openai` client, replies equal to transformers' greedy generation from the same chat template, and the
-template's refusal of a system message as a 400 that names the problem.
+"""Gemma, Gemma 2 and Gemma 3 end to end: `mono-llm serve`'s app on the tiny fixtures, the
+real `openai` client, replies equal to transformers' greedy generation from the same chat
+template, and the templates' refusals of a system message (Gemma and Gemma 2: any; Gemma 3:
+one that is not the first message) as a 400 that names the problem. Gemma 3's template folds
+a leading system message into the first user turn.
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-# tiny-gemma2's 16-token sliding window is shorter than the conversation below.
-MODELS = ["tiny-gemma", "tiny-gemma2"]
+# tiny-gemma2's and tiny-gemma3's 16-token sliding window is shorter than the conversations.
+MODELS = ["tiny-gemma", "tiny-gemma2", "tiny-gemma3"]
+NO_SYSTEM_ROLE = ["tiny-gemma", "tiny-gemma2"]
 NEW_TOKENS = 10
 
 
@@ -83,7 +86,7 @@ def test_chat_reply_equals_transformers(gemma_server: Any, name: str) -> None:
     assert streamed == reply.choices[0].message.content
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", NO_SYSTEM_ROLE)
 def test_system_message_is_a_400_naming_the_problem(gemma_server: Any, name: str) -> None:
     client = gemma_server.openai()
     with pytest.raises(openai.BadRequestError) as caught:
@@ -104,3 +107,47 @@ def test_system_message_is_a_400_naming_the_problem(gemma_server: Any, name: str
         model=name, messages=[{"role": "user", "content": "Hello"}], max_tokens=4
     )
     assert reply.choices[0].message.role == "assistant"
+
+
+def test_gemma3_folds_a_leading_system_message_into_the_first_turn(gemma_server: Any) -> None:
+    name = "tiny-gemma3"
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Tell me a story about a café."},
+    ]
+    client = gemma_server.openai()
+    reply = client.chat.completions.create(
+        model=name,
+        messages=messages,
+        temperature=0,
+        max_tokens=NEW_TOKENS,
+        extra_body={"ignore_eos": True},
+    )
+    assert reply.choices[0].message.content == hf_reply(name, messages)
+    # The system text reached the model: without it the prompt is shorter and the reply differs.
+    plain = client.chat.completions.create(
+        model=name,
+        messages=messages[1:],
+        temperature=0,
+        max_tokens=NEW_TOKENS,
+        extra_body={"ignore_eos": True},
+    )
+    assert reply.usage.prompt_tokens > plain.usage.prompt_tokens
+    # A system message after the first one is refused by the template: a 400, and the server
+    # keeps serving.
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(
+            model=name,
+            messages=[*messages, {"role": "system", "content": "Now be long."}],
+            max_tokens=4,
+        )
+    assert caught.value.status_code == 400
+    assert "only supported as the first message" in caught.value.body["message"]
+    again = client.chat.completions.create(
+        model=name,
+        messages=messages,
+        temperature=0,
+        max_tokens=NEW_TOKENS,
+        extra_body={"ignore_eos": True},
+    )
+    assert again.choices[0].message.content == reply.choices[0].message.content

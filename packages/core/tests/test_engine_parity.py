@@ -28,6 +28,7 @@ FIXTURES = [
     "tiny-gemma2",
     "tiny-granite",
     "tiny-olmo2",
+    "tiny-gemma3",
 ]
 NEW_TOKENS = 32
 LOGPROB_ATOL = 1e-3

@@ -22,6 +22,7 @@ CAUSAL_LMS = [
     "tiny-gemma2",
     "tiny-granite",
     "tiny-olmo2",
+    "tiny-gemma3",
 ]
 
 

@@ -241,6 +241,59 @@ def test_gemma2_applies_its_windows_and_keeps_the_context(
     torch.testing.assert_close(engine_logits(legacy, prompt), expected, atol=2e-4, rtol=1e-4)
 
 
+def _gemma3_released_config(config: dict[str, Any]) -> None:
+    """tiny-gemma3's config.json as released Gemma 3 checkpoints spell it (gemma-3-1b-it,
+    gemma-3-4b+'s text config): top-level rope_theta, rope_local_base_freq and rope_scaling,
+    sliding_window_pattern instead of layer_types, and no architectures (model_type only)."""
+    params = config.pop("rope_parameters")
+    full, local = dict(params["full_attention"]), params["sliding_attention"]
+    config["rope_theta"] = full.pop("rope_theta")
+    config["rope_local_base_freq"] = local["rope_theta"]
+    config["rope_scaling"] = {**full, "type": full.pop("rope_type")}
+    assert config.pop("layer_types") == ["sliding_attention", "full_attention"]
+    config.pop("_sliding_window_pattern", None)
+    config["sliding_window_pattern"] = 2  # every 2nd layer full: sliding, full
+    config.pop("architectures")
+
+
+def test_gemma3_keeps_the_context_and_reads_released_configs(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Gemma 3's class applies its windows (the context is not capped to them), and the
+    released config spelling is the same model as transformers 5's rope_parameters form: the
+    sliding layer rotates with base 10000 unscaled, the full one with 1e6 scaled by 8."""
+    from mono_llm.core.testing import fixture_path
+
+    folder = fixture_path("tiny-gemma3")
+    with caplog.at_level(logging.WARNING):
+        engine = EngineArgs(model=str(folder), device="cpu").create_engine_config()
+    assert sliding_window_in_use(engine.model_config.hf_config) == 16
+    assert engine.model_config.max_model_len == 1024
+    assert not any("sliding" in r.getMessage() for r in caplog.records)
+    released = derive_model("tiny-gemma3", tmp_path / "released", config=_gemma3_released_config)
+    released_config = EngineArgs(model=str(released), device="cpu").create_engine_config()
+    assert released_config.model_config.hf_config["architectures"] == ["Gemma3ForCausalLM"]
+    prompt = PROMPT * 3  # 60 tokens: past the 16-token window
+    expected = hf_logits(folder, prompt)
+    torch.testing.assert_close(engine_logits(released, prompt), expected, atol=2e-4, rtol=1e-4)
+    # The released spelling loads in transformers as the same model.
+    torch.testing.assert_close(hf_logits(released, prompt), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_bidirectional_gemma3_is_refused(tmp_path: Path) -> None:
+    """EmbeddingGemma's config (gemma3_text with use_bidirectional_attention) is refused by
+    name instead of being run with a causal mask."""
+    folder = derive_model(
+        "tiny-gemma3",
+        tmp_path / "bidirectional",
+        config=lambda c: c.update(
+            architectures=["Gemma3TextModel"], use_bidirectional_attention=True
+        ),
+    )
+    with pytest.raises(UnsupportedModelError, match="use_bidirectional_attention"):
+        LLM(str(folder), device="cpu", max_model_len=128, kv_cache_memory_gib=0.01)
+
+
 @pytest.mark.parametrize(
     ("base", "edit", "window"),
     [

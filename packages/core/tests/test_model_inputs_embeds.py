@@ -80,8 +80,8 @@ def test_models_implement_the_interface(name: str) -> None:
 
 
 # tiny-opt-post-ln: the embeddings go through project_in and get learned positions added.
-# tiny-gemma / tiny-gemma2: embed_input_ids scales them by sqrt(hidden), forward does not;
-# tiny-granite likewise by embedding_multiplier.
+# tiny-gemma / tiny-gemma2 / tiny-gemma3: embed_input_ids scales them by sqrt(hidden), forward
+# does not; tiny-granite likewise by embedding_multiplier.
 @pytest.mark.parametrize(
     "name",
     [
@@ -94,6 +94,7 @@ def test_models_implement_the_interface(name: str) -> None:
         "tiny-gemma2",
         "tiny-granite",
         "tiny-olmo2",
+        "tiny-gemma3",
     ],
 )
 def test_model_forward_from_embeddings_equals_token_ids(name: str) -> None:

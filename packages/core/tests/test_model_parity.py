@@ -29,6 +29,7 @@ FIXTURES = [
     "tiny-gemma2",
     "tiny-granite",
     "tiny-olmo2",
+    "tiny-gemma3",
 ]
 ATOL = 2e-4
 
@@ -250,16 +251,17 @@ def test_step_limits_are_enforced() -> None:
         r.execute(ModelBatch([SequenceSlice([1], 0, [i]) for i in range(9)]))
 
 
-def test_gemma2_through_the_triton_kernels_matches_hf() -> None:
+@pytest.mark.parametrize("name", ["tiny-gemma2", "tiny-gemma3"])
+def test_windowed_gemma_through_the_triton_kernels_matches_hf(name: str) -> None:
     """The CPU runs above take the kernels' torch references; this one forces every op through
-    its Triton kernel (the interpreter on CPU): soft-capped, windowed prefill and decode
-    attention past tiny-gemma2's 16-token window, the unit-offset norms, the GeGLU."""
+    its Triton kernel (the interpreter on CPU): windowed prefill and decode attention past the
+    fixtures' 16-token window (soft-capped for Gemma 2; for Gemma 3 the q/k head norms and the
+    two rotary tables, one per layer kind), the unit-offset norms, the GeGLU."""
     from mono_llm import kernels
     from mono_llm.kernels.backend import triton_can_run
 
     if not triton_can_run("cpu"):
         pytest.skip("Triton cannot run on CPU here (TRITON_INTERPRET is not 1)")
-    name = "tiny-gemma2"
     r = runner(name)
     blocks = Blocks(r.num_blocks, r.block_size, shuffle_seed=5)
     long, short = prompts(r.vocab_size)[2], prompts(r.vocab_size)[1]  # 41 and 3 tokens

@@ -112,6 +112,7 @@ def run_session(runner: ModelRunner, num_steps: int = 6) -> list[list[torch.Tens
         "tiny-gemma2",
         "tiny-granite",
         "tiny-olmo2",
+        "tiny-gemma3",
     ],
 )
 def test_cuda_graph_runner_matches_hf(name: str) -> None:
@@ -138,6 +139,7 @@ def test_cuda_graph_runner_matches_hf(name: str) -> None:
         "tiny-gemma2",
         "tiny-granite",
         "tiny-olmo2",
+        "tiny-gemma3",
     ],
 )
 def test_prefill_cuda_graphs_match_hf(name: str) -> None:

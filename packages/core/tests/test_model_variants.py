@@ -1,5 +1,5 @@
 """Config switches of the Llama family against HF transformers: rope scaling variants,
-attention / MLP bias, tied embeddings, explicit head_dim, legacy configs, Gemma's switches."""
+attention / MLP bias, tied embeddings, explicit head_dim, legacy configs, Gemma's switches (Gemma, Gemma 2, Gemma 3)."""
 
 from __future__ import annotations
 
@@ -75,6 +75,21 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
             "attn_logit_softcapping": 3.0,
         },
     ),
+    # gemma-3-1b's layout: six layers at the released 5 sliding : 1 full pattern (derived by
+    # transformers, no layer_types given), one kv head, unscaled rope on both kinds of layer,
+    # an 8-token window over the 200-token prompt.
+    "gemma3-pattern-mqa": (
+        "Gemma3ForCausalLM",
+        {
+            "num_hidden_layers": 6,
+            "num_key_value_heads": 1,
+            "head_dim": 16,
+            "query_pre_attn_scalar": 16,
+            "sliding_window": 8,
+            "rope_theta": 1000000.0,
+            "rope_local_base_freq": 10000.0,
+        },
+    ),
 }
 
 
@@ -88,6 +103,7 @@ def build(tmp_path: Path, architecture: str, overrides: dict[str, Any]) -> tuple
         "Qwen3ForCausalLM": transformers.Qwen3Config,
         "GemmaForCausalLM": transformers.GemmaConfig,
         "Gemma2ForCausalLM": transformers.Gemma2Config,
+        "Gemma3ForCausalLM": transformers.Gemma3TextConfig,
     }[architecture]
     config = config_cls(**{**SHAPE, **overrides})
     config.architectures = [architecture]

@@ -209,20 +209,28 @@ def test_matryoshka_dimensions(tmp_path):
         llm.embed("x", pooling_params=PoolingParams(dimensions=24))
 
 
-def test_gemma_classifier_and_embedder_match_transformers(tmp_path):
-    """Gemma's switches (scaled embeddings, 1 + weight norms, GeGLU) reach the pooling heads:
-    a GemmaForSequenceClassification made from tiny-gemma with a random `score` head, and
-    tiny-gemma itself as a last-token embedder."""
+@pytest.mark.parametrize(
+    ("name", "classifier"),
+    [
+        ("tiny-gemma", "GemmaForSequenceClassification"),
+        # Text-only Gemma 3's classifier name (Gemma3ForSequenceClassification is multimodal).
+        ("tiny-gemma3", "Gemma3TextForSequenceClassification"),
+    ],
+)
+def test_gemma_classifier_and_embedder_match_transformers(tmp_path, name, classifier):
+    """Gemma's switches (scaled embeddings, 1 + weight norms, GeGLU; Gemma 3's q/k norms and
+    per-layer rotary tables) reach the pooling heads: a sequence classifier made from the
+    fixture with a random `score` head, and the fixture itself as a last-token embedder."""
     from mono_llm.core.testing.variants import derive_model
 
     def add_score(state):
         state["score.weight"] = torch.randn(2, 64, generator=torch.Generator().manual_seed(0))
 
     def as_classifier(config):
-        config.update(architectures=["GemmaForSequenceClassification"])
+        config.update(architectures=[classifier])
         config.update(id2label={"0": "bad", "1": "good"}, label2id={"bad": 0, "good": 1})
 
-    path = derive_model("tiny-gemma", tmp_path / "cls", config=as_classifier, weights=add_score)
+    path = derive_model(name, tmp_path / "cls", config=as_classifier, weights=add_score)
     tokenizer = transformers.AutoTokenizer.from_pretrained(path)
     hf = transformers.AutoModelForSequenceClassification.from_pretrained(path).eval()
     assert hf.config.num_labels == 2
@@ -232,9 +240,33 @@ def test_gemma_classifier_and_embedder_match_transformers(tmp_path):
             probs = hf(**tokenizer(text, return_tensors="pt")).logits[0].softmax(-1)
         assert out.outputs.probs == pytest.approx(probs.tolist(), abs=1e-5)
 
-    base = fixture_path("tiny-gemma")
+    base = fixture_path(name)
     body = transformers.AutoModel.from_pretrained(base).eval()
     for text, result in zip(TEXTS[:2], LLM(str(base), task="embed").embed(TEXTS[:2]), strict=True):
+        with torch.no_grad():
+            hidden = body(**tokenizer(text, return_tensors="pt")).last_hidden_state[0, -1]
+        expected = torch.nn.functional.normalize(hidden, dim=0)
+        assert result.outputs.embedding == pytest.approx(expected.tolist(), abs=1e-4)
+
+
+def test_gemma3_bare_text_model_embeds_as_transformers(tmp_path):
+    """A Gemma3TextModel checkpoint (the body alone, tensor names without `model.`) serves
+    last-token embeddings equal to transformers' on the same body."""
+    from mono_llm.core.testing.variants import derive_model
+
+    def bare(state):
+        return {name.removeprefix("model."): tensor for name, tensor in state.items()}
+
+    path = derive_model(
+        "tiny-gemma3",
+        tmp_path / "bare",
+        config=lambda c: c.update(architectures=["Gemma3TextModel"]),
+        weights=bare,
+    )
+    tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+    body = transformers.AutoModel.from_pretrained(fixture_path("tiny-gemma3")).eval()
+    results = LLM(str(path)).embed(TEXTS[:2])
+    for text, result in zip(TEXTS[:2], results, strict=True):
         with torch.no_grad():
             hidden = body(**tokenizer(text, return_tensors="pt")).last_hidden_state[0, -1]
         expected = torch.nn.functional.normalize(hidden, dim=0)

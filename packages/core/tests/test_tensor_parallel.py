@@ -88,12 +88,13 @@ def test_tp2_tied_embeddings_and_tp4_replicated_kv_heads(tmp_path: Path) -> None
     _assert_same(_reference("tiny-mistral"), tp4)
 
 
-@pytest.mark.parametrize("name", ["tiny-gemma", "tiny-gemma2"])
+@pytest.mark.parametrize("name", ["tiny-gemma", "tiny-gemma2", "tiny-gemma3"])
 def test_tp2_gemma_equals_tp1(tmp_path: Path, name: str) -> None:
     """Gemma through the Llama family's split: scaled embeddings after the vocabulary
     all-reduce, a GeGLU over each rank's gate/up slice, the tied head; Gemma 2's soft caps and
-    window on each rank's heads. The vocabulary is padded by one row (as released checkpoints
-    pad theirs) so that two ranks divide it."""
+    window on each rank's heads; Gemma 3's q/k head norms and per-layer rotary tables. The
+    vocabulary is padded by one row (as released checkpoints pad theirs) so that two ranks
+    divide it."""
     import torch
 
     def pad_vocab(state: dict) -> None:

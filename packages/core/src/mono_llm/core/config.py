@@ -515,6 +515,7 @@ _CAUSAL_LM_BY_MODEL_TYPE = {
     "gemma2": "Gemma2ForCausalLM",
     "granite": "GraniteForCausalLM",
     "olmo2": "Olmo2ForCausalLM",
+    "gemma3_text": "Gemma3ForCausalLM",
 }
 
 

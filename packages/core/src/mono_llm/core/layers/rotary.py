@@ -10,16 +10,20 @@ from torch import nn
 from mono_llm.core.layers.ops import ops
 
 
-def rope_settings(config: dict[str, Any]) -> tuple[float, dict[str, Any] | None]:
+def rope_settings(
+    config: dict[str, Any], layer_type: str = "full_attention"
+) -> tuple[float, dict[str, Any] | None]:
     """(rope_theta, rope_scaling or None) from an HF text config.
 
     transformers >= 5 writes `rope_parameters` (theta and scaling in one dict); released
     checkpoints mostly carry a top-level `rope_theta` plus an optional `rope_scaling`.
+    Models whose layer types rotate differently (Gemma 3) get `rope_parameters` keyed by layer
+    type; `layer_type` picks one (the full-attention entry also serves the flat spellings).
     """
     params = config.get("rope_parameters")
     if isinstance(params, dict) and params and all(isinstance(v, dict) for v in params.values()):
-        # Per-layer-type parameters ({"full_attention": {...}, ...}); these models use full attention.
-        params = params.get("full_attention") or next(iter(params.values()))
+        # Per-layer-type parameters ({"full_attention": {...}, "sliding_attention": {...}}).
+        params = params.get(layer_type) or next(iter(params.values()))
     if isinstance(params, dict) and params:
         theta = float(params.get("rope_theta", config.get("rope_theta", 10000.0)))
         scaling = {k: v for k, v in params.items() if k != "rope_theta"}

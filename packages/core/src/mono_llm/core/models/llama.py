@@ -5,7 +5,9 @@ Qwen2ForCausalLM (bias on q/k/v), Qwen3ForCausalLM (RMSNorm over each q/k head),
 Phi3ForCausalLM (Phi-3, Phi-3.5-mini, Phi-4-mini: LongRoPE, partial rotary), GemmaForCausalLM
 (RMSNorm scaling by 1 + weight, embeddings scaled by sqrt(hidden), GELU-tanh MLP, tied head),
 Gemma2ForCausalLM (Gemma plus norms after attention and around the MLP, soft-capped
-attention scores and logits, sliding-window attention on alternate layers), GraniteForCausalLM
+attention scores and logits, sliding-window attention on alternate layers),
+Gemma3ForCausalLM (Gemma 2's layout without the caps, RMSNorm over each q/k head, five sliding
+layers to one full, each kind with its own rotary base), GraniteForCausalLM
 (IBM Granite 3: multipliers on the embeddings, on each sub-block's output and on the attention
 scores, logits divided by a constant) and Olmo2ForCausalLM (norms after attention and after the
 MLP instead of before them, RMSNorm over the whole q and k projections) differ only in a few
@@ -90,6 +92,11 @@ class LlamaSettings:
     # OLMo 2: no norm before attention or the MLP; a norm on each one's output instead, and
     # q_norm / k_norm over the whole q and k projections (all heads at once) before RoPE.
     post_norms: bool = False
+    # Gemma 3: the sliding layers rotate with their own base (unscaled in released configs)
+    # while the full layers keep rope_theta / rope_scaling; `sliding_layers` says which is which.
+    local_rope_theta: float | None = None
+    local_rope_scaling: dict[str, Any] | None = None
+    sliding_layers: tuple[bool, ...] = ()
 
     @classmethod
     def from_hf(
@@ -97,19 +104,32 @@ class LlamaSettings:
     ) -> LlamaSettings:
         hidden = int(config["hidden_size"])
         heads = int(config["num_attention_heads"])
-        is_gemma2 = architecture == "Gemma2ForCausalLM"
-        is_gemma = is_gemma2 or architecture == "GemmaForCausalLM"
+        is_gemma3 = architecture == "Gemma3ForCausalLM"
+        # Gemma 2 and 3: sandwich norms, query_pre_attn_scalar, per-layer sliding windows.
+        gemma2_layout = is_gemma3 or architecture == "Gemma2ForCausalLM"
+        is_gemma = gemma2_layout or architecture == "GemmaForCausalLM"
         is_granite = architecture == "GraniteForCausalLM"
         is_olmo2 = architecture == "Olmo2ForCausalLM"
+        if is_gemma3 and config.get("use_bidirectional_attention"):
+            # EmbeddingGemma: every layer attends both ways, which the paged causal kernels
+            # do not do; running it causally would give wrong embeddings without a word.
+            raise UnsupportedModelError(
+                f"{architecture}: use_bidirectional_attention=true (EmbeddingGemma) is not "
+                "supported; mono-llm runs Gemma 3 text models with causal attention only."
+            )
         num_layers = int(config["num_hidden_layers"])
         theta, scaling = rope_settings(config)
+        if is_gemma3 and "rope_theta" not in config and "rope_parameters" not in config:
+            theta = 1_000_000.0  # transformers' default global base for Gemma 3
+        sliding = _sliding_layers(config, num_layers, architecture) if gemma2_layout else ()
+        local_theta, local_scaling = _local_rope(config) if is_gemma3 else (None, None)
         trained = int(config.get("max_position_embeddings", 2048))
         attention_bias = bool(config.get("attention_bias", False))
         is_qwen2 = architecture == "Qwen2ForCausalLM"
         head_dim = int(config.get("head_dim") or hidden // heads)
         window = sliding_window_in_use(config)
         if (
-            not is_gemma2
+            not gemma2_layout
             and window is not None
             and max_model_len is not None
             and max_model_len > window
@@ -145,22 +165,25 @@ class LlamaSettings:
             qkv_bias=is_qwen2 or attention_bias,
             o_bias=attention_bias and not is_qwen2,
             mlp_bias=bool(config.get("mlp_bias", False)),
-            qk_norm=architecture == "Qwen3ForCausalLM" or is_olmo2,
+            qk_norm=architecture in ("Qwen3ForCausalLM", "Gemma3ForCausalLM") or is_olmo2,
             tie_word_embeddings=bool(config.get("tie_word_embeddings", is_gemma)),
             activation=_activation(config, architecture),
             norm_unit_offset=is_gemma,
             embed_scale=hidden**0.5 if is_gemma else None,
-            sandwich_norms=is_gemma2,
+            sandwich_norms=gemma2_layout,
             attention_scale=(
                 float(config.get("query_pre_attn_scalar") or 256) ** -0.5
-                if is_gemma2
+                if gemma2_layout
                 else _multiplier(config, "attention_multiplier")
                 if is_granite
                 else None
             ),
-            attn_softcap=_softcap(config, "attn_logit_softcapping") if is_gemma2 else None,
-            final_softcap=_softcap(config, "final_logit_softcapping") if is_gemma2 else None,
-            layer_windows=_gemma2_windows(config, num_layers) if is_gemma2 else (),
+            attn_softcap=_softcap(config, "attn_logit_softcapping") if gemma2_layout else None,
+            final_softcap=_softcap(config, "final_logit_softcapping") if gemma2_layout else None,
+            layer_windows=_layer_windows(config, sliding) if gemma2_layout else (),
+            local_rope_theta=local_theta,
+            local_rope_scaling=local_scaling,
+            sliding_layers=sliding,
             embedding_multiplier=_multiplier(config, "embedding_multiplier")
             if is_granite
             else None,
@@ -181,16 +204,41 @@ def _multiplier(config: dict[str, Any], key: str) -> float:
     return 1.0 if value is None else float(value)
 
 
-def _gemma2_windows(config: dict[str, Any], num_layers: int) -> tuple[int | None, ...]:
-    """Each layer's attention window: `layer_types` when the config spells them out
-    (transformers 5), else the released models' pattern, sliding on even layers."""
+def _sliding_layers(config: dict[str, Any], num_layers: int, architecture: str) -> tuple[bool, ...]:
+    """Which layers are sliding-attention layers: `layer_types` when the config spells them
+    out (transformers 5), else the released models' pattern. Gemma 2: even layers. Gemma 3:
+    every layer but each `sliding_window_pattern`-th (6: five sliding, then one full)."""
+    layer_types = config.get("layer_types")
+    if isinstance(layer_types, list) and len(layer_types) == num_layers:
+        return tuple(kind == "sliding_attention" for kind in layer_types)
+    if architecture == "Gemma3ForCausalLM":
+        pattern = config.get("sliding_window_pattern") or config.get("_sliding_window_pattern")
+        pattern = int(pattern) if isinstance(pattern, int) and pattern > 0 else 6
+        return tuple(bool((i + 1) % pattern) for i in range(num_layers))
+    return tuple(i % 2 == 0 for i in range(num_layers))
+
+
+def _layer_windows(config: dict[str, Any], sliding: tuple[bool, ...]) -> tuple[int | None, ...]:
+    """Each layer's attention window (None: full attention)."""
     window = config.get("sliding_window")
     if not isinstance(window, int) or window <= 0:
-        return (None,) * num_layers
-    layer_types = config.get("layer_types")
-    if not isinstance(layer_types, list) or len(layer_types) != num_layers:
-        layer_types = ["sliding_attention" if i % 2 == 0 else "full" for i in range(num_layers)]
-    return tuple(window if kind == "sliding_attention" else None for kind in layer_types)
+        return (None,) * len(sliding)
+    return tuple(window if is_sliding else None for is_sliding in sliding)
+
+
+def _local_rope(config: dict[str, Any]) -> tuple[float, dict[str, Any] | None]:
+    """Gemma 3's sliding-layer rotary settings: transformers 5's
+    `rope_parameters["sliding_attention"]`, else the released configs' `rope_local_base_freq`
+    (10000 when absent), never scaled (`rope_scaling` belongs to the full layers)."""
+    params = config.get("rope_parameters")
+    if isinstance(params, dict) and isinstance(params.get("sliding_attention"), dict):
+        local = params["sliding_attention"]
+        if "rope_theta" not in local:
+            local = {**local, "rope_theta": config.get("rope_local_base_freq") or 10000.0}
+        return rope_settings(
+            {**config, "rope_parameters": {"sliding_attention": local}}, "sliding_attention"
+        )
+    return float(config.get("rope_local_base_freq") or 10000.0), None
 
 
 # HF activation names (ACT2FN keys) -> the gated MLP's activation.
@@ -207,7 +255,7 @@ def _activation(config: dict[str, Any], architecture: str) -> str:
     """The MLP activation the reference applies for this config."""
     default = "gelu_pytorch_tanh" if architecture == "GemmaForCausalLM" else "silu"
     name = config.get("hidden_act") or config.get("hidden_activation") or default
-    if architecture == "Gemma2ForCausalLM":  # transformers reads hidden_activation there
+    if architecture in ("Gemma2ForCausalLM", "Gemma3ForCausalLM"):  # they read hidden_activation
         name = config.get("hidden_activation") or "gelu_pytorch_tanh"
     if architecture == "GemmaForCausalLM" and name == "gelu":
         # As transformers: the first Gemma releases wrote "gelu" for the tanh approximation
@@ -379,17 +427,40 @@ class LlamaModel(nn.Module):
             rotary_dim=s.rotary_dim,
             context_len=s.context_len,
         )
+        rotaries = [self.rotary_emb] * s.num_layers
+        self.rotary_emb_local: RotaryEmbedding | None = None
+        if s.local_rope_theta is not None:
+            # Gemma 3: a second table for the sliding layers, built by the loader beside the
+            # first (`rotary_embeddings`); each layer keeps a reference to its own.
+            self.rotary_emb_local = RotaryEmbedding(
+                s.head_dim,
+                s.max_position,
+                s.local_rope_theta,
+                s.local_rope_scaling,
+                rotary_dim=s.rotary_dim,
+                context_len=s.context_len,
+            )
+            rotaries = [
+                self.rotary_emb_local if is_sliding else self.rotary_emb
+                for is_sliding in s.sliding_layers
+            ]
         self.embed_tokens = VocabParallelEmbedding(s.vocab_size, s.hidden_size, tp)
         windows = s.layer_windows or (None,) * s.num_layers
         self.layers = nn.ModuleList(
             [
-                LlamaDecoderLayer(s, self.rotary_emb, self.forward_context, tp, windows[i])
+                LlamaDecoderLayer(s, rotaries[i], self.forward_context, tp, windows[i])
                 for i in range(s.num_layers)
             ]
         )
         self.norm = _norm(s, s.hidden_size)
         self.embed_scale = s.embed_scale
         self.embedding_multiplier = s.embedding_multiplier
+
+    def rotary_embeddings(self) -> list[RotaryEmbedding]:
+        """Every rotary table the layers read (two for Gemma 3)."""
+        if self.rotary_emb_local is None:
+            return [self.rotary_emb]
+        return [self.rotary_emb, self.rotary_emb_local]
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         """input_ids [num_tokens] -> the first layer's input [num_tokens, hidden]."""
@@ -492,7 +563,8 @@ class LlamaForCausalLM(nn.Module):
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """[rows, hidden] -> float32 logits [rows, vocab] (divided by logits_scaling for
-        Granite, soft-capped at ±final_softcap through tanh for Gemma 2)."""
+        Granite, soft-capped at ±final_softcap through tanh for Gemma 2; Gemma 3 configs leave
+        the cap out)."""
         logits = self.lm_head(hidden).float()
         if self.settings.logits_scaling is not None:
             logits = logits / self.settings.logits_scaling
@@ -505,7 +577,7 @@ class LlamaForCausalLM(nn.Module):
         return [layer.self_attn.attn for layer in self.model.layers]
 
     def rotary_embeddings(self) -> list[RotaryEmbedding]:
-        return [self.model.rotary_emb]
+        return self.model.rotary_embeddings()
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         """Copy checkpoint tensors into the parameters; returns the names loaded.

@@ -149,10 +149,17 @@ def _llama_family() -> list[ModelSpec]:
     # Granite: IBM Granite 3.x dense (transformers has no Granite sequence classifier).
     # Olmo2: its q/k norms span every head, so one rank's heads cannot be normalised alone:
     # no tensor parallelism.
-    families = ("Llama", "Mistral", "Qwen2", "Qwen3", "Phi3", "Gemma", "Gemma2")
-    for family in (*families, "Granite", "Olmo2"):
-        causal = f"{family}ForCausalLM"
-        windows = family == "Gemma2"
+    # (causal LM, sequence classifier, bare body): HF names them after the family, except
+    # text-only Gemma 3 (model_type gemma3_text), whose Gemma3ForSequenceClassification and
+    # Gemma3Model names belong to the multimodal model.
+    families = ("Llama", "Mistral", "Qwen2", "Qwen3", "Phi3", "Gemma", "Gemma2", "Granite", "Olmo2")
+    names = [
+        (f"{family}ForCausalLM", f"{family}ForSequenceClassification", f"{family}Model")
+        for family in families
+    ]
+    names.append(("Gemma3ForCausalLM", "Gemma3TextForSequenceClassification", "Gemma3TextModel"))
+    for causal, classifier, bare in names:
+        windows = causal in ("Gemma2ForCausalLM", "Gemma3ForCausalLM")
         specs += [
             # Any generative decoder can also serve last-token embeddings (vLLM's --task embed).
             ModelSpec(
@@ -161,12 +168,12 @@ def _llama_family() -> list[ModelSpec]:
                 "LlamaForCausalLM",
                 ("generate", "embed"),
                 weights=_LLAMA_WEIGHTS,
-                tensor_parallel=family != "Olmo2",
+                tensor_parallel=causal != "Olmo2ForCausalLM",
                 sliding_window=windows,
             ),
             # Reward models, Qwen rerankers: the decoder with a `score` head on the last token.
             ModelSpec(
-                f"{family}ForSequenceClassification",
+                classifier,
                 "llama_pooling",
                 "LlamaForSequenceClassification",
                 ("classify",),
@@ -176,7 +183,7 @@ def _llama_family() -> list[ModelSpec]:
             ),
             # Bare decoder bodies (no LM head) are published for embeddings (e5-mistral).
             ModelSpec(
-                f"{family}Model",
+                bare,
                 "llama_pooling",
                 "LlamaBareModel",
                 ("embed",),

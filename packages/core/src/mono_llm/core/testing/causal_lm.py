@@ -232,6 +232,33 @@ SPECS: dict[str, CausalLMSpec] = {
         add_bos=False,
         config_overrides={"rope_theta": 500000.0, "rms_norm_eps": 1e-6},
     ),
+    # Gemma 3 text: one sliding layer (16-token window, prompts run past it, rotary base
+    # 10000) and one full layer (base 1e6 with linear scaling by 8, as the 4b+ models), q/k
+    # head norms, no caps, query_pre_attn_scalar 24 != head_dim 32. Passed to transformers
+    # in the released configs' spelling (rope_theta, rope_local_base_freq, rope_scaling);
+    # transformers 5 saves them as rope_parameters per layer type.
+    "tiny-gemma3": CausalLMSpec(
+        config_class="Gemma3TextConfig",
+        architecture="Gemma3ForCausalLM",
+        model_type="gemma3_text",
+        special_tokens=GEMMA_SPECIALS,
+        bos_token="<bos>",
+        eos_token="<eos>",
+        pad_token="<pad>",
+        chat_template=chat_templates.GEMMA3,
+        add_bos=True,
+        extra_eos_tokens=("<end_of_turn>",),
+        config_overrides={
+            "head_dim": 32,
+            "tie_word_embeddings": True,
+            "sliding_window": 16,
+            "layer_types": ["sliding_attention", "full_attention"],
+            "query_pre_attn_scalar": 24,
+            "rope_theta": 1000000.0,
+            "rope_local_base_freq": 10000.0,
+            "rope_scaling": {"rope_type": "linear", "factor": 8.0},
+        },
+    ),
 }
 
 # Shape shared by every tiny causal LM: 2 layers, hidden 64, GQA with 4 query / 2 KV heads.

@@ -156,3 +156,28 @@ OLMO2 = (
     "{%- endfor %}"
     "{%- if add_generation_prompt %}{{- '<|assistant|>\n' }}{%- endif %}"
 )
+
+# Gemma 3: Gemma's turns, but a leading system message is accepted and folded into the first
+# user turn (its text, a blank line, then the user's), as the released template does.
+GEMMA3 = (
+    "{{- bos_token }}"
+    "{%- set ns = namespace(prefix='') %}"
+    "{%- set turns = messages %}"
+    "{%- if messages and messages[0]['role'] == 'system' %}"
+    "{%- if messages[0]['content'] is string %}{%- set ns.prefix = messages[0]['content'] %}"
+    "{%- else %}{%- set ns.prefix = messages[0]['content'] | selectattr('type', 'equalto', "
+    "'text') | map(attribute='text') | join('') %}{%- endif %}"
+    "{%- set ns.prefix = ns.prefix + '\\n\\n' %}"
+    "{%- set turns = messages[1:] %}{%- endif %}"
+    "{%- for message in turns %}"
+    "{%- if message['role'] == 'system' %}"
+    "{{- raise_exception('System role is only supported as the first message') }}{%- endif %}"
+    "{%- if message['content'] is string %}{%- set text = message['content'] %}"
+    "{%- else %}{%- set text = message['content'] | selectattr('type', 'equalto', 'text') "
+    "| map(attribute='text') | join('') %}{%- endif %}"
+    "{%- set role = 'model' if message['role'] == 'assistant' else message['role'] %}"
+    "{{- '<start_of_turn>' + role + '\\n' + (ns.prefix if loop.first else '') "
+    "+ text | trim + '<end_of_turn>\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<start_of_turn>model\\n' }}{%- endif %}"
+)
