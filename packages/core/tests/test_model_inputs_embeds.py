@@ -90,6 +90,7 @@ def test_models_implement_the_interface(name: str) -> None:
         "tiny-phi3",
         "tiny-opt",
         "tiny-opt-post-ln",
+        "tiny-gpt2",
         "tiny-gemma",
         "tiny-gemma2",
         "tiny-granite",

@@ -25,6 +25,7 @@ FIXTURES = [
     "tiny-phi3",
     "tiny-opt",
     "tiny-opt-post-ln",
+    "tiny-gpt2",
     "tiny-gemma",
     "tiny-gemma2",
     "tiny-granite",

@@ -510,6 +510,7 @@ _CAUSAL_LM_BY_MODEL_TYPE = {
     "qwen2": "Qwen2ForCausalLM",
     "qwen3": "Qwen3ForCausalLM",
     "opt": "OPTForCausalLM",
+    "gpt2": "GPT2LMHeadModel",
     "phi3": "Phi3ForCausalLM",
     "gemma": "GemmaForCausalLM",
     "gemma2": "Gemma2ForCausalLM",
