@@ -1,6 +1,6 @@
-"""Base models with learned positions (OPT, GPT-2) served as a user serves one: `mono-llm
-serve <folder>` in a subprocess, talked to with the official `openai` client. Neither has a
-chat template: completions work (matching the offline engine's greedy text) and chat is a
+"""Base models (OPT, GPT-2, GPT-NeoX) served as a user serves one: `mono-llm serve
+<folder>` in a subprocess, talked to with the official `openai` client. None has a chat
+template: completions work (matching the offline engine's greedy text) and chat is a
 clear 400."""
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ PROMPT = "The capital of France is"
 MODELS = {
     "tiny-opt-post-ln": 2,  # as opt-350m: post-LN, project_in/out, vocab.json + merges.txt
     "tiny-gpt2": None,  # GPT-2's Conv1D checkpoint; `<|endoftext|>` is never prepended
+    "tiny-gpt-neox": None,  # as Pythia: partial rotary, parallel residual, untied head
 }
 
 
@@ -99,7 +100,7 @@ def test_prompt_starts_with_the_bos_token_if_any(server: str, model: str) -> Non
         f"{server}/tokenize", json={"model": model, "prompt": PROMPT}, timeout=30
     ).json()["tokens"]
     bos = MODELS[model]
-    if bos is None:  # GPT-2: `<|endoftext|>` (id 0) is not prepended
+    if bos is None:  # GPT-2, GPT-NeoX: `<|endoftext|>` (id 0) is not prepended
         assert 0 not in tokens
     else:
         assert tokens[0] == bos and bos not in tokens[1:]

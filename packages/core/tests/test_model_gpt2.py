@@ -15,10 +15,13 @@ from mono_llm.core import LLM, EngineArgs, SamplingParams
 from mono_llm.core.errors import UnsupportedModelError
 from mono_llm.core.testing import fixture_path
 from mono_llm.core.testing.gpt2 import GPT2_EOS_ID, build_gpt2
-from mono_llm.core.testing.parity import chunked_runner_logits, hf_logits, random_prompt
+from mono_llm.core.testing.parity import (
+    assert_runner_matches_hf,
+    chunked_runner_logits,
+    random_prompt,
+)
 from mono_llm.core.testing.variants import derive_model
 
-ATOL = 2e-4
 MODEL = "tiny-gpt2"
 
 # GPT2Config fields of each variant.
@@ -45,11 +48,7 @@ def _prompt(length: int = 90) -> list[int]:
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_config_variant_matches_hf(variant: str, tmp_path: Path) -> None:
     build_gpt2(MODEL, tmp_path, **VARIANTS[variant])
-    prompt = _prompt()
-    expected = hf_logits(tmp_path, prompt)
-    got = chunked_runner_logits(tmp_path, prompt)
-    torch.testing.assert_close(got, expected, atol=ATOL, rtol=1e-4)
-    assert torch.equal(got.argmax(-1), expected.argmax(-1))
+    assert_runner_matches_hf(tmp_path, _prompt())
 
 
 def _old_checkpoint(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -65,11 +64,7 @@ def _old_checkpoint(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def test_old_bare_checkpoint_with_mask_buffers_loads(tmp_path: Path) -> None:
     folder = derive_model(MODEL, tmp_path / "old", weights=_old_checkpoint, weight_format="bin")
     assert not list(folder.glob("*.safetensors"))
-    prompt = _prompt(40)
-    expected = hf_logits(fixture_path(MODEL), prompt)
-    torch.testing.assert_close(
-        chunked_runner_logits(folder, prompt), expected, atol=ATOL, rtol=1e-4
-    )
+    assert_runner_matches_hf(folder, _prompt(40), reference=fixture_path(MODEL))
 
 
 def test_checkpoint_with_an_lm_head_copy_loads_tied(tmp_path: Path) -> None:
@@ -77,21 +72,13 @@ def test_checkpoint_with_an_lm_head_copy_loads_tied(tmp_path: Path) -> None:
         return {**state, "lm_head.weight": state["transformer.wte.weight"].clone()}
 
     folder = derive_model(MODEL, tmp_path / "head", weights=with_head)
-    prompt = _prompt(20)
-    expected = hf_logits(fixture_path(MODEL), prompt)
-    torch.testing.assert_close(
-        chunked_runner_logits(folder, prompt), expected, atol=ATOL, rtol=1e-4
-    )
+    assert_runner_matches_hf(folder, _prompt(20), reference=fixture_path(MODEL))
 
 
 def test_config_with_model_type_only_loads(tmp_path: Path) -> None:
     """Converters that write `model_type: gpt2` and no `architectures` get GPT2LMHeadModel."""
     folder = derive_model(MODEL, tmp_path / "typed", config=lambda c: c.pop("architectures"))
-    prompt = _prompt(20)
-    expected = hf_logits(fixture_path(MODEL), prompt)
-    torch.testing.assert_close(
-        chunked_runner_logits(folder, prompt), expected, atol=ATOL, rtol=1e-4
-    )
+    assert_runner_matches_hf(folder, _prompt(20), reference=fixture_path(MODEL))
 
 
 def test_text_prompts_match_hf_generate() -> None:

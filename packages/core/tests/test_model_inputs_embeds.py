@@ -91,6 +91,7 @@ def test_models_implement_the_interface(name: str) -> None:
         "tiny-opt",
         "tiny-opt-post-ln",
         "tiny-gpt2",
+        "tiny-gpt-neox",
         "tiny-gemma",
         "tiny-gemma2",
         "tiny-granite",

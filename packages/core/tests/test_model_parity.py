@@ -26,6 +26,7 @@ FIXTURES = [
     "tiny-opt",
     "tiny-opt-post-ln",
     "tiny-gpt2",
+    "tiny-gpt-neox",
     "tiny-gemma",
     "tiny-gemma2",
     "tiny-granite",

@@ -43,17 +43,32 @@ from mono_llm.core.layers.parallel import (
     divide,
 )
 from mono_llm.core.layers.rotary import RotaryEmbedding
+from mono_llm.core.models.text_decoder import TextDecoderLM
 from mono_llm.core.models.weight_loading import checkpoint_param, copy_checkpoint_tensor
 
-# transformers' ACT2FN names that OPT configs use.
-_ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+# transformers' ACT2FN names that OPT, GPT-2 and GPT-NeoX configs use ("gelu_new",
+# "gelu_fast" and "gelu_pytorch_tanh" are the same tanh approximation, written three ways).
+ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "relu": F.relu,
     "gelu": F.gelu,
     "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_fast": lambda x: F.gelu(x, approximate="tanh"),
     "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
     "silu": F.silu,
     "swish": F.silu,
 }
+
+
+def activation_fn(family: str, key: str, name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The activation config.json field `key` names; an unknown one is refused, naming it."""
+    if name not in ACTIVATIONS:
+        raise UnsupportedModelError(
+            f"{family}: {key}={name!r} is not supported "
+            f"(supported: {', '.join(sorted(ACTIVATIONS))})"
+        )
+    return ACTIVATIONS[name]
+
+
 # HF's OPTLearnedPositionalEmbedding: position p reads row p + 2.
 POSITION_OFFSET = 2
 # OPT's LayerNorms are torch's default (config.json has no epsilon field).
@@ -91,11 +106,7 @@ class OPTSettings:
                 f"{self.family}: hidden_size={self.hidden_size} is not divisible by "
                 f"num_attention_heads={self.num_heads}"
             )
-        if self.activation not in _ACTIVATIONS:
-            raise UnsupportedModelError(
-                f"{self.family}: activation_function={self.activation!r} is not supported "
-                f"(supported: {', '.join(sorted(_ACTIVATIONS))})"
-            )
+        activation_fn(self.family, "activation_function", self.activation)
 
     @property
     def head_dim(self) -> int:
@@ -197,7 +208,7 @@ class OPTDecoderLayer(nn.Module):
         )
         self.fc2 = RowParallelLinear(s.ffn_dim, s.hidden_size, s.enable_bias, tp)
         self.final_layer_norm = _layer_norm(s)
-        self.act = _ACTIVATIONS[s.activation]
+        self.act = ACTIVATIONS[s.activation]
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden [num_tokens, hidden] -> same shape. Pre-LN normalises each sub-block's
@@ -251,7 +262,7 @@ class OPTModel(nn.Module):
         self.decoder = OPTDecoder(s, tp)
 
 
-class OPTForCausalLM(nn.Module):
+class OPTForCausalLM(TextDecoderLM):
     """OPT decoder + lm_head (tied to the token embedding unless the config says otherwise).
 
     Implements the engine's model interface (models/interface.py `EngineModel`).
@@ -286,30 +297,13 @@ class OPTForCausalLM(nn.Module):
     def forward_context(self) -> ForwardContext:
         return self.model.decoder.forward_context
 
-    @property
-    def vocab_size(self) -> int:
-        return self.settings.vocab_size
-
-    @property
-    def hidden_size(self) -> int:
-        return self.settings.hidden_size
-
     def embed_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
         """input_ids [num_tokens] -> [num_tokens, hidden]: the token embeddings, through
         `project_in` when the model has one (positions are added inside `forward`)."""
         return self.model.decoder.embed(input_ids)
 
-    def forward(
-        self,
-        input_ids: torch.Tensor | None,
-        positions: torch.Tensor,
-        inputs_embeds: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """input_ids (or inputs_embeds [num_tokens, hidden]), positions [num_tokens] ->
-        final hidden states [num_tokens, hidden] (before `project_out`)."""
-        if inputs_embeds is None:
-            assert input_ids is not None
-            inputs_embeds = self.embed_input_ids(input_ids)
+    def decode(self, inputs_embeds: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """The final hidden states [num_tokens, hidden], before `project_out`."""
         return self.model.decoder(inputs_embeds, positions)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -271,6 +271,18 @@ def _opt_models() -> list[ModelSpec]:
                 renames=_GPT2_RENAMES,
             ),
         ),
+        # GPT-NeoX (Pythia, GPT-NeoX-20B): partial rotary, parallel residual, untied embed_out.
+        ModelSpec(
+            "GPTNeoXForCausalLM",
+            "gpt_neox",
+            "GPTNeoXForCausalLM",
+            ("generate",),
+            weights=WeightNaming(
+                # Buffers old checkpoints store with the weights: masks and the rope table.
+                skip_suffixes=(".attention.bias", ".attention.masked_bias", ".rotary_emb.inv_freq"),
+                renames=(("lm_head.", "embed_out."),),  # transformers 5 saves the head so
+            ),
+        ),
     ]
 
 

@@ -8,7 +8,6 @@ is prepended to prompts, there is no pad token and no chat template (a base mode
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -32,22 +31,17 @@ GPT2_FIXTURES: dict[str, dict[str, Any]] = {"tiny-gpt2": {}}
 
 def train_gpt2_tokenizer(out_dir: Path) -> int:
     """GPT-2's tokenizer layout; returns the vocab size."""
-    vocab = train_byte_level_bpe(
+    return train_byte_level_bpe(
         out_dir,
         special_tokens=[GPT2_END_OF_TEXT],
         vocab_size=VOCAB_SIZE,
         bos_token=GPT2_END_OF_TEXT,
         eos_token=GPT2_END_OF_TEXT,
         pad_token=None,
-        chat_template="",
+        chat_template=None,  # a base model ships none
         add_bos=False,
         extra_config={"unk_token": GPT2_END_OF_TEXT, "add_bos_token": False},
     )
-    path = out_dir / "tokenizer_config.json"
-    config = json.loads(path.read_text())
-    del config["chat_template"]  # a base model ships none
-    path.write_text(json.dumps(config, indent=2, ensure_ascii=False))
-    return vocab
 
 
 def build_gpt2(name: str, out_dir: Path, *, seed: int = 0, **overrides: Any) -> None:

@@ -47,22 +47,17 @@ GPT2_FILES_FIXTURES = frozenset({"tiny-opt-post-ln"})
 
 def train_opt_tokenizer(out_dir: Path) -> int:
     """OPT's tokenizer layout (BOS `</s>` prepended, no chat template); returns the vocab size."""
-    vocab = train_byte_level_bpe(
+    return train_byte_level_bpe(
         out_dir,
         special_tokens=OPT_SPECIALS,
         vocab_size=VOCAB_SIZE,
         bos_token="</s>",
         eos_token="</s>",
         pad_token="<pad>",
-        chat_template="",
+        chat_template=None,  # a base model ships none
         add_bos=True,
         extra_config={"unk_token": "</s>"},
     )
-    path = out_dir / "tokenizer_config.json"
-    config = json.loads(path.read_text())
-    del config["chat_template"]  # a base model ships none
-    path.write_text(json.dumps(config, indent=2, ensure_ascii=False))
-    return vocab
 
 
 def write_gpt2_tokenizer_files(out_dir: Path) -> None:

@@ -47,3 +47,14 @@ def random_prompt(length: int, vocab: int, first: int = 3, seed: int = 1) -> lis
     """`length` ids in [first, vocab), the same for the same arguments."""
     gen = torch.Generator().manual_seed(seed)
     return torch.randint(first, vocab, (length,), generator=gen).tolist()
+
+
+def assert_runner_matches_hf(
+    folder: Path, prompt: list[int], reference: Path | None = None, atol: float = 2e-4
+) -> None:
+    """The runner's chunked logits of `folder` equal transformers' of `reference` (default:
+    the same folder; another when `folder` is a re-export of it), with the same argmax."""
+    expected = hf_logits(reference or folder, prompt)
+    got = chunked_runner_logits(folder, prompt)
+    torch.testing.assert_close(got, expected, atol=atol, rtol=1e-4)
+    assert torch.equal(got.argmax(-1), expected.argmax(-1))
