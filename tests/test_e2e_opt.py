@@ -5,7 +5,6 @@ clear 400."""
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
 
 import httpx
@@ -13,7 +12,7 @@ import openai
 import pytest
 
 from mono_llm.core.testing import fixture_path
-from tests.conftest import free_port, mono_llm_command, wait_ready
+from tests.e2e_models import serve_folder
 
 PROMPT = "The capital of France is"
 # Served fixture -> the BOS id its tokenizer prepends (None: nothing is prepended).
@@ -30,34 +29,17 @@ def model(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture(scope="module")
-def server(model: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Base URL of `mono-llm serve <fixture folder> --served-model-name <fixture>`."""
-    port = free_port()
+def client(model: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[openai.OpenAI]:
+    """An `openai` client of `mono-llm serve <fixture folder> --served-model-name <fixture>`."""
     log_path = tmp_path_factory.mktemp(f"{model}-serve") / "serve.log"
-    with log_path.open("w") as log:
-        process = subprocess.Popen(
-            [*mono_llm_command(), "serve", str(fixture_path(model)),
-             "--served-model-name", model, "--host", "127.0.0.1", "--port", str(port),
-             "--max-model-len", "512", "--disable-uvicorn-access-log"],
-            stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(base, process, log_path)
-        yield base
-    finally:
-        process.terminate()
-        try:
-            process.wait(60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(30)
-    assert "Traceback" not in log_path.read_text(), log_path.read_text()[-3000:]
+    with serve_folder(fixture_path(model), model, log_path, "--max-model-len", "512") as client:
+        yield client
 
 
 @pytest.fixture(scope="module")
-def client(server: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{server}/v1", api_key="unused", max_retries=0, timeout=60)
+def server(client: openai.OpenAI) -> str:
+    """The server's base URL, for the endpoints outside /v1."""
+    return str(client.base_url).rstrip("/").removesuffix("/v1")
 
 
 def _offline_greedy(model: str, max_tokens: int) -> str:
