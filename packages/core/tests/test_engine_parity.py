@@ -24,6 +24,8 @@ FIXTURES = [
     "tiny-phi3",
     "tiny-opt",
     "tiny-opt-post-ln",
+    "tiny-gpt2",
+    "tiny-gpt-neox",
     "tiny-gemma",
     "tiny-gemma2",
     "tiny-granite",

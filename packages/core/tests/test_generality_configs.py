@@ -346,12 +346,12 @@ def test_which_configs_really_use_a_sliding_window(
 
 def test_unsupported_architecture_fails_at_config_time(tmp_path: Path) -> None:
     folder = derive_model(
-        "tiny-llama", tmp_path / "m", config=lambda c: c.update(architectures=["GPT2LMHeadModel"])
+        "tiny-llama", tmp_path / "m", config=lambda c: c.update(architectures=["MambaForCausalLM"])
     )
     with pytest.raises(UnsupportedModelError) as info:
         EngineArgs(model=str(folder)).create_engine_config()
     message = str(info.value)
-    assert "GPT2LMHeadModel" in message and "LlamaForCausalLM" in message
+    assert "MambaForCausalLM" in message and "LlamaForCausalLM" in message
     assert "\n" not in message
 
 
@@ -391,7 +391,7 @@ def test_architectures_missing_falls_back_to_model_type(
     unknown = derive_model(
         "tiny-llama",
         tmp_path / "u",
-        config=lambda c: (c.pop("architectures"), c.update(model_type="gpt2")),
+        config=lambda c: (c.pop("architectures"), c.update(model_type="mamba")),
     )
     with pytest.raises(UnsupportedModelError, match=r"none in config\.json"):
         EngineArgs(model=str(unknown)).create_engine_config()

@@ -90,6 +90,8 @@ def test_models_implement_the_interface(name: str) -> None:
         "tiny-phi3",
         "tiny-opt",
         "tiny-opt-post-ln",
+        "tiny-gpt2",
+        "tiny-gpt-neox",
         "tiny-gemma",
         "tiny-gemma2",
         "tiny-granite",

@@ -17,6 +17,8 @@ from mono_llm.core import LLM, EngineArgs, SamplingParams
 from mono_llm.core.errors import UnsupportedModelError
 from mono_llm.core.testing import fixture_path
 from mono_llm.core.testing.opt import OPT_BOS_ID, build_opt
+from mono_llm.core.testing.parity import chunked_runner_logits as runner_logits
+from mono_llm.core.testing.parity import hf_logits, random_prompt
 from mono_llm.core.testing.variants import derive_model
 from mono_llm.core.worker.batch import LogitsWanted, ModelBatch, SequenceSlice
 from mono_llm.core.worker.model_runner import ModelRunner
@@ -37,33 +39,8 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
-def hf_logits(folder: Path, prompt: list[int]) -> torch.Tensor:
-    import transformers
-
-    model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
-    with torch.no_grad():
-        return model(torch.tensor([prompt])).logits[0]
-
-
-def runner_logits(folder: Path, prompt: list[int], **overrides: Any) -> torch.Tensor:
-    """All rows' logits, the prompt run in two chunks (the second over a cached prefix)."""
-    options: dict[str, Any] = {"dtype": "float32", **overrides}
-    args = EngineArgs(
-        model=str(folder), device="cpu", max_num_seqs=2, max_model_len=512,
-        kv_cache_memory_gib=0.01, **options,
-    )  # fmt: skip
-    runner = ModelRunner(args.create_engine_config())
-    table = list(range(-(-len(prompt) // runner.block_size)))
-    half = len(prompt) // 2
-    first = runner.execute(ModelBatch([SequenceSlice(prompt[:half], 0, table, LogitsWanted.ALL)]))
-    second = runner.execute(
-        ModelBatch([SequenceSlice(prompt[half:], half, table, LogitsWanted.ALL)])
-    )
-    return torch.cat([first, second])
-
-
 def prompt_ids(length: int = 90, vocab: int = 1200) -> list[int]:
-    return torch.randint(3, vocab, (length,), generator=torch.Generator().manual_seed(1)).tolist()
+    return random_prompt(length, vocab)
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))

@@ -25,6 +25,8 @@ FIXTURES = [
     "tiny-phi3",
     "tiny-opt",
     "tiny-opt-post-ln",
+    "tiny-gpt2",
+    "tiny-gpt-neox",
     "tiny-gemma",
     "tiny-gemma2",
     "tiny-granite",
@@ -224,10 +226,10 @@ def test_logits_rows_follow_logits_wanted() -> None:
     assert r.execute(none_only).shape == (0, r.vocab_size)
 
 
-def test_bfloat16_on_cpu_tracks_float32() -> None:
-    name = "tiny-llama"
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-gpt2", "tiny-gpt-neox"])
+def test_bfloat16_on_cpu_tracks_float32(name: str) -> None:
     r = runner(name, dtype="bfloat16")
-    assert r.model.lm_head.weight.dtype == torch.bfloat16
+    assert {p.dtype for p in r.model.parameters()} == {torch.bfloat16}
     assert r.kv_cache.dtype == torch.bfloat16
     p = prompts(r.vocab_size)[2]
     blocks = Blocks(r.num_blocks, r.block_size)

@@ -131,14 +131,14 @@ def test_unsupported_architecture_is_a_one_line_cli_error(tmp_path: Path, capsys
     folder = derive_model(
         "tiny-llama",
         tmp_path / "m",
-        config=lambda c: c.update(architectures=["GPT2LMHeadModel"], model_type="gpt2"),
+        config=lambda c: c.update(architectures=["MambaForCausalLM"], model_type="mamba"),
     )
     assert main(["serve", str(folder)]) == 2
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and "Traceback" not in err
-    assert "GPT2LMHeadModel" in lines[0] and "LlamaForCausalLM" in lines[0]
-    assert json.loads((folder / "config.json").read_text())["architectures"] == ["GPT2LMHeadModel"]
+    assert "MambaForCausalLM" in lines[0] and "LlamaForCausalLM" in lines[0]
+    assert json.loads((folder / "config.json").read_text())["architectures"] == ["MambaForCausalLM"]
 
 
 def test_missing_tokenizer_is_a_one_line_cli_error(tmp_path: Path, capsys) -> None:

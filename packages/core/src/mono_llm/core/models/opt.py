@@ -43,17 +43,32 @@ from mono_llm.core.layers.parallel import (
     divide,
 )
 from mono_llm.core.layers.rotary import RotaryEmbedding
+from mono_llm.core.models.text_decoder import TextDecoderLM
 from mono_llm.core.models.weight_loading import checkpoint_param, copy_checkpoint_tensor
 
-# transformers' ACT2FN names that OPT configs use.
-_ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+# transformers' ACT2FN names that OPT, GPT-2 and GPT-NeoX configs use ("gelu_new",
+# "gelu_fast" and "gelu_pytorch_tanh" are the same tanh approximation, written three ways).
+ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "relu": F.relu,
     "gelu": F.gelu,
     "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_fast": lambda x: F.gelu(x, approximate="tanh"),
     "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
     "silu": F.silu,
     "swish": F.silu,
 }
+
+
+def activation_fn(family: str, key: str, name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The activation config.json field `key` names; an unknown one is refused, naming it."""
+    if name not in ACTIVATIONS:
+        raise UnsupportedModelError(
+            f"{family}: {key}={name!r} is not supported "
+            f"(supported: {', '.join(sorted(ACTIVATIONS))})"
+        )
+    return ACTIVATIONS[name]
+
+
 # HF's OPTLearnedPositionalEmbedding: position p reads row p + 2.
 POSITION_OFFSET = 2
 # OPT's LayerNorms are torch's default (config.json has no epsilon field).
@@ -77,22 +92,30 @@ class OPTSettings:
     layer_norm_affine: bool
     activation: str
     tie_word_embeddings: bool
+    # The switches below keep OPT's values; GPT-2 (models/gpt2.py), the same pre-LN block
+    # with learned positions, builds this model with its own.
+    position_offset: int = POSITION_OFFSET
+    layer_norm_eps: float = _LAYER_NORM_EPS
+    scale_attn_weights: bool = True  # scores times head_dim**-0.5
+    scale_attn_by_inverse_layer_idx: bool = False  # scores of layer i also divided by i + 1
+    family: str = "OPT"  # the name errors give the model
 
     def __post_init__(self) -> None:
         if self.hidden_size % self.num_heads:
             raise UnsupportedModelError(
-                f"OPT: hidden_size={self.hidden_size} is not divisible by "
+                f"{self.family}: hidden_size={self.hidden_size} is not divisible by "
                 f"num_attention_heads={self.num_heads}"
             )
-        if self.activation not in _ACTIVATIONS:
-            raise UnsupportedModelError(
-                f"OPT: activation_function={self.activation!r} is not supported "
-                f"(supported: {', '.join(sorted(_ACTIVATIONS))})"
-            )
+        activation_fn(self.family, "activation_function", self.activation)
 
     @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_heads
+
+    def attention_scale(self, layer_idx: int) -> float:
+        """The factor on layer `layer_idx`'s q.k scores."""
+        scale = self.head_dim**-0.5 if self.scale_attn_weights else 1.0
+        return scale / (layer_idx + 1) if self.scale_attn_by_inverse_layer_idx else scale
 
     @property
     def projects_embeddings(self) -> bool:
@@ -104,13 +127,7 @@ class OPTSettings:
         try:
             hidden = int(config["hidden_size"])
             trained = int(config.get("max_position_embeddings", 2048))
-            if max_model_len is not None and max_model_len > trained:
-                # Learned positions have no row past the trained context: refuse rather than
-                # index out of the table.
-                raise UnsupportedModelError(
-                    f"OPT: max_model_len={max_model_len} exceeds max_position_embeddings="
-                    f"{trained} (learned positions cannot extrapolate)"
-                )
+            check_learned_positions("OPT", "max_position_embeddings", trained, max_model_len)
             pre_norm = bool(config.get("do_layer_norm_before", True))
             return cls(
                 vocab_size=int(config["vocab_size"]),
@@ -131,12 +148,24 @@ class OPTSettings:
             raise UnsupportedModelError(f"OPT config.json lacks {exc.args[0]!r}") from exc
 
 
+def check_learned_positions(family: str, key: str, trained: int, max_model_len: int | None) -> None:
+    """Learned positions have no row past the trained context: refuse a longer one rather
+    than index out of the table."""
+    if max_model_len is not None and max_model_len > trained:
+        raise UnsupportedModelError(
+            f"{family}: max_model_len={max_model_len} exceeds {key}={trained} "
+            "(learned positions cannot extrapolate)"
+        )
+
+
 def _layer_norm(s: OPTSettings) -> nn.LayerNorm:
-    return nn.LayerNorm(s.hidden_size, eps=_LAYER_NORM_EPS, elementwise_affine=s.layer_norm_affine)
+    return nn.LayerNorm(s.hidden_size, eps=s.layer_norm_eps, elementwise_affine=s.layer_norm_affine)
 
 
 class OPTAttention(nn.Module):
-    def __init__(self, s: OPTSettings, context: ForwardContext, tp: TensorParallelGroup) -> None:
+    def __init__(
+        self, s: OPTSettings, layer_idx: int, context: ForwardContext, tp: TensorParallelGroup
+    ) -> None:
         super().__init__()
         split = attention_head_split(s.num_heads, s.num_heads, tp)
         self.num_heads, self.head_dim = split.heads, s.head_dim
@@ -150,7 +179,7 @@ class OPTAttention(nn.Module):
         )
         self.out_proj = RowParallelLinear(s.hidden_size, s.hidden_size, s.enable_bias, tp)
         self.attn = PagedAttention(
-            self.num_heads, self.num_heads, s.head_dim, s.head_dim**-0.5, context
+            self.num_heads, self.num_heads, s.head_dim, s.attention_scale(layer_idx), context
         )
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -162,10 +191,12 @@ class OPTAttention(nn.Module):
 
 
 class OPTDecoderLayer(nn.Module):
-    def __init__(self, s: OPTSettings, context: ForwardContext, tp: TensorParallelGroup) -> None:
+    def __init__(
+        self, s: OPTSettings, layer_idx: int, context: ForwardContext, tp: TensorParallelGroup
+    ) -> None:
         super().__init__()
         self.pre_norm = s.do_layer_norm_before
-        self.self_attn = OPTAttention(s, context, tp)
+        self.self_attn = OPTAttention(s, layer_idx, context, tp)
         self.self_attn_layer_norm = _layer_norm(s)
         ffn = divide(s.ffn_dim, tp.size, "ffn_dim")
         # Column-parallel: a merged linear of one shard is a plain linear sliced by rows.
@@ -177,7 +208,7 @@ class OPTDecoderLayer(nn.Module):
         )
         self.fc2 = RowParallelLinear(s.ffn_dim, s.hidden_size, s.enable_bias, tp)
         self.final_layer_norm = _layer_norm(s)
-        self.act = _ACTIVATIONS[s.activation]
+        self.act = ACTIVATIONS[s.activation]
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden [num_tokens, hidden] -> same shape. Pre-LN normalises each sub-block's
@@ -199,7 +230,8 @@ class OPTDecoder(nn.Module):
         # One per model instance: the runner installs each step's attention metadata here.
         self.forward_context = ForwardContext()
         self.embed_tokens = VocabParallelEmbedding(s.vocab_size, s.word_embed_proj_dim, tp)
-        self.embed_positions = nn.Embedding(s.max_position + POSITION_OFFSET, s.hidden_size)
+        self.position_offset = s.position_offset
+        self.embed_positions = nn.Embedding(s.max_position + s.position_offset, s.hidden_size)
         if s.projects_embeddings:
             self.project_in = nn.Linear(s.word_embed_proj_dim, s.hidden_size, bias=False)
             self.project_out = nn.Linear(s.hidden_size, s.word_embed_proj_dim, bias=False)
@@ -207,7 +239,7 @@ class OPTDecoder(nn.Module):
             self.project_in = self.project_out = None
         self.final_layer_norm = _layer_norm(s) if s.final_layer_norm else None
         self.layers = nn.ModuleList(
-            OPTDecoderLayer(s, self.forward_context, tp) for _ in range(s.num_layers)
+            OPTDecoderLayer(s, i, self.forward_context, tp) for i in range(s.num_layers)
         )
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -216,7 +248,7 @@ class OPTDecoder(nn.Module):
         return embeds if self.project_in is None else self.project_in(embeds)
 
     def forward(self, inputs_embeds: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        hidden = inputs_embeds + self.embed_positions(positions + POSITION_OFFSET)
+        hidden = inputs_embeds + self.embed_positions(positions + self.position_offset)
         for layer in self.layers:
             hidden = layer(hidden)
         if self.final_layer_norm is not None:
@@ -230,7 +262,7 @@ class OPTModel(nn.Module):
         self.decoder = OPTDecoder(s, tp)
 
 
-class OPTForCausalLM(nn.Module):
+class OPTForCausalLM(TextDecoderLM):
     """OPT decoder + lm_head (tied to the token embedding unless the config says otherwise).
 
     Implements the engine's model interface (models/interface.py `EngineModel`).
@@ -265,30 +297,13 @@ class OPTForCausalLM(nn.Module):
     def forward_context(self) -> ForwardContext:
         return self.model.decoder.forward_context
 
-    @property
-    def vocab_size(self) -> int:
-        return self.settings.vocab_size
-
-    @property
-    def hidden_size(self) -> int:
-        return self.settings.hidden_size
-
     def embed_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
         """input_ids [num_tokens] -> [num_tokens, hidden]: the token embeddings, through
         `project_in` when the model has one (positions are added inside `forward`)."""
         return self.model.decoder.embed(input_ids)
 
-    def forward(
-        self,
-        input_ids: torch.Tensor | None,
-        positions: torch.Tensor,
-        inputs_embeds: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """input_ids (or inputs_embeds [num_tokens, hidden]), positions [num_tokens] ->
-        final hidden states [num_tokens, hidden] (before `project_out`)."""
-        if inputs_embeds is None:
-            assert input_ids is not None
-            inputs_embeds = self.embed_input_ids(input_ids)
+    def decode(self, inputs_embeds: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """The final hidden states [num_tokens, hidden], before `project_out`."""
         return self.model.decoder(inputs_embeds, positions)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -262,7 +262,50 @@ def _opt_models() -> list[ModelSpec]:
             ),
             tensor_parallel=True,
         ),
+        # GPT-2 (gpt2 ... gpt2-xl, distilgpt2): OPT's pre-LN block, so OPT's module tree; the
+        # names map onto it here, and models/gpt2.py transposes its Conv1D weights.
+        ModelSpec(
+            "GPT2LMHeadModel",
+            "gpt2",
+            "GPT2LMHeadModel",
+            ("generate",),
+            weights=WeightNaming(
+                # The causal-mask buffers old checkpoints store with the weights.
+                skip_suffixes=(".attn.bias", ".attn.masked_bias"),
+                strip_prefixes=("transformer.",),  # old exports store the body bare
+                add_prefix="model.decoder.",
+                top_level=("lm_head.",),
+                renames=_GPT2_RENAMES,
+            ),
+        ),
+        # GPT-NeoX (Pythia, GPT-NeoX-20B): partial rotary, parallel residual, untied embed_out.
+        ModelSpec(
+            "GPTNeoXForCausalLM",
+            "gpt_neox",
+            "GPTNeoXForCausalLM",
+            ("generate",),
+            weights=WeightNaming(
+                # Buffers old checkpoints store with the weights: masks and the rope table.
+                skip_suffixes=(".attention.bias", ".attention.masked_bias", ".rotary_emb.inv_freq"),
+                renames=(("lm_head.", "embed_out."),),  # transformers 5 saves the head so
+            ),
+        ),
     ]
+
+
+# GPT-2 checkpoint names -> OPT parameter names (after `model.decoder.` is prepended).
+_GPT2_RENAMES = (
+    ("model.decoder.wte.", "model.decoder.embed_tokens."),
+    ("model.decoder.wpe.", "model.decoder.embed_positions."),
+    ("model.decoder.ln_f.", "model.decoder.final_layer_norm."),
+    ("model.decoder.h.", "model.decoder.layers."),
+    (".ln_1.", ".self_attn_layer_norm."),
+    (".attn.c_attn.", ".self_attn.c_attn."),  # fused q/k/v, split by models/gpt2.py
+    (".attn.c_proj.", ".self_attn.out_proj."),
+    (".ln_2.", ".final_layer_norm."),
+    (".mlp.c_fc.", ".fc1."),
+    (".mlp.c_proj.", ".fc2."),
+)
 
 
 def _speech_models() -> list[ModelSpec]:

@@ -80,6 +80,16 @@ def _register_builtin() -> None:
     for opt_name in OPT_FIXTURES:
         register_fixture(opt_name, build_opt)
 
+    from mono_llm.core.testing.gpt2 import GPT2_FIXTURES, build_gpt2
+
+    for gpt2_name in GPT2_FIXTURES:
+        register_fixture(gpt2_name, build_gpt2)
+
+    from mono_llm.core.testing.gpt_neox import NEOX_FIXTURES, build_gpt_neox
+
+    for neox_name in NEOX_FIXTURES:
+        register_fixture(neox_name, build_gpt_neox)
+
     from mono_llm.core.testing import encoders
 
     for encoder_name in encoders.ENCODER_FIXTURES:

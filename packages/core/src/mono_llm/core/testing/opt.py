@@ -47,22 +47,17 @@ GPT2_FILES_FIXTURES = frozenset({"tiny-opt-post-ln"})
 
 def train_opt_tokenizer(out_dir: Path) -> int:
     """OPT's tokenizer layout (BOS `</s>` prepended, no chat template); returns the vocab size."""
-    vocab = train_byte_level_bpe(
+    return train_byte_level_bpe(
         out_dir,
         special_tokens=OPT_SPECIALS,
         vocab_size=VOCAB_SIZE,
         bos_token="</s>",
         eos_token="</s>",
         pad_token="<pad>",
-        chat_template="",
+        chat_template=None,  # a base model ships none
         add_bos=True,
         extra_config={"unk_token": "</s>"},
     )
-    path = out_dir / "tokenizer_config.json"
-    config = json.loads(path.read_text())
-    del config["chat_template"]  # a base model ships none
-    path.write_text(json.dumps(config, indent=2, ensure_ascii=False))
-    return vocab
 
 
 def write_gpt2_tokenizer_files(out_dir: Path) -> None:
@@ -122,21 +117,38 @@ def build_opt(name: str, out_dir: Path, *, seed: int = 0, **overrides: Any) -> N
         pad_token_id=OPT_PAD_ID,
         **{**OPT_SHAPE, **OPT_FIXTURES[name], **overrides},
     )
-    config.architectures = ["OPTForCausalLM"]
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        model = transformers.OPTForCausalLM(config).to(torch.float32)
-        # LayerNorms at weight 1 / bias 0, and zero biases elsewhere, would let a missing
-        # or misplaced norm or bias pass unnoticed: jitter them.
-        for param_name, param in model.named_parameters():
-            if "layer_norm" in param_name or param_name.endswith(".bias"):
-                param.add_(0.1 * torch.randn_like(param))
-    model.save_pretrained(out_dir, safe_serialization=True)
     generation = {
         "bos_token_id": OPT_BOS_ID,
         "eos_token_id": OPT_BOS_ID,
         "pad_token_id": OPT_PAD_ID,
     }
+    save_random_model(out_dir, config, "OPTForCausalLM", "layer_norm", generation, seed)
+
+
+def save_random_model(
+    out_dir: Path,
+    config: Any,
+    architecture: str,
+    norm_marker: str,
+    generation: dict[str, Any],
+    seed: int,
+) -> None:
+    """Save transformers' `architecture` built from `config` with seeded random float32
+    weights, its generation_config.json, and `torch_dtype` in config.json.
+
+    LayerNorms at weight 1 / bias 0, and zero biases, would let a missing or misplaced norm
+    or bias pass unnoticed: parameters whose names contain `norm_marker`, and every bias,
+    are jittered."""
+    import transformers
+
+    config.architectures = [architecture]
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        model = getattr(transformers, architecture)(config).to(torch.float32)
+        for param_name, param in model.named_parameters():
+            if norm_marker in param_name or param_name.endswith(".bias"):
+                param.add_(0.1 * torch.randn_like(param))
+    model.save_pretrained(out_dir, safe_serialization=True)
     (out_dir / "generation_config.json").write_text(json.dumps(generation, indent=2))
     config_path = out_dir / "config.json"
     saved = json.loads(config_path.read_text())

@@ -18,13 +18,14 @@ def train_byte_level_bpe(
     bos_token: str | None,
     eos_token: str,
     pad_token: str | None,
-    chat_template: str,
+    chat_template: str | None,
     add_bos: bool,
     extra_config: dict | None = None,
 ) -> int:
     """Write tokenizer.json and tokenizer_config.json into `out_dir`; return the vocab size.
 
     Special tokens come first in the vocabulary so their ids are stable and small.
+    `chat_template` None writes none (a base model's tokenizer_config.json has no such key).
     """
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -72,6 +73,8 @@ def train_byte_level_bpe(
         "chat_template": chat_template,
         **(extra_config or {}),
     }
+    if chat_template is None:
+        del config["chat_template"]
     (out_dir / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False))
     special_map = {"bos_token": bos_token, "eos_token": eos_token}
     if pad_token:
