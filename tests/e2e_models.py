@@ -44,11 +44,11 @@ def serve_folder(folder: Path, name: str, log_path: Path, *extra_args: str) -> I
 
 
 def hf_chat_reply(
-    folder: Path, messages: list[dict[str, Any]], max_new_tokens: int
+    folder: Path, messages: list[dict[str, Any]], max_new_tokens: int, *, stop_at_eos: bool = True
 ) -> tuple[str, str, int]:
     """(prompt text, reply text, tokens generated) of transformers' greedy answer in float32
     with eager attention, under the folder's chat template, stopping on the EOS ids of
-    generation_config.json as the server does."""
+    generation_config.json as the server does (unless `stop_at_eos` is off: `ignore_eos`)."""
     import transformers
 
     tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
@@ -58,7 +58,7 @@ def hf_chat_reply(
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     ids = tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids
     stops = model.generation_config.eos_token_id
-    stops = stops if isinstance(stops, list) else [stops]
+    stops = (stops if isinstance(stops, list) else [stops]) if stop_at_eos else []
     # Replace (not merge with) the folder's sampling defaults: greedy, no early stop.
     model.generation_config = transformers.GenerationConfig(
         do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=0

@@ -12,7 +12,8 @@ from typing import Any
 
 import openai
 import pytest
-import torch
+
+from tests.e2e_models import hf_chat_reply
 
 transformers = pytest.importorskip("transformers")
 
@@ -39,21 +40,7 @@ def hf_reply(name: str, messages: list[dict[str, Any]]) -> str:
     """transformers' greedy reply (no stop token) to `messages` under the model's template."""
     from mono_llm.core.testing import fixture_path
 
-    path = fixture_path(name)
-    tokenizer = transformers.AutoTokenizer.from_pretrained(path)
-    model = transformers.AutoModelForCausalLM.from_pretrained(
-        path,
-        dtype=torch.float32,
-        attn_implementation="eager",  # SDPA may skip soft-capping
-    ).eval()
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    ids = tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids
-    model.generation_config = transformers.GenerationConfig(
-        do_sample=False, max_new_tokens=NEW_TOKENS, pad_token_id=0
-    )
-    with torch.no_grad():
-        out = model.generate(ids, attention_mask=torch.ones_like(ids))
-    return tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+    return hf_chat_reply(fixture_path(name), messages, NEW_TOKENS, stop_at_eos=False)[1]
 
 
 @pytest.mark.parametrize("name", MODELS)

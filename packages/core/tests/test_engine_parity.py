@@ -14,24 +14,9 @@ import pytest
 import torch
 
 from mono_llm.core import LLM, SamplingParams
-from mono_llm.core.testing import fixture_path
+from mono_llm.core.testing import DECODER_FIXTURES, fixture_path
 
-FIXTURES = [
-    "tiny-llama",
-    "tiny-mistral",
-    "tiny-qwen2",
-    "tiny-qwen3",
-    "tiny-phi3",
-    "tiny-opt",
-    "tiny-opt-post-ln",
-    "tiny-gpt2",
-    "tiny-gpt-neox",
-    "tiny-gemma",
-    "tiny-gemma2",
-    "tiny-granite",
-    "tiny-olmo2",
-    "tiny-gemma3",
-]
+FIXTURES = DECODER_FIXTURES
 NEW_TOKENS = 32
 LOGPROB_ATOL = 1e-3
 

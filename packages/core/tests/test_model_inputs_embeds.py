@@ -12,7 +12,7 @@ import torch
 
 from mono_llm.core.config import EngineArgs
 from mono_llm.core.models.interface import EngineModel
-from mono_llm.core.testing import fixture_path
+from mono_llm.core.testing import DECODER_LAYOUT_FIXTURES, fixture_path
 from mono_llm.core.worker.batch import EmbedsOverride, LogitsWanted, ModelBatch, SequenceSlice
 from mono_llm.core.worker.model_runner import ModelRunner
 
@@ -82,23 +82,7 @@ def test_models_implement_the_interface(name: str) -> None:
 # tiny-opt-post-ln: the embeddings go through project_in and get learned positions added.
 # tiny-gemma / tiny-gemma2 / tiny-gemma3: embed_input_ids scales them by sqrt(hidden), forward
 # does not; tiny-granite likewise by embedding_multiplier.
-@pytest.mark.parametrize(
-    "name",
-    [
-        "tiny-llama",
-        "tiny-qwen3",
-        "tiny-phi3",
-        "tiny-opt",
-        "tiny-opt-post-ln",
-        "tiny-gpt2",
-        "tiny-gpt-neox",
-        "tiny-gemma",
-        "tiny-gemma2",
-        "tiny-granite",
-        "tiny-olmo2",
-        "tiny-gemma3",
-    ],
-)
+@pytest.mark.parametrize("name", DECODER_LAYOUT_FIXTURES)
 def test_model_forward_from_embeddings_equals_token_ids(name: str) -> None:
     runner = make_runner(name)
     ids = prompts(runner)

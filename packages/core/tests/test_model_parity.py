@@ -13,26 +13,11 @@ import pytest
 import torch
 
 from mono_llm.core.config import EngineArgs
-from mono_llm.core.testing import fixture_path
+from mono_llm.core.testing import DECODER_FIXTURES, fixture_path
 from mono_llm.core.worker.batch import LogitsWanted, ModelBatch, SequenceSlice
 from mono_llm.core.worker.model_runner import ModelRunner
 
-FIXTURES = [
-    "tiny-llama",
-    "tiny-mistral",
-    "tiny-qwen2",
-    "tiny-qwen3",
-    "tiny-phi3",
-    "tiny-opt",
-    "tiny-opt-post-ln",
-    "tiny-gpt2",
-    "tiny-gpt-neox",
-    "tiny-gemma",
-    "tiny-gemma2",
-    "tiny-granite",
-    "tiny-olmo2",
-    "tiny-gemma3",
-]
+FIXTURES = DECODER_FIXTURES
 ATOL = 2e-4
 
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from mono_llm.core.config import EngineArgs
-from mono_llm.core.testing import fixture_path
+from mono_llm.core.testing import DECODER_LAYOUT_FIXTURES, fixture_path
 from mono_llm.core.worker.batch import LogitsWanted, ModelBatch, SequenceSlice
 from mono_llm.core.worker.model_runner import ModelRunner
 
@@ -100,23 +100,7 @@ def run_session(runner: ModelRunner, num_steps: int = 6) -> list[list[torch.Tens
     return [seqs, rows]
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        "tiny-llama",
-        "tiny-qwen3",
-        "tiny-phi3",
-        "tiny-opt",
-        "tiny-opt-post-ln",
-        "tiny-gpt2",
-        "tiny-gpt-neox",
-        "tiny-gemma",
-        "tiny-gemma2",
-        "tiny-granite",
-        "tiny-olmo2",
-        "tiny-gemma3",
-    ],
-)
+@pytest.mark.parametrize("name", DECODER_LAYOUT_FIXTURES)
 def test_cuda_graph_runner_matches_hf(name: str) -> None:
     runner = cuda_runner(name, dtype="float32", eager=False)
     assert sorted(runner.decode_graphs) == [1, 2, 4, 8]
@@ -129,23 +113,7 @@ def test_cuda_graph_runner_matches_hf(name: str) -> None:
         assert torch.equal(got.argmax(-1), expected.argmax(-1))
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        "tiny-llama",
-        "tiny-qwen3",
-        "tiny-phi3",
-        "tiny-opt",
-        "tiny-opt-post-ln",
-        "tiny-gpt2",
-        "tiny-gpt-neox",
-        "tiny-gemma",
-        "tiny-gemma2",
-        "tiny-granite",
-        "tiny-olmo2",
-        "tiny-gemma3",
-    ],
-)
+@pytest.mark.parametrize("name", DECODER_LAYOUT_FIXTURES)
 def test_prefill_cuda_graphs_match_hf(name: str) -> None:
     """Step 0 (3 prompts, 108 tokens) replays the 128-token prefill graph with 20 padding
     tokens; step 3 (3 decodes + 2 prompts, 14 tokens) the 16-token one; decodes their graphs."""

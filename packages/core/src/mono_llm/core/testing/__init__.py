@@ -18,6 +18,29 @@ from mono_llm.core.config import default_cache_dir
 # Bump when a builder changes what it writes, so stale caches are not reused.
 FIXTURE_VERSION = 1
 
+# Every causal-LM fixture, one or more per supported decoder layout: the parity tests against
+# transformers run over all of them, so adding an architecture's fixture here enrols it.
+DECODER_FIXTURES = (
+    "tiny-llama",
+    "tiny-mistral",
+    "tiny-qwen2",
+    "tiny-qwen3",
+    "tiny-phi3",
+    "tiny-opt",
+    "tiny-opt-post-ln",
+    "tiny-gpt2",
+    "tiny-gpt-neox",
+    "tiny-gemma",
+    "tiny-gemma2",
+    "tiny-gemma3",
+    "tiny-granite",
+    "tiny-olmo2",
+)
+# One per distinct code path (Mistral and Qwen2 run Llama's), for the costlier checks.
+DECODER_LAYOUT_FIXTURES = tuple(
+    f for f in DECODER_FIXTURES if f not in ("tiny-mistral", "tiny-qwen2")
+)
+
 Builder = Callable[[str, Path], None]
 _BUILDERS: dict[str, Builder] = {}
 
