@@ -276,3 +276,18 @@ def test_server_still_healthy_after_the_attack(http) -> None:
     assert http.get("/health").status_code == 200
     response = post(http, "/v1/completions", COMPLETION)
     assert response.status_code == 200 and response.json()["choices"][0]["text"] is not None
+
+
+def test_a_bad_prompt_in_a_batch_leaves_no_request_half_started(http) -> None:
+    """The second prompt cannot fit its max_tokens: a 400, and the first prompt's engine
+    request was never created (not created and dropped un-awaited)."""
+    import gc
+    import warnings
+
+    body = {"model": GEN, "prompt": [[5, 6, 7], [5] * (WINDOW - 4)], "max_tokens": 10}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        response = http.post("/v1/completions", json=body)
+        gc.collect()
+    assert_error(response, 400)
+    assert not [w for w in caught if "never awaited" in str(w.message)]

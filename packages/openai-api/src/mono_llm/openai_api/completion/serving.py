@@ -83,8 +83,10 @@ class CompletionServing(ServingBase):
             prompt_logprobs = request.logprobs
         streams: list[AsyncIterator[RequestOutput]] = []
         try:
-            submissions = []
-            for i, prompt in enumerate(prompts):
+            # Every prompt is checked before any request starts: a bad third prompt must not
+            # leave the first two's submissions created and never awaited.
+            planned = []
+            for prompt in prompts:
                 max_tokens = resolve_max_tokens(
                     request.max_tokens,
                     len(prompt.token_ids),
@@ -98,18 +100,20 @@ class CompletionServing(ServingBase):
                     logprobs=request.logprobs,
                     prompt_logprobs=prompt_logprobs,
                 )
-                submissions.append(
-                    start_beam_search(model, prompt, request, max_tokens, f"{request_id}-{i}")
-                    if request.use_beam_search
-                    else start_engine_request(
-                        model,
-                        prompt,
-                        params,
-                        f"{request_id}-{i}",
-                        priority=request.priority,
-                        metrics=self.metrics,
-                    )
+                planned.append((prompt, max_tokens, params))
+            submissions = [
+                start_beam_search(model, prompt, request, max_tokens, f"{request_id}-{i}")
+                if request.use_beam_search
+                else start_engine_request(
+                    model,
+                    prompt,
+                    params,
+                    f"{request_id}-{i}",
+                    priority=request.priority,
+                    metrics=self.metrics,
                 )
+                for i, (prompt, max_tokens, params) in enumerate(planned)
+            ]
             results = await asyncio.gather(*submissions, return_exceptions=True)
             streams = [r for r in results if not isinstance(r, BaseException)]
             errors = [r for r in results if isinstance(r, BaseException)]
